@@ -1,0 +1,1 @@
+"""Switchyard services: engine, router, safety, mesh CLI and what they share (common)."""

@@ -1,0 +1,1 @@
+"""What every Switchyard service shares: config loading, errors, gRPC server bootstrap, metrics."""

@@ -1,0 +1,106 @@
+"""One error base class that knows its gRPC status, and the interceptor that maps it.
+
+Handlers raise `InvalidArgument("sampling.top_p must be in (0, 1], got 1.5")` and never call
+`context.set_code` themselves; `ErrorInterceptor` turns the exception into the gRPC status at the
+edge. Anything else that escapes a handler is logged with its method and becomes INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class SwitchyardError(Exception):
+    """An error with a gRPC status code and a message meant for the caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(SwitchyardError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(SwitchyardError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(SwitchyardError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(SwitchyardError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(SwitchyardError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Internal(SwitchyardError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the file and field."""
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except SwitchyardError as e:
+            await context.abort(e.code, e.message)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+    return wrapped
+
+
+def _wrap_stream(
+    method: str, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except SwitchyardError as e:
+            await context.abort(e.code, e.message)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps `SwitchyardError` raised by unary-unary and unary-stream handlers to gRPC statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+        return handler

@@ -1,0 +1,103 @@
+"""gRPC server bootstrap shared by every service: health, reflection, errors, graceful stop.
+
+    server, port = await create_server("127.0.0.1:0", [add_my_servicer], ["pkg.MyService"])
+    await server.start()
+
+`create_server` is apart from serving so tests bind port 0 and read the port back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+# Large enough for long prompts; Envoy's default max gRPC message size is similar.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class Server:
+    """A started-or-not grpc.aio server with its health servicer and bound port."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
+                 service_names: Sequence[str]) -> None:
+        self.grpc = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = list(service_names)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self.grpc.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+
+
+async def create_server(
+    address: str,
+    add_servicers: Iterable[Callable[[grpc.aio.Server], None]],
+    service_names: Sequence[str],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> Server:
+    """Build a server with health (per service, NOT_SERVING until told) and reflection."""
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(), *interceptors], options=SERVER_OPTIONS
+    )
+    for add in add_servicers:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {address}")
+    srv = Server(server, port, health_servicer, service_names)
+    await srv.set_serving(False)
+    return srv
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """Set `stop` on SIGTERM or SIGINT (Ctrl-C) so the service can drain and exit."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port" into its parts."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)

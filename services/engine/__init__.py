@@ -1,0 +1,1 @@
+"""The engine service: one vLLM engine of a pool behind gRPC (Inference + EngineControl)."""

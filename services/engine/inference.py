@@ -1,0 +1,213 @@
+"""`switchyard.v1.Inference` served by one engine: validate, stream deltas, close with a Final.
+
+Cancellation: when the client goes away grpc cancels this handler, and vLLM's `generate` aborts
+the request inside the engine as the cancellation passes through it. Deadline: a timer aborts
+the request shortly before the call's deadline so that the client still receives the partial
+text and a Final with FINISH_REASON_DEADLINE instead of a bare DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from services.common.errors import Internal, InvalidArgument, Unavailable
+from services.common.protoutil import Malformed, lenient_deserializer
+from services.engine.admission import Admission
+from services.engine.metrics import EngineMetrics
+from services.engine.params import PreparedRequest, prepare
+from services.engine.runtime import Runtime
+from switchyard.v1 import inference_pb2
+
+log = logging.getLogger(__name__)
+
+FinishReason = inference_pb2.FinishReason
+SERVICE_NAME = "switchyard.v1.Inference"
+
+
+def deadline_margin(remaining: float) -> float:
+    """How long before the call's deadline to stop generating, leaving time for the Final."""
+    return min(0.25, max(0.01, 0.05 * remaining))
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(max(0.0, seconds) * 1e9))
+    return d
+
+
+@dataclass
+class _Turn:
+    """What one turn has produced so far."""
+
+    req: PreparedRequest
+    arrived: float  # time.monotonic() at the handler's start
+    first_text_at: float | None = None
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    deadline_hit: bool = False
+    last: Any = None  # the last RequestOutput
+
+
+class InferenceService:
+    def __init__(self, runtime_ref: list[Runtime | None], admission: Admission,
+                 metrics: EngineMetrics, served_by: inference_pb2.ServedBy) -> None:
+        # runtime_ref[0] is None while the engine loads; the server answers health meanwhile.
+        self._runtime_ref = runtime_ref
+        self._admission = admission
+        self._metrics = metrics
+        self._served_by = served_by
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        handler = grpc.unary_stream_rpc_method_handler(
+            self.Generate,
+            request_deserializer=lenient_deserializer(inference_pb2.GenerateRequest),
+            response_serializer=inference_pb2.GenerateResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Generate": handler}),)
+        )
+
+    async def Generate(  # noqa: N802 (gRPC method name)
+        self, request: inference_pb2.GenerateRequest | Malformed, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        arrived = time.monotonic()
+        try:
+            async for msg in self._generate(request, context, arrived):
+                yield msg
+        except asyncio.CancelledError:
+            self._metrics.finished("CANCELLED")
+            raise
+        except (InvalidArgument, Unavailable, Internal) as e:
+            self._metrics.finished(e.code.name)
+            raise
+
+    async def _generate(
+        self, request: inference_pb2.GenerateRequest | Malformed,
+        context: grpc.aio.ServicerContext, arrived: float,
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        if isinstance(request, Malformed):
+            raise request.error
+        self._admission.check()
+        runtime = self._runtime_ref[0]
+        if runtime is None:
+            raise Unavailable("engine is not ready")
+        if runtime.dead:
+            raise Unavailable("the vLLM engine has died; this engine is being replaced")
+        turn = _Turn(prepare(request, runtime.tokenizer, runtime.limits), arrived)
+
+        timer: asyncio.TimerHandle | None = None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = remaining - deadline_margin(remaining)
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, budget), self._expire, runtime, turn)
+
+        with self._admission.turn(turn.req.request_id):
+            try:
+                pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
+                async for out in self._outputs(runtime, turn):
+                    c = out.outputs[0]
+                    turn.completion_tokens += len(c.token_ids)
+                    pending += len(c.token_ids)
+                    if c.text:
+                        if turn.first_text_at is None:
+                            turn.first_text_at = time.monotonic()
+                            self._metrics.ttft.observe(turn.first_text_at - arrived)
+                        yield inference_pb2.GenerateResponse(
+                            delta=inference_pb2.Delta(text=c.text, token_count=pending))
+                        pending = 0
+                    turn.last = out
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        yield inference_pb2.GenerateResponse(final=self._final(turn))
+
+    async def _outputs(self, runtime: Runtime, turn: _Turn) -> AsyncIterator[Any]:
+        """vLLM's outputs, with its exceptions turned into gRPC-aware errors."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        try:
+            async for out in runtime.generate(turn.req):
+                yield out
+        except (VLLMClientError, ValueError) as e:
+            raise InvalidArgument(_client_error_message(turn.req, e)) from None
+        except EngineDeadError:
+            raise Unavailable("the vLLM engine has died; retry on another engine") from None
+        except EngineGenerateError as e:
+            log.error("turn %s failed: %r", turn.req.anon_repr(), e.__cause__)
+            raise Internal(f"generation failed: {e.__cause__!r}") from None
+
+    def _expire(self, runtime: Runtime, turn: _Turn) -> None:
+        turn.deadline_hit = True
+        asyncio.ensure_future(runtime.abort(turn.req.request_id))
+
+    def _final(self, turn: _Turn) -> inference_pb2.Final:
+        now = time.monotonic()
+        out = turn.last
+        c = out.outputs[0] if out is not None else None
+        reason = c.finish_reason if c is not None else "abort"
+        stop_sequence = ""
+        if reason == "stop":
+            finish = FinishReason.FINISH_REASON_STOP
+            if c is not None and isinstance(c.stop_reason, str):
+                stop_sequence = c.stop_reason
+        elif reason == "length":
+            finish = FinishReason.FINISH_REASON_LENGTH
+        elif turn.deadline_hit:
+            finish = FinishReason.FINISH_REASON_DEADLINE
+        else:
+            finish = FinishReason.FINISH_REASON_ABORTED
+        cached = int(out.num_cached_tokens or 0) if out is not None else 0
+        prompt = len(turn.req.prompt_token_ids)
+
+        m = self._metrics
+        m.finished(FinishReason.Name(finish).removeprefix("FINISH_REASON_"))
+        m.prompt_tokens.inc(prompt)
+        m.cached_prompt_tokens.inc(cached)
+        m.generated_tokens.inc(turn.completion_tokens)
+        m.e2e.observe(now - turn.arrived)
+
+        first = turn.first_text_at
+        queue = ttft = decode = 0.0
+        stats = getattr(out, "metrics", None) if out is not None else None
+        if stats is not None and getattr(stats, "scheduled_ts", 0.0):
+            queue = stats.scheduled_ts - stats.queued_ts
+            if stats.first_token_ts:
+                decode = stats.last_token_ts - stats.first_token_ts
+        if first is not None:
+            ttft = first - turn.arrived
+            if not decode:
+                decode = now - first
+            if turn.completion_tokens > 1:
+                m.inter_token.observe(decode / (turn.completion_tokens - 1))
+        return inference_pb2.Final(
+            finish_reason=finish,
+            usage=inference_pb2.Usage(prompt_tokens=prompt, cached_prompt_tokens=cached,
+                                      completion_tokens=turn.completion_tokens),
+            timing=inference_pb2.Timing(queue=_duration(queue), ttft=_duration(ttft),
+                                        decode=_duration(decode),
+                                        total=_duration(now - turn.arrived)),
+            served_by=self._served_by,
+            request_id=turn.req.request_id,
+            stop_sequence=stop_sequence,
+        )
+
+
+def _client_error_message(req: PreparedRequest, e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if req.sampling.structured_outputs is not None and any(
+        w in text.lower() for w in ("regex", "grammar", "schema", "json", "structured", "choice")
+    ):
+        return f"structured_output: {text}"
+    if "priority" in text.lower():
+        return f"priority: {text}"
+    return text

@@ -1,0 +1,188 @@
+"""The engine's load, as vLLM's scheduler and our gRPC layer see it, pushed to watchers.
+
+`LoadTracker` is fed by `LoadStatLogger` (a vLLM stat logger, called after every engine step on
+the event loop) and by the servicer (turns in flight, draining). Watchers of
+EngineControl.WatchEvents get a report when the load changes (coalesced over a short window) and
+at least every heartbeat, and KV-cache event batches in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from switchyard.v1 import engine_pb2
+
+# Per-watcher buffer of KV event batches; a watcher that falls this far behind is cut off
+# (its stream ends) so it resynchronises instead of silently missing events.
+WATCHER_QUEUE_LIMIT = 10_000
+
+
+@dataclass
+class LoadState:
+    """What a load report carries; mutated in place by the tracker."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prefix_cache_queries: int = 0  # cumulative, tokens
+    prefix_cache_hits: int = 0  # cumulative, tokens
+    in_flight: int = 0
+    draining: bool = False
+    serving: bool = False
+
+    def key(self) -> tuple[Any, ...]:
+        """The fields whose change is worth an immediate report (counters ride along)."""
+        return (self.running, self.waiting, round(self.kv_cache_usage, 3), self.in_flight,
+                self.draining, self.serving)
+
+
+class Watcher:
+    """One WatchEvents stream: a queue of KV batches plus a 'load changed' flag."""
+
+    _LOAD = object()  # queue marker: send a fresh load report
+
+    def __init__(self, tracker: LoadTracker, kv_events: bool) -> None:
+        self._tracker = tracker
+        self.kv_events = kv_events
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._load_pending = False
+        self.overflowed = False
+
+    def notify_load(self) -> None:
+        if not self._load_pending:
+            self._load_pending = True
+            self._queue.put_nowait(self._LOAD)
+
+    def push_kv(self, batch: engine_pb2.KvCacheEvents) -> None:
+        if self._queue.qsize() >= WATCHER_QUEUE_LIMIT:
+            self.overflowed = True
+            self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(batch)
+
+    async def events(self, heartbeat: float) -> AsyncIterator[engine_pb2.EngineEvent]:
+        yield engine_pb2.EngineEvent(load=self._tracker.report())
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), heartbeat)
+            except TimeoutError:
+                item = self._LOAD
+            if item is None:  # overflow: end the stream, the watcher reconnects
+                return
+            if item is self._LOAD:
+                self._load_pending = False
+                yield engine_pb2.EngineEvent(load=self._tracker.report())
+            else:
+                yield engine_pb2.EngineEvent(kv=item)
+
+
+class LoadTracker:
+    """The engine's current load and the set of watchers to tell about it."""
+
+    def __init__(self, engine_id: str, min_interval: float = 0.02) -> None:
+        self.engine_id = engine_id
+        self.state = LoadState()
+        self._min_interval = min_interval
+        self._watchers: set[Watcher] = set()
+        self._last_key = self.state.key()
+        self._last_sent = 0.0
+        self._scheduled: asyncio.TimerHandle | None = None
+        self.kv_sequence = 0
+
+    # -- producers --------------------------------------------------------------------------
+
+    def record_scheduler(self, running: int, waiting: int, kv_usage: float,
+                         queries: int, hits: int, reset: bool) -> None:
+        s = self.state
+        s.running, s.waiting, s.kv_cache_usage = running, waiting, kv_usage
+        if reset:
+            s.prefix_cache_queries = s.prefix_cache_hits = 0
+        s.prefix_cache_queries += queries
+        s.prefix_cache_hits += hits
+        self.changed()
+
+    def add_in_flight(self, delta: int) -> None:
+        self.state.in_flight += delta
+        self.changed()
+
+    def set_flags(self, *, serving: bool | None = None, draining: bool | None = None) -> None:
+        if serving is not None:
+            self.state.serving = serving
+        if draining is not None:
+            self.state.draining = draining
+        self.changed()
+
+    def publish_kv(self, batch: engine_pb2.KvCacheEvents) -> None:
+        for w in self._watchers:
+            if w.kv_events:
+                w.push_kv(batch)
+
+    # -- watchers ---------------------------------------------------------------------------
+
+    def watch(self, kv_events: bool) -> Watcher:
+        w = Watcher(self, kv_events)
+        self._watchers.add(w)
+        return w
+
+    def unwatch(self, w: Watcher) -> None:
+        self._watchers.discard(w)
+
+    def report(self) -> engine_pb2.LoadReport:
+        s = self.state
+        now = Timestamp()
+        now.GetCurrentTime()
+        return engine_pb2.LoadReport(
+            engine_id=self.engine_id, time=now, running=s.running, waiting=s.waiting,
+            kv_cache_usage=s.kv_cache_usage, prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits, in_flight=s.in_flight,
+            draining=s.draining, serving=s.serving and not s.draining,
+        )
+
+    def changed(self) -> None:
+        """Tell watchers, at most once per min_interval, when a significant field changed."""
+        key = self.state.key()
+        if key == self._last_key or self._scheduled is not None:
+            return
+        delay = self._last_sent + self._min_interval - time.monotonic()
+        if delay <= 0:
+            self._notify()
+        else:
+            self._scheduled = asyncio.get_running_loop().call_later(delay, self._notify)
+
+    def _notify(self) -> None:
+        self._scheduled = None
+        self._last_key = self.state.key()
+        self._last_sent = time.monotonic()
+        for w in self._watchers:
+            w.notify_load()
+
+
+def load_stat_logger_factory(tracker: LoadTracker) -> Callable[..., Any]:
+    """A vLLM stat-logger factory whose loggers feed `tracker` after every engine step."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class LoadStatLogger(StatLoggerBase):  # type: ignore[misc]
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self._tracker = tracker
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any,
+                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            if scheduler_stats is None:
+                return
+            pc = scheduler_stats.prefix_cache_stats
+            self._tracker.record_scheduler(
+                scheduler_stats.num_running_reqs,
+                scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                scheduler_stats.kv_cache_usage, pc.queries, pc.hits, pc.reset,
+            )
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return LoadStatLogger

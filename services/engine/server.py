@@ -1,0 +1,149 @@
+"""Run one engine: bind gRPC, load vLLM (with progress), serve, and drain on SIGTERM.
+
+Start-up order: the gRPC port is bound first (its port names the engine when no engine_id is
+configured), then vLLM loads and warms up while nothing is served, then health turns SERVING.
+On SIGTERM/SIGINT: health NOT_SERVING, new turns get UNAVAILABLE, in-flight streams get
+`drain_grace_seconds` to finish (then they are aborted with FINISH_REASON_ABORTED), and the
+process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.metrics import start_metrics_server
+from services.common.progress import Progress
+from services.common.server import Server, create_server, host_port, install_signal_handlers
+from services.engine import control, inference
+from services.engine.admission import Admission
+from services.engine.config import EngineConfig
+from services.engine.kv_events import KvEventForwarder, ipc_endpoint
+from services.engine.load import LoadTracker
+from services.engine.metrics import EngineMetrics
+from services.engine.runtime import Runtime
+from switchyard.v1 import inference_pb2
+
+log = logging.getLogger(__name__)
+
+# Extra seconds the gRPC server gives streams to flush their Final after the drain.
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class EngineService:
+    """A running engine service and its parts."""
+
+    cfg: EngineConfig
+    engine_id: str
+    server: Server
+    metrics_port: int
+    runtime: Runtime
+    tracker: LoadTracker
+    admission: Admission
+    control: control.EngineControlService
+    kv_task: asyncio.Task[None] | None
+
+    async def shutdown(self, grace: float) -> None:
+        """Drain for up to `grace` seconds, then stop serving and shut vLLM down."""
+        self.control.drain(grace)
+        await self.server.set_serving(False)
+        await self.admission.wait_idle(grace + STOP_GRACE_SECONDS)
+        await self.server.stop(STOP_GRACE_SECONDS)
+        if self.kv_task is not None:
+            self.kv_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.kv_task
+        self.runtime.shutdown()
+
+
+async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> EngineService:
+    """Bind, load and start an engine; returns once it is SERVING."""
+    runtime_ref: list[Runtime | None] = [None]
+    host, _ = host_port(cfg.listen)
+    # Servicers are added after binding, since the bound port may name the engine.
+    server = await create_server(cfg.listen, [], [inference.SERVICE_NAME, control.SERVICE_NAME])
+    engine_id = cfg.engine_id or f"{cfg.pool}-{server.port}"
+    progress = progress or Progress(f"engine {engine_id}")
+    tracker = LoadTracker(engine_id, cfg.load_report_min_interval_seconds)
+    metrics = EngineMetrics(cfg.pool, engine_id, cfg.model.served_name)
+    admission = Admission(engine_id, tracker, metrics)
+    served_by = inference_pb2.ServedBy(
+        pool=cfg.pool, engine=engine_id, model=cfg.model.served_name,
+        model_version=cfg.model_version(), accelerator=cfg.accelerator,
+    )
+    inference_svc = inference.InferenceService(runtime_ref, admission, metrics, served_by)
+    control_svc = control.EngineControlService(
+        cfg, engine_id, runtime_ref, tracker, admission, server.set_serving)
+    inference_svc.add_to_server(server.grpc)
+    control_svc.add_to_server(server.grpc)
+
+    metrics_host, metrics_port = host_port(cfg.metrics_listen)
+    metrics_port = start_metrics_server(metrics_host, metrics_port)
+
+    kv_task = None
+    kv_endpoint = None
+    if cfg.kv_events:
+        kv_endpoint = ipc_endpoint(engine_id)
+
+        def on_batch(batch: object) -> None:
+            metrics.kv_event_batches.inc()
+            tracker.publish_kv(batch)  # type: ignore[arg-type]
+
+        forwarder = KvEventForwarder(kv_endpoint, on_batch)
+        kv_task = asyncio.create_task(forwarder.run(), name="kv-events")
+
+    with progress.phase(f"loading model {cfg.model.served_name} ({cfg.model.path})"):
+        runtime = Runtime.build(cfg, tracker, kv_endpoint)
+    progress.say(
+        f"vLLM {runtime.info.vllm_version}: context {runtime.info.max_model_len} tokens, "
+        f"KV cache {runtime.info.kv_num_blocks} blocks x {runtime.info.kv_block_size} tokens"
+    )
+    if cfg.warmup:
+        with progress.phase("warming up"):
+            await runtime.warmup()
+    runtime_ref[0] = runtime
+    admission.loading = False
+    tracker.set_flags(serving=True)
+    await server.start()
+    await server.set_serving(True)
+    progress.say(
+        f"serving {cfg.model.served_name} (pool {cfg.pool}, {cfg.accelerator}) on "
+        f"{host}:{server.port}, metrics on http://{metrics_host}:{metrics_port}/metrics"
+    )
+    return EngineService(cfg, engine_id, server, metrics_port, runtime, tracker, admission,
+                         control_svc, kv_task)
+
+
+def write_ready_file(path: Path, svc: EngineService) -> None:
+    """Atomically write where the engine listens, for supervisors and tests."""
+    host, _ = host_port(svc.cfg.listen)
+    data = {
+        "engine_id": svc.engine_id, "pid": os.getpid(), "address": f"{host}:{svc.server.port}",
+        "grpc_port": svc.server.port, "metrics_port": svc.metrics_port,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+async def serve(cfg: EngineConfig, ready_file: Path | None = None) -> None:
+    """Run the engine until SIGTERM/SIGINT, then drain and exit."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    svc = await start_engine(cfg)
+    if ready_file is not None:
+        write_ready_file(ready_file, svc)
+    await stop.wait()
+    progress = Progress(f"engine {svc.engine_id}")
+    progress.say(
+        f"draining: {len(svc.admission.in_flight)} turn(s) in flight, "
+        f"grace {cfg.drain_grace_seconds:g}s"
+    )
+    await svc.shutdown(cfg.drain_grace_seconds)
+    progress.say("stopped")

@@ -1,0 +1,129 @@
+"""Start and stop Switchyard service processes on this machine (engines for now).
+
+Used by `switchyard demo` (and later `switchyard up`), the integration tests and the benchmarks:
+each engine runs as its own process (`switchyard engine`), logs to a file, and writes a ready
+file once it serves; `wait_ready` relays its progress lines meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+
+@dataclass
+class EngineProcess:
+    """A `switchyard engine` child process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    ready_path: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return str(self.ready["address"])
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ready['metrics_port']}/metrics"
+
+    def wait_ready(self, timeout: float = 300.0, on_progress: Callable[[str], None] | None = None) -> None:
+        """Block until the engine serves; relay its `[engine …]` progress lines meanwhile."""
+        deadline = time.monotonic() + timeout
+        with open(self.log_path, "rb") as log:
+            while True:
+                _relay(log, on_progress)
+                if self.ready_path.exists():
+                    self.ready = json.loads(self.ready_path.read_text())
+                    _relay(log, on_progress)
+                    return
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"engine {self.name} exited with {self.proc.returncode} before serving; "
+                        f"last log lines:\n{tail(self.log_path)}"
+                    )
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"engine {self.name} not ready after {timeout:.0f}s; "
+                                       f"last log lines:\n{tail(self.log_path)}")
+                time.sleep(0.2)
+
+    def terminate(self) -> None:
+        """Ask the engine to drain and exit (SIGTERM)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait up to `timeout`, then SIGKILL the whole process group."""
+        self.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+
+def _relay(log: IO[bytes], on_progress: Callable[[str], None] | None) -> None:
+    for raw in log.readlines():
+        line = raw.decode(errors="replace").rstrip()
+        if on_progress is not None and line.startswith("[engine"):
+            on_progress(line)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_engine(
+    config: Path | dict[str, Any],
+    *,
+    name: str,
+    workdir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> EngineProcess:
+    """Start `switchyard engine` for `config` (a YAML path or a config dict); returns at once.
+
+    `overrides` are merged over the config's top level (e.g. {"listen": "127.0.0.1:0"})."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"switchyard-{name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if isinstance(config, Path):
+        data = yaml.safe_load(config.read_text())
+        base = config.parent.resolve()
+    else:
+        data, base = dict(config), Path.cwd()
+    data = {**data, **(overrides or {})}
+    model_path = Path(str(data["model"]["path"]))
+    if "${" not in str(model_path) and not model_path.is_absolute():
+        data["model"] = {**data["model"], "path": str((base / model_path).resolve())}
+    cfg_path = workdir / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    log_path = workdir / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (the child owns it)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.mesh.cli", "engine", "--config", str(cfg_path),
+         "--ready-file", str(ready)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
+    )
+    log.close()
+    return EngineProcess(name, proc, log_path, ready)

@@ -1,0 +1,101 @@
+"""Drain: in-flight streams finish, new turns are refused, health says NOT_SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.mesh.client import CHANNEL_OPTIONS, generate, make_request
+from switchyard.v1 import engine_pb2, engine_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tests.integration.conftest import start_test_engine
+
+FR = inference_pb2.FinishReason
+INFERENCE = "switchyard.v1.Inference"
+
+
+async def health_status(channel: grpc.aio.Channel) -> int:
+    resp = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=INFERENCE))
+    return resp.status
+
+
+async def started(inference: inference_pb2_grpc.InferenceStub, max_tokens: int):
+    """Start a long turn and wait for its first delta, so it is surely in flight."""
+    call = inference.Generate(make_request("drain me", max_tokens=max_tokens, ignore_eos=True))
+    first = await call.read()
+    assert first.HasField("delta")
+    return call
+
+
+async def rest(call) -> list[inference_pb2.GenerateResponse]:
+    msgs = []
+    while (m := await call.read()) is not grpc.aio.EOF:
+        msgs.append(m)
+    return msgs
+
+
+async def test_drain_finishes_in_flight_and_refuses_new(inference, control, channel):
+    call = await started(inference, 400)
+    resp = await control.Drain(engine_pb2.DrainRequest(grace_seconds=60))
+    try:
+        assert resp.in_flight == 1
+        assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        load = await control.GetLoad(engine_pb2.GetLoadRequest())
+        assert load.draining and not load.serving
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await generate(inference, make_request("new turn", max_tokens=4))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draining" in e.value.details()
+        msgs = await rest(call)
+        assert msgs[-1].final.finish_reason == FR.FINISH_REASON_LENGTH
+        assert msgs[-1].final.usage.completion_tokens == 400
+    finally:
+        await control.Resume(engine_pb2.ResumeRequest())
+    assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert (await generate(inference, make_request("back", max_tokens=4))).final is not None
+
+
+async def test_drain_grace_expiry_aborts_what_is_left(inference, control):
+    call = await started(inference, 1900)
+    try:
+        await control.Drain(engine_pb2.DrainRequest(grace_seconds=0.3))
+        msgs = await rest(call)
+    finally:
+        await control.Resume(engine_pb2.ResumeRequest())
+    final = msgs[-1].final
+    assert final.finish_reason == FR.FINISH_REASON_ABORTED
+    assert 0 < final.usage.completion_tokens < 1900
+
+
+@pytest.fixture(scope="module")
+def sigterm_engine(models_dir, tmp_path_factory):
+    proc = start_test_engine("test-sigterm", tmp_path_factory.mktemp("sigterm"),
+                             drain_grace_seconds=30, kv_events=False)
+    yield proc
+    proc.stop()
+
+
+async def test_sigterm_drains_then_exits(sigterm_engine):
+    async with grpc.aio.insecure_channel(sigterm_engine.address, options=CHANNEL_OPTIONS) as ch:
+        inference = inference_pb2_grpc.InferenceStub(ch)
+        control = engine_pb2_grpc.EngineControlStub(ch)
+        call = await started(inference, 600)
+        sigterm_engine.proc.send_signal(signal.SIGTERM)
+        for _ in range(50):
+            if await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (await control.GetLoad(engine_pb2.GetLoadRequest())).draining
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await generate(inference, make_request("too late", max_tokens=4))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        msgs = await rest(call)
+    assert msgs[-1].final.finish_reason == FR.FINISH_REASON_LENGTH
+    assert msgs[-1].final.usage.completion_tokens == 600
+    code = await asyncio.to_thread(sigterm_engine.proc.wait, 60)
+    assert code == 0
