@@ -1,7 +1,7 @@
 """Regenerate the Python stubs for protos/switchyard/v1/*.proto.
 
     python protos/generate.py            # write the stubs beside the .proto files
-    python protos/generate.py --out DIR  # write them under DIR instead (used by the up-to-date test)
+    python protos/generate.py --out DIR  # write them under DIR (the up-to-date test does)
 
 Stubs (`*_pb2.py`, `*_pb2.pyi`, `*_pb2_grpc.py`) are committed and install as the
 `switchyard.v1` package. grpcio-tools is pinned in pyproject.toml so that the output is
@@ -44,8 +44,12 @@ def generate(out: Path) -> list[Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: protos/)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=PROTO_ROOT, help="output root (default: protos/)"
+    )
     written = generate(parser.parse_args().out)
     for path in written:
         print(path)

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 
 from services.common.errors import InvalidArgument
 
@@ -46,13 +46,14 @@ def _mirror_class(desc: Descriptor) -> type[message.Message]:
 
     add(desc.file)
     mirror = pool.FindMessageTypeByName(_MIRROR_PREFIX + desc.full_name)
-    return message_factory.GetMessageClass(mirror)
+    cls: type[message.Message] = message_factory.GetMessageClass(mirror)
+    return cls
 
 
 def _to_bytes(msg: descriptor_pb2.DescriptorProto) -> None:
     for f in msg.field:
-        if f.type == FieldDescriptor.TYPE_STRING:
-            f.type = FieldDescriptor.TYPE_BYTES
+        if f.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
+            f.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
         if f.type_name.startswith(".") and not f.type_name.startswith(".google.protobuf."):
             f.type_name = "." + _MIRROR_PREFIX + f.type_name[1:]
     for nested in msg.nested_type:
@@ -88,12 +89,15 @@ def _is_utf8(b: bytes) -> bool:
 def decode_request(cls: type[MessageT], data: bytes) -> MessageT:
     """Parse `data` as `cls`; raises InvalidArgument naming the field when it cannot."""
     try:
-        return cls.FromString(data)
+        parsed: MessageT = cls.FromString(data)
+        return parsed
     except message.DecodeError as e:
         try:
             mirror = _mirror_class(cls.DESCRIPTOR).FromString(data)
         except message.DecodeError:
-            raise InvalidArgument(f"request is not a valid {cls.DESCRIPTOR.full_name}: {e}") from None
+            raise InvalidArgument(
+                f"request is not a valid {cls.DESCRIPTOR.full_name}: {e}"
+            ) from None
         bad = _find_bad_utf8(mirror, "")
         if bad:
             raise InvalidArgument(f"{bad} is not valid UTF-8") from None

@@ -38,8 +38,13 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 class Server:
     """A started-or-not grpc.aio server with its health servicer and bound port."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
-                 service_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: health.aio.HealthServicer,
+        service_names: Sequence[str],
+    ) -> None:
         self.grpc = server
         self.port = port
         self.health = health_servicer

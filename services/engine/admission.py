@@ -26,6 +26,7 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._aborts: set[asyncio.Future[None]] = set()  # keeps abort tasks alive until done
 
     def check(self) -> None:
         """Raise UNAVAILABLE unless a new turn may start now."""
@@ -61,7 +62,9 @@ class Admission:
         def expire() -> None:
             self._grace_timer = None
             for rid in list(self.in_flight):
-                asyncio.ensure_future(abort(rid))
+                task = asyncio.ensure_future(abort(rid))
+                self._aborts.add(task)
+                task.add_done_callback(self._aborts.discard)
 
         self._grace_timer = asyncio.get_running_loop().call_later(grace, expire)
         return len(self.in_flight)

@@ -94,7 +94,8 @@ class EngineConfig(StrictModel):
         unknown = sorted(set(self.vllm) - known)
         if unknown:
             raise ConfigError(
-                f"vllm.{unknown[0]}: not a vLLM engine argument (see vllm.engine.arg_utils.EngineArgs)"
+                f"vllm.{unknown[0]}: not a vLLM engine argument "
+                "(see vllm.engine.arg_utils.EngineArgs)"
             )
         return {**DEFAULT_VLLM_ARGS, **self.vllm}
 

@@ -16,10 +16,16 @@ from switchyard.v1 import engine_pb2, engine_pb2_grpc
 SERVICE_NAME = "switchyard.v1.EngineControl"
 
 
-class EngineControlService(engine_pb2_grpc.EngineControlServicer):  # type: ignore[misc]
-    def __init__(self, cfg: EngineConfig, engine_id: str, runtime_ref: list[Runtime | None],
-                 tracker: LoadTracker, admission: Admission,
-                 set_serving: Callable[[bool], Awaitable[None]]) -> None:
+class EngineControlService(engine_pb2_grpc.EngineControlServicer):
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        engine_id: str,
+        runtime_ref: list[Runtime | None],
+        tracker: LoadTracker,
+        admission: Admission,
+        set_serving: Callable[[bool], Awaitable[None]],
+    ) -> None:
         self._cfg = cfg
         self._engine_id = engine_id
         self._runtime_ref = runtime_ref
@@ -30,26 +36,35 @@ class EngineControlService(engine_pb2_grpc.EngineControlServicer):  # type: igno
     def add_to_server(self, server: grpc.aio.Server) -> None:
         engine_pb2_grpc.add_EngineControlServicer_to_server(self, server)
 
-    async def GetInfo(self, request: engine_pb2.GetInfoRequest,  # noqa: N802
-                      context: grpc.aio.ServicerContext) -> engine_pb2.EngineInfo:
+    async def GetInfo(
+        self, request: engine_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.EngineInfo:
         runtime = self._runtime_ref[0]
         if runtime is None:
             raise Unavailable(f"engine {self._engine_id} is still loading its model")
         i = runtime.info
         return engine_pb2.EngineInfo(
-            engine_id=self._engine_id, pool=self._cfg.pool, accelerator=self._cfg.accelerator,
-            model=self._cfg.model.served_name, model_version=self._cfg.model_version(),
-            max_model_len=i.max_model_len, kv_block_size=i.kv_block_size,
-            kv_num_blocks=i.kv_num_blocks, prefix_hash_algo=i.prefix_hash_algo,
-            vllm_version=i.vllm_version, kv_events=self._cfg.kv_events,
+            engine_id=self._engine_id,
+            pool=self._cfg.pool,
+            accelerator=self._cfg.accelerator,
+            model=self._cfg.model.served_name,
+            model_version=self._cfg.model_version(),
+            max_model_len=i.max_model_len,
+            kv_block_size=i.kv_block_size,
+            kv_num_blocks=i.kv_num_blocks,
+            prefix_hash_algo=i.prefix_hash_algo,
+            vllm_version=i.vllm_version,
+            kv_events=self._cfg.kv_events,
         )
 
-    async def GetLoad(self, request: engine_pb2.GetLoadRequest,  # noqa: N802
-                      context: grpc.aio.ServicerContext) -> engine_pb2.LoadReport:
+    async def GetLoad(
+        self, request: engine_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.LoadReport:
         return self._tracker.report()
 
-    async def WatchEvents(self, request: engine_pb2.WatchEventsRequest,  # noqa: N802
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[engine_pb2.EngineEvent]:
+    async def WatchEvents(
+        self, request: engine_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[engine_pb2.EngineEvent]:
         watcher = self._tracker.watch(kv_events=request.kv_events)
         try:
             async for event in watcher.events(self._cfg.heartbeat_seconds):
@@ -57,15 +72,17 @@ class EngineControlService(engine_pb2_grpc.EngineControlServicer):  # type: igno
         finally:
             self._tracker.unwatch(watcher)
 
-    async def Drain(self, request: engine_pb2.DrainRequest,  # noqa: N802
-                    context: grpc.aio.ServicerContext) -> engine_pb2.DrainResponse:
+    async def Drain(
+        self, request: engine_pb2.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.DrainResponse:
         grace = request.grace_seconds or self._cfg.drain_grace_seconds
         in_flight = self.drain(grace)
         await self._set_serving(False)
         return engine_pb2.DrainResponse(in_flight=in_flight)
 
-    async def Resume(self, request: engine_pb2.ResumeRequest,  # noqa: N802
-                     context: grpc.aio.ServicerContext) -> engine_pb2.ResumeResponse:
+    async def Resume(
+        self, request: engine_pb2.ResumeRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.ResumeResponse:
         self._admission.resume()
         await self._set_serving(not self._admission.loading)
         return engine_pb2.ResumeResponse()

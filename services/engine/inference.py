@@ -57,13 +57,19 @@ class _Turn:
 
 
 class InferenceService:
-    def __init__(self, runtime_ref: list[Runtime | None], admission: Admission,
-                 metrics: EngineMetrics, served_by: inference_pb2.ServedBy) -> None:
+    def __init__(
+        self,
+        runtime_ref: list[Runtime | None],
+        admission: Admission,
+        metrics: EngineMetrics,
+        served_by: inference_pb2.ServedBy,
+    ) -> None:
         # runtime_ref[0] is None while the engine loads; the server answers health meanwhile.
         self._runtime_ref = runtime_ref
         self._admission = admission
         self._metrics = metrics
         self._served_by = served_by
+        self._aborts: set[asyncio.Future[None]] = set()  # deadline aborts in progress
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.unary_stream_rpc_method_handler(
@@ -75,7 +81,7 @@ class InferenceService:
             (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Generate": handler}),)
         )
 
-    async def Generate(  # noqa: N802 (gRPC method name)
+    async def Generate(
         self, request: inference_pb2.GenerateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         arrived = time.monotonic()
@@ -90,8 +96,10 @@ class InferenceService:
             raise
 
     async def _generate(
-        self, request: inference_pb2.GenerateRequest | Malformed,
-        context: grpc.aio.ServicerContext, arrived: float,
+        self,
+        request: inference_pb2.GenerateRequest | Malformed,
+        context: grpc.aio.ServicerContext,
+        arrived: float,
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         if isinstance(request, Malformed):
             raise request.error
@@ -108,7 +116,8 @@ class InferenceService:
         if remaining is not None:
             budget = remaining - deadline_margin(remaining)
             timer = asyncio.get_running_loop().call_later(
-                max(0.0, budget), self._expire, runtime, turn)
+                max(0.0, budget), self._expire, runtime, turn
+            )
 
         with self._admission.turn(turn.req.request_id):
             try:
@@ -122,7 +131,8 @@ class InferenceService:
                             turn.first_text_at = time.monotonic()
                             self._metrics.ttft.observe(turn.first_text_at - arrived)
                         yield inference_pb2.GenerateResponse(
-                            delta=inference_pb2.Delta(text=c.text, token_count=pending))
+                            delta=inference_pb2.Delta(text=c.text, token_count=pending)
+                        )
                         pending = 0
                     turn.last = out
             finally:
@@ -148,7 +158,9 @@ class InferenceService:
 
     def _expire(self, runtime: Runtime, turn: _Turn) -> None:
         turn.deadline_hit = True
-        asyncio.ensure_future(runtime.abort(turn.req.request_id))
+        task = asyncio.ensure_future(runtime.abort(turn.req.request_id))
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
 
     def _final(self, turn: _Turn) -> inference_pb2.Final:
         now = time.monotonic()
@@ -179,7 +191,7 @@ class InferenceService:
         first = turn.first_text_at
         queue = ttft = decode = 0.0
         stats = getattr(out, "metrics", None) if out is not None else None
-        if stats is not None and getattr(stats, "scheduled_ts", 0.0):
+        if stats is not None and getattr(stats, "scheduled_ts", None):
             queue = stats.scheduled_ts - stats.queued_ts
             if stats.first_token_ts:
                 decode = stats.last_token_ts - stats.first_token_ts
@@ -191,11 +203,17 @@ class InferenceService:
                 m.inter_token.observe(decode / (turn.completion_tokens - 1))
         return inference_pb2.Final(
             finish_reason=finish,
-            usage=inference_pb2.Usage(prompt_tokens=prompt, cached_prompt_tokens=cached,
-                                      completion_tokens=turn.completion_tokens),
-            timing=inference_pb2.Timing(queue=_duration(queue), ttft=_duration(ttft),
-                                        decode=_duration(decode),
-                                        total=_duration(now - turn.arrived)),
+            usage=inference_pb2.Usage(
+                prompt_tokens=prompt,
+                cached_prompt_tokens=cached,
+                completion_tokens=turn.completion_tokens,
+            ),
+            timing=inference_pb2.Timing(
+                queue=_duration(queue),
+                ttft=_duration(ttft),
+                decode=_duration(decode),
+                total=_duration(now - turn.arrived),
+            ),
             served_by=self._served_by,
             request_id=turn.req.request_id,
             stop_sequence=stop_sequence,

@@ -48,16 +48,22 @@ def convert_event(ev: Any) -> engine_pb2.KvCacheEvent | None:
     if medium not in (None, "GPU"):
         return None
     if isinstance(ev, BlockStored):
-        return engine_pb2.KvCacheEvent(stored=engine_pb2.BlockStored(
-            block_hashes=[block_hash_bytes(h) for h in ev.block_hashes],
-            parent_block_hash=b"" if ev.parent_block_hash is None
-            else block_hash_bytes(ev.parent_block_hash),
-            token_ids=ev.token_ids,
-            block_size=ev.block_size,
-        ))
+        return engine_pb2.KvCacheEvent(
+            stored=engine_pb2.BlockStored(
+                block_hashes=[block_hash_bytes(h) for h in ev.block_hashes],
+                parent_block_hash=b""
+                if ev.parent_block_hash is None
+                else block_hash_bytes(ev.parent_block_hash),
+                token_ids=ev.token_ids,
+                block_size=ev.block_size,
+            )
+        )
     if isinstance(ev, BlockRemoved):
-        return engine_pb2.KvCacheEvent(removed=engine_pb2.BlockRemoved(
-            block_hashes=[block_hash_bytes(h) for h in ev.block_hashes]))
+        return engine_pb2.KvCacheEvent(
+            removed=engine_pb2.BlockRemoved(
+                block_hashes=[block_hash_bytes(h) for h in ev.block_hashes]
+            )
+        )
     if isinstance(ev, AllBlocksCleared):
         return engine_pb2.KvCacheEvent(cleared=engine_pb2.AllBlocksCleared())
     return None

@@ -38,8 +38,14 @@ class LoadState:
 
     def key(self) -> tuple[Any, ...]:
         """The fields whose change is worth an immediate report (counters ride along)."""
-        return (self.running, self.waiting, round(self.kv_cache_usage, 3), self.in_flight,
-                self.draining, self.serving)
+        return (
+            self.running,
+            self.waiting,
+            round(self.kv_cache_usage, 3),
+            self.in_flight,
+            self.draining,
+            self.serving,
+        )
 
 
 class Watcher:
@@ -97,8 +103,9 @@ class LoadTracker:
 
     # -- producers --------------------------------------------------------------------------
 
-    def record_scheduler(self, running: int, waiting: int, kv_usage: float,
-                         queries: int, hits: int, reset: bool) -> None:
+    def record_scheduler(
+        self, running: int, waiting: int, kv_usage: float, queries: int, hits: int, reset: bool
+    ) -> None:
         s = self.state
         s.running, s.waiting, s.kv_cache_usage = running, waiting, kv_usage
         if reset:
@@ -138,10 +145,16 @@ class LoadTracker:
         now = Timestamp()
         now.GetCurrentTime()
         return engine_pb2.LoadReport(
-            engine_id=self.engine_id, time=now, running=s.running, waiting=s.waiting,
-            kv_cache_usage=s.kv_cache_usage, prefix_cache_queries=s.prefix_cache_queries,
-            prefix_cache_hits=s.prefix_cache_hits, in_flight=s.in_flight,
-            draining=s.draining, serving=s.serving and not s.draining,
+            engine_id=self.engine_id,
+            time=now,
+            running=s.running,
+            waiting=s.waiting,
+            kv_cache_usage=s.kv_cache_usage,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
+            in_flight=s.in_flight,
+            draining=s.draining,
+            serving=s.serving and not s.draining,
         )
 
     def changed(self) -> None:
@@ -167,19 +180,27 @@ def load_stat_logger_factory(tracker: LoadTracker) -> Callable[..., Any]:
     """A vLLM stat-logger factory whose loggers feed `tracker` after every engine step."""
     from vllm.v1.metrics.loggers import StatLoggerBase
 
-    class LoadStatLogger(StatLoggerBase):  # type: ignore[misc]
+    class LoadStatLogger(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             self._tracker = tracker
 
-        def record(self, scheduler_stats: Any, iteration_stats: Any,
-                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
             if scheduler_stats is None:
                 return
             pc = scheduler_stats.prefix_cache_stats
             self._tracker.record_scheduler(
                 scheduler_stats.num_running_reqs,
                 scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
-                scheduler_stats.kv_cache_usage, pc.queries, pc.hits, pc.reset,
+                scheduler_stats.kv_cache_usage,
+                pc.queries,
+                pc.hits,
+                pc.reset,
             )
 
         def log_engine_initialized(self) -> None:

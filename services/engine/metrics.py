@@ -21,30 +21,37 @@ REQUESTS = Counter(
 TTFT = Histogram(
     "switchyard_engine_ttft_seconds",
     "Time from the gRPC call's arrival to the first text delta sent.",
-    LABELS, buckets=LATENCY_BUCKETS,
+    LABELS,
+    buckets=LATENCY_BUCKETS,
 )
 INTER_TOKEN = Histogram(
     "switchyard_engine_inter_token_latency_seconds",
     "Mean time between output tokens of a turn after the first.",
-    LABELS, buckets=LATENCY_BUCKETS,
+    LABELS,
+    buckets=LATENCY_BUCKETS,
 )
 E2E = Histogram(
     "switchyard_engine_request_duration_seconds",
     "Time from the gRPC call's arrival to its Final message.",
-    LABELS, buckets=LATENCY_BUCKETS,
+    LABELS,
+    buckets=LATENCY_BUCKETS,
 )
 PROMPT_TOKENS = Counter("switchyard_engine_prompt_tokens_total", "Prompt tokens processed.", LABELS)
 CACHED_PROMPT_TOKENS = Counter(
-    "switchyard_engine_cached_prompt_tokens_total", "Prompt tokens served from the prefix cache.",
+    "switchyard_engine_cached_prompt_tokens_total",
+    "Prompt tokens served from the prefix cache.",
     LABELS,
 )
 GENERATED_TOKENS = Counter(
     "switchyard_engine_generated_tokens_total", "Output tokens generated.", LABELS
 )
-IN_FLIGHT = Gauge("switchyard_engine_in_flight_requests", "Turns accepted and not yet finished.", LABELS)
+IN_FLIGHT = Gauge(
+    "switchyard_engine_in_flight_requests", "Turns accepted and not yet finished.", LABELS
+)
 DRAINING = Gauge("switchyard_engine_draining", "1 while the engine refuses new turns.", LABELS)
 KV_EVENT_BATCHES = Counter(
-    "switchyard_engine_kv_event_batches_total", "KV-cache event batches forwarded to watchers.",
+    "switchyard_engine_kv_event_batches_total",
+    "KV-cache event batches forwarded to watchers.",
     LABELS,
 )
 

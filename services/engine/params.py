@@ -58,8 +58,14 @@ class PreparedRequest:
         )
 
 
-def _check_range(name: str, value: float, lo: float | None, hi: float | None,
-                 lo_open: bool = False, hi_open: bool = False) -> None:
+def _check_range(
+    name: str,
+    value: float,
+    lo: float | None,
+    hi: float | None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     low_bad = lo is not None and (value <= lo if lo_open else value < lo)
     high_bad = hi is not None and (value >= hi if hi_open else value > hi)
     if low_bad or high_bad or value != value:  # value != value: NaN
@@ -104,7 +110,9 @@ def _check_json_schema(schema: dict[str, Any]) -> None:
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
-        raise InvalidArgument(f"structured_output.json_schema is not a valid schema: {e.message}") from None
+        raise InvalidArgument(
+            f"structured_output.json_schema is not a valid schema: {e.message}"
+        ) from None
 
 
 def _prompt_tokens(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
@@ -132,7 +140,9 @@ def _prompt_tokens(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> 
     raise InvalidArgument("one of prompt or conversation is required")
 
 
-def prepare(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits) -> PreparedRequest:
+def prepare(
+    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits
+) -> PreparedRequest:
     """Validate `req` against `limits` and build the vLLM inputs; raises InvalidArgument."""
     if req.model not in ("", "auto", limits.served_name):
         raise InvalidArgument(
@@ -184,8 +194,16 @@ def prepare(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Li
         tokens = tokens[truncated:]
 
     kwargs: dict[str, Any] = {}
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "seed",
-                 "presence_penalty", "frequency_penalty", "min_p"):
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "min_p",
+    ):
         if s.HasField(name):
             kwargs[name] = getattr(s, name)
     if kwargs.get("top_k") == 0:

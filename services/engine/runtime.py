@@ -45,23 +45,9 @@ class Runtime:
     @classmethod
     def build(cls, cfg: EngineConfig, tracker: LoadTracker, kv_endpoint: str | None) -> Runtime:
         import vllm
-        from vllm.config import KVEventsConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        kv_config = (
-            KVEventsConfig(enable_kv_cache_events=True, publisher="zmq",
-                           endpoint=kv_endpoint, topic=TOPIC)
-            if kv_endpoint else None
-        )
-        args = AsyncEngineArgs(
-            model=str(cfg.model.path),
-            served_model_name=[cfg.model.served_name],
-            enable_prefix_caching=True,
-            kv_events_config=kv_config,
-            disable_log_stats=False,
-            **cfg.vllm_args(),
-        )
+        args = engine_args(cfg, kv_endpoint)
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[load_stat_logger_factory(tracker)])
         vc = llm.vllm_config
         max_model_len = int(vc.model_config.max_model_len)
@@ -109,3 +95,25 @@ class Runtime:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def engine_args(cfg: EngineConfig, kv_endpoint: str | None) -> Any:
+    """vLLM AsyncEngineArgs for `cfg`: prefix caching on, KV events to `kv_endpoint` if given."""
+    from vllm.config import KVEventsConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kv_config = (
+        KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq", endpoint=kv_endpoint, topic=TOPIC
+        )
+        if kv_endpoint
+        else None
+    )
+    return AsyncEngineArgs(
+        model=str(cfg.model.path),
+        served_model_name=[cfg.model.served_name],
+        enable_prefix_caching=True,
+        kv_events_config=kv_config,
+        disable_log_stats=False,
+        **cfg.vllm_args(),
+    )

@@ -27,7 +27,7 @@ from services.engine.kv_events import KvEventForwarder, ipc_endpoint
 from services.engine.load import LoadTracker
 from services.engine.metrics import EngineMetrics
 from services.engine.runtime import Runtime
-from switchyard.v1 import inference_pb2
+from switchyard.v1 import engine_pb2, inference_pb2
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,16 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     metrics = EngineMetrics(cfg.pool, engine_id, cfg.model.served_name)
     admission = Admission(engine_id, tracker, metrics)
     served_by = inference_pb2.ServedBy(
-        pool=cfg.pool, engine=engine_id, model=cfg.model.served_name,
-        model_version=cfg.model_version(), accelerator=cfg.accelerator,
+        pool=cfg.pool,
+        engine=engine_id,
+        model=cfg.model.served_name,
+        model_version=cfg.model_version(),
+        accelerator=cfg.accelerator,
     )
     inference_svc = inference.InferenceService(runtime_ref, admission, metrics, served_by)
     control_svc = control.EngineControlService(
-        cfg, engine_id, runtime_ref, tracker, admission, server.set_serving)
+        cfg, engine_id, runtime_ref, tracker, admission, server.set_serving
+    )
     inference_svc.add_to_server(server.grpc)
     control_svc.add_to_server(server.grpc)
 
@@ -91,9 +95,9 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     if cfg.kv_events:
         kv_endpoint = ipc_endpoint(engine_id)
 
-        def on_batch(batch: object) -> None:
+        def on_batch(batch: engine_pb2.KvCacheEvents) -> None:
             metrics.kv_event_batches.inc()
-            tracker.publish_kv(batch)  # type: ignore[arg-type]
+            tracker.publish_kv(batch)
 
         forwarder = KvEventForwarder(kv_endpoint, on_batch)
         kv_task = asyncio.create_task(forwarder.run(), name="kv-events")
@@ -116,16 +120,20 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         f"serving {cfg.model.served_name} (pool {cfg.pool}, {cfg.accelerator}) on "
         f"{host}:{server.port}, metrics on http://{metrics_host}:{metrics_port}/metrics"
     )
-    return EngineService(cfg, engine_id, server, metrics_port, runtime, tracker, admission,
-                         control_svc, kv_task)
+    return EngineService(
+        cfg, engine_id, server, metrics_port, runtime, tracker, admission, control_svc, kv_task
+    )
 
 
 def write_ready_file(path: Path, svc: EngineService) -> None:
     """Atomically write where the engine listens, for supervisors and tests."""
     host, _ = host_port(svc.cfg.listen)
     data = {
-        "engine_id": svc.engine_id, "pid": os.getpid(), "address": f"{host}:{svc.server.port}",
-        "grpc_port": svc.server.port, "metrics_port": svc.metrics_port,
+        "engine_id": svc.engine_id,
+        "pid": os.getpid(),
+        "address": f"{host}:{svc.server.port}",
+        "grpc_port": svc.server.port,
+        "metrics_port": svc.metrics_port,
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))

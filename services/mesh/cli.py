@@ -1,9 +1,9 @@
 """`switchyard`: the command line of the mesh.
 
-    switchyard demo [PROMPT]              start an engine, stream a reply to PROMPT, stop
-    switchyard engine --config FILE       run one engine (pool member) until SIGTERM
-    switchyard generate --target ADDR P   stream a reply from an engine or the mesh
-    switchyard models init                generate the local test models (no network)
+switchyard demo [PROMPT]              start an engine, stream a reply to PROMPT, stop
+switchyard engine --config FILE       run one engine (pool member) until SIGTERM
+switchyard generate --target ADDR P   stream a reply from an engine or the mesh
+switchyard models init                generate the local test models (no network)
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def cmd_models_init(args: argparse.Namespace) -> int:
     dest = _models_dir(args.dir)
     unknown = sorted(set(args.names) - MODEL_SPECS.keys())
     if unknown:
-        print(f"error: unknown model {unknown[0]!r}; known: {', '.join(MODEL_SPECS)}", file=sys.stderr)
+        print(
+            f"error: unknown model {unknown[0]!r}; known: {', '.join(MODEL_SPECS)}", file=sys.stderr
+        )
         return 2
-    paths = init_models(dest, args.names or None, force=args.force,
-                        progress=lambda m: print(m, file=sys.stderr))
+    paths = init_models(
+        dest, args.names or None, force=args.force, progress=lambda m: print(m, file=sys.stderr)
+    )
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return 0
@@ -68,20 +71,26 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import grpc
+
     from services.mesh import client
+    from switchyard.v1 import inference_pb2_grpc
 
     async def run() -> int:
         async with client.channel(args.target) as ch:
-            stub = client.inference_pb2_grpc.InferenceStub(ch)
+            stub = inference_pb2_grpc.InferenceStub(ch)
             req = client.make_request(
                 None if args.system else args.prompt,
                 messages=[("system", args.system), ("user", args.prompt)] if args.system else (),
-                model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
-                regex=args.regex, session_id=args.session or "",
+                model=args.model,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                regex=args.regex,
+                session_id=args.session or "",
             )
             try:
                 reply = await client.generate(stub, req, timeout=args.timeout, out=sys.stdout)
-            except client.grpc.aio.AioRpcError as e:
+            except grpc.aio.AioRpcError as e:
                 print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
                 return 1
             client.print_final(reply.final)
@@ -98,15 +107,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     models = _models_dir(args.models_dir)
     init_models(models, ["small"], progress=lambda m: print(f"[models] {m}", file=sys.stderr))
     _use_models_dir(models)
-    engine = procs.start_engine(Path(args.config), name="demo-engine",
-                                overrides={"listen": "127.0.0.1:0"})
+    engine = procs.start_engine(
+        Path(args.config), name="demo-engine", overrides={"listen": "127.0.0.1:0"}
+    )
     print(f"[demo] starting engine (log: {engine.log_path})", file=sys.stderr)
     try:
         engine.wait_ready(on_progress=lambda line: print(line, file=sys.stderr))
         print(f"[demo] > {args.prompt}", file=sys.stderr)
         ns = argparse.Namespace(
-            target=engine.address, prompt=args.prompt, system="You are a helpful assistant.",
-            model="", max_tokens=args.max_tokens, temperature=0.8, regex=None, session=None,
+            target=engine.address,
+            prompt=args.prompt,
+            system="You are a helpful assistant.",
+            model="",
+            max_tokens=args.max_tokens,
+            temperature=0.8,
+            regex=None,
+            session=None,
             timeout=120.0,
         )
         return cmd_generate(ns)
@@ -116,8 +132,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="switchyard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="switchyard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -125,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT)
     d.add_argument("--config", default=str(DEFAULT_ENGINE_CONFIG), help="engine config (YAML)")
     d.add_argument("--max-tokens", type=int, default=48)
-    d.add_argument("--models-dir", help="where the test models live (default ~/.cache/switchyard/models)")
+    d.add_argument(
+        "--models-dir", help="where the test models live (default ~/.cache/switchyard/models)"
+    )
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("engine", help="run one engine of a pool")
@@ -152,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     mi = msub.add_parser("init", help="generate small Llama-architecture test models (no network)")
     mi.add_argument("names", nargs="*", help="models to generate (default: all)")
-    mi.add_argument("--dir", help="destination (default: $SWITCHYARD_MODELS or ~/.cache/switchyard/models)")
+    mi.add_argument(
+        "--dir", help="destination (default: $SWITCHYARD_MODELS or ~/.cache/switchyard/models)"
+    )
     mi.add_argument("--force", action="store_true", help="regenerate even if up to date")
     mi.set_defaults(func=cmd_models_init)
     return p
@@ -160,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return int(args.func(args))
 
 

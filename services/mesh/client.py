@@ -39,7 +39,8 @@ def make_request(
     req = inference_pb2.GenerateRequest(model=model, session_id=session_id, priority=priority)
     if messages:
         req.conversation.messages.extend(
-            inference_pb2.ChatMessage(role=r, content=t) for r, t in messages)
+            inference_pb2.ChatMessage(role=r, content=t) for r, t in messages
+        )
     elif prompt is not None:
         req.prompt = prompt
     if max_tokens is not None:

@@ -167,6 +167,7 @@ def init_models(
         spec.validate()
         target = dest / name
         with _lock(dest / ".switchyard-init.lock"):
+            _remove_leftovers(dest, name)
             if not force and _is_up_to_date(target, spec):
                 progress(f"{name}: up to date ({target})")
             else:
@@ -257,6 +258,13 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(dest: Path, name: str) -> None:
+    """Delete temp/old dirs a crashed earlier run left for this model (called under the lock)."""
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+        for path in dest.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _build_into(

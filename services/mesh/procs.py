@@ -40,7 +40,9 @@ class EngineProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ready['metrics_port']}/metrics"
 
-    def wait_ready(self, timeout: float = 300.0, on_progress: Callable[[str], None] | None = None) -> None:
+    def wait_ready(
+        self, timeout: float = 300.0, on_progress: Callable[[str], None] | None = None
+    ) -> None:
         """Block until the engine serves; relay its `[engine …]` progress lines meanwhile."""
         deadline = time.monotonic() + timeout
         with open(self.log_path, "rb") as log:
@@ -57,8 +59,10 @@ class EngineProcess:
                     )
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"engine {self.name} not ready after {timeout:.0f}s; "
-                                       f"last log lines:\n{tail(self.log_path)}")
+                    raise TimeoutError(
+                        f"engine {self.name} not ready after {timeout:.0f}s; "
+                        f"last log lines:\n{tail(self.log_path)}"
+                    )
                 time.sleep(0.2)
 
     def terminate(self) -> None:
@@ -117,11 +121,21 @@ def start_engine(
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 (the child owns it)
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.mesh.cli", "engine", "--config", str(cfg_path),
-         "--ready-file", str(ready)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "services.mesh.cli",
+            "engine",
+            "--config",
+            str(cfg_path),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         start_new_session=True,
     )

@@ -28,14 +28,18 @@ SMALL_CONFIG = ROOT / "deploy" / "local" / "engine-small.yaml"
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     path = default_models_dir()
-    init_models(path, ["small", "large"], progress=lambda m: print(f"[models] {m}", file=sys.stderr))
+    init_models(
+        path, ["small", "large"], progress=lambda m: print(f"[models] {m}", file=sys.stderr)
+    )
     os.environ["SWITCHYARD_MODELS"] = str(path)
     return path
 
 
 def start_test_engine(name: str, tmp: Path, **overrides: Any) -> procs.EngineProcess:
     engine = procs.start_engine(
-        SMALL_CONFIG, name=name, workdir=tmp,
+        SMALL_CONFIG,
+        name=name,
+        workdir=tmp,
         overrides={"listen": "127.0.0.1:0", "engine_id": name, **overrides},
     )
     engine.wait_ready(timeout=300, on_progress=lambda line: print(line, file=sys.stderr))
@@ -49,8 +53,9 @@ def engine(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if reuse:
         yield json.loads(Path(reuse).read_text())
         return
-    proc = start_test_engine("test-small-0", tmp_path_factory.mktemp("engine"),
-                             drain_grace_seconds=20)
+    proc = start_test_engine(
+        "test-small-0", tmp_path_factory.mktemp("engine"), drain_grace_seconds=20
+    )
     yield proc.ready
     code = proc.stop()
     assert code == 0, f"engine exited with {code}:\n{procs.tail(proc.log_path)}"

@@ -19,7 +19,8 @@ INFERENCE = "switchyard.v1.Inference"
 
 async def health_status(channel: grpc.aio.Channel) -> int:
     resp = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=INFERENCE))
+        health_pb2.HealthCheckRequest(service=INFERENCE)
+    )
     return resp.status
 
 
@@ -73,8 +74,9 @@ async def test_drain_grace_expiry_aborts_what_is_left(inference, control):
 
 @pytest.fixture(scope="module")
 def sigterm_engine(models_dir, tmp_path_factory):
-    proc = start_test_engine("test-sigterm", tmp_path_factory.mktemp("sigterm"),
-                             drain_grace_seconds=30, kv_events=False)
+    proc = start_test_engine(
+        "test-sigterm", tmp_path_factory.mktemp("sigterm"), drain_grace_seconds=30, kv_events=False
+    )
     yield proc
     proc.stop()
 

@@ -17,8 +17,10 @@ from services.mesh.client import generate, make_request
 from switchyard.v1 import engine_pb2, inference_pb2
 
 FR = inference_pb2.FinishReason
-WORDS = ("river signal engine morning copper lantern harbor garden violet thunder quiet "
-         "market station window silver meadow").split()
+WORDS = (
+    "river signal engine morning copper lantern harbor garden violet thunder quiet "
+    "market station window silver meadow"
+).split()
 
 
 def long_text(n_words: int, seed: int | None = None) -> str:
@@ -76,8 +78,10 @@ async def test_repeated_long_prefix_hits_the_prefix_cache(inference, engine):
 
 
 async def test_structured_output_emits_the_exact_text(inference):
-    reply = await generate(inference, make_request(
-        "Contact:", max_tokens=40, regex=r"alice@example\.com", temperature=1.0))
+    reply = await generate(
+        inference,
+        make_request("Contact:", max_tokens=40, regex=r"alice@example\.com", temperature=1.0),
+    )
     assert reply.text == "alice@example.com"
     assert reply.final.finish_reason == FR.FINISH_REASON_STOP
 
@@ -88,7 +92,8 @@ async def test_structured_output_emits_the_exact_text(inference):
     req = make_request("JSON:", max_tokens=60)
     req.structured_output.json_schema = (
         '{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"],'
-        '"additionalProperties":false}')
+        '"additionalProperties":false}'
+    )
     text = (await generate(inference, req)).text
     assert re.fullmatch(r'\{\s*"ok"\s*:\s*(true|false)\s*\}', text), text
 
@@ -124,8 +129,9 @@ async def test_cancellation_aborts_inside_vllm(inference, control, engine):
 
 
 async def test_deadline_returns_partial_output_with_finish_reason(inference):
-    msgs = await collect(inference, make_request("Keep going", max_tokens=1900, ignore_eos=True),
-                         timeout=1.0)
+    msgs = await collect(
+        inference, make_request("Keep going", max_tokens=1900, ignore_eos=True), timeout=1.0
+    )
     final = msgs[-1].final
     assert final.finish_reason == FR.FINISH_REASON_DEADLINE
     assert 0 < final.usage.completion_tokens < 1900
@@ -161,7 +167,9 @@ async def test_bad_top_p_and_schema(inference):
     req.sampling.top_p = 1.5
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await collect(inference, req)
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sampling.top_p" in e.value.details()
+    assert (
+        e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sampling.top_p" in e.value.details()
+    )
     req = make_request("hi")
     req.structured_output.json_schema = '{"type": 5}'
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -190,8 +198,9 @@ async def test_truncate_prompt_lets_a_long_prompt_through(inference):
 
 
 async def test_engine_keeps_serving_while_bad_requests_fail(inference):
-    good = asyncio.create_task(generate(inference, make_request("steady", max_tokens=64,
-                                                                ignore_eos=True)))
+    good = asyncio.create_task(
+        generate(inference, make_request("steady", max_tokens=64, ignore_eos=True))
+    )
     for req, _ in BAD:
         with pytest.raises(grpc.aio.AioRpcError):
             await collect(inference, req)
@@ -233,8 +242,9 @@ async def test_kv_events_arrive_for_a_new_prefix(inference, control, engine):
 async def test_load_reports_stream(control, inference):
     watch = control.WatchEvents(engine_pb2.WatchEventsRequest(kv_events=False))
     await watch.read()
-    task = asyncio.create_task(generate(inference, make_request("x", max_tokens=200,
-                                                                ignore_eos=True)))
+    task = asyncio.create_task(
+        generate(inference, make_request("x", max_tokens=200, ignore_eos=True))
+    )
     busy = False
     while not task.done():
         ev = await asyncio.wait_for(watch.read(), 5)
@@ -259,9 +269,17 @@ async def test_health_and_reflection(channel):
 
 
 def test_metrics_reexport_vllm_and_engine_metrics(engine):
-    body = urllib.request.urlopen(
-        f"http://127.0.0.1:{engine['metrics_port']}/metrics", timeout=5).read().decode()
-    for name in ("vllm:generation_tokens_total", "vllm:kv_cache_usage_perc",
-                 "switchyard_engine_requests_total", "switchyard_engine_ttft_seconds_bucket",
-                 "switchyard_engine_in_flight_requests", "switchyard_engine_generated_tokens_total"):
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{engine['metrics_port']}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    for name in (
+        "vllm:generation_tokens_total",
+        "vllm:kv_cache_usage_perc",
+        "switchyard_engine_requests_total",
+        "switchyard_engine_ttft_seconds_bucket",
+        "switchyard_engine_in_flight_requests",
+        "switchyard_engine_generated_tokens_total",
+    ):
         assert name in body, name

@@ -8,8 +8,11 @@ from services.engine.config import EngineConfig, load_engine_config
 
 
 def config(**kw):
-    base = {"pool": "l4-small", "accelerator": "cpu",
-            "model": {"path": "/models/small", "served_name": "small"}}
+    base = {
+        "pool": "l4-small",
+        "accelerator": "cpu",
+        "model": {"path": "/models/small", "served_name": "small"},
+    }
     return {**base, **kw}
 
 
@@ -21,8 +24,9 @@ def test_minimal_config_has_defaults():
 
 
 def test_vllm_args_pass_through_and_override_defaults():
-    cfg = parse_config(config(vllm={"tensor_parallel_size": 8, "scheduling_policy": "fcfs"}),
-                       EngineConfig)
+    cfg = parse_config(
+        config(vllm={"tensor_parallel_size": 8, "scheduling_policy": "fcfs"}), EngineConfig
+    )
     args = cfg.vllm_args()
     assert args == {"tensor_parallel_size": 8, "scheduling_policy": "fcfs"}
 
@@ -40,8 +44,12 @@ def test_reserved_vllm_arg_is_rejected():
 
 @pytest.mark.parametrize(
     ("override", "field"),
-    [({"pool": ""}, "pool"), ({"drain_grace_seconds": -1}, "drain_grace_seconds"),
-     ({"typo_field": 1}, "typo_field"), ({"model": {"path": "/m"}}, "model.served_name")],
+    [
+        ({"pool": ""}, "pool"),
+        ({"drain_grace_seconds": -1}, "drain_grace_seconds"),
+        ({"typo_field": 1}, "typo_field"),
+        ({"model": {"path": "/m"}}, "model.served_name"),
+    ],
 )
 def test_errors_name_the_field(override, field):
     with pytest.raises(ConfigError, match=rf"engine.yaml: {field}:"):
@@ -68,6 +76,7 @@ def test_model_version_from_manifest(tmp_path: Path):
     (tmp_path / "switchyard-model.json").write_text('{"version": "abc123"}')
     cfg = parse_config(config(model={"path": str(tmp_path), "served_name": "s"}), EngineConfig)
     assert cfg.model_version() == "abc123"
-    cfg = parse_config(config(model={"path": str(tmp_path), "served_name": "s", "version": "v2"}),
-                       EngineConfig)
+    cfg = parse_config(
+        config(model={"path": str(tmp_path), "served_name": "s", "version": "v2"}), EngineConfig
+    )
     assert cfg.model_version() == "v2"

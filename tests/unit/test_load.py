@@ -27,7 +27,7 @@ async def test_reports_are_coalesced_within_the_interval():
     w = t.watch(kv_events=False)
     events = w.events(heartbeat=10)
     await next_event(events)
-    for i in range(1, 50):
+    for _ in range(1, 50):
         t.add_in_flight(1)
     ev = await next_event(events)
     assert ev.load.in_flight >= 1

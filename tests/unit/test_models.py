@@ -238,10 +238,10 @@ def test_loads_and_generates_with_transformers(generated: dict[str, Path], token
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(generated["small"])
+    model: Any = AutoModelForCausalLM.from_pretrained(generated["small"])
     ids = tokenizer("The morning train", return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+        out: Any = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[-1] == ids["input_ids"].shape[-1] + 5
 
 
@@ -253,3 +253,23 @@ def test_default_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert default_models_dir() == tmp_path / "home" / "models"
     monkeypatch.setenv("SWITCHYARD_MODELS", str(tmp_path / "elsewhere"))
     assert default_models_dir() == tmp_path / "elsewhere"
+
+
+def test_removes_leftovers_of_a_crashed_run(small_copy: Path) -> None:
+    crashed = small_copy / ".small.tmp-abc123"
+    crashed.mkdir()
+    (crashed / "model.safetensors").write_bytes(b"half")
+    init_models(small_copy, ["small"], progress=lambda _msg: None)
+    assert not crashed.exists()
+    assert sorted(p.name for p in small_copy.iterdir() if p.is_dir()) == ["small"]
+
+
+def test_param_count_matches_model(generated: dict[str, Path]) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    for name, model_dir in generated.items():
+        tensors: dict[str, torch.Tensor] = load_file(model_dir / "model.safetensors")
+        total = sum(t.numel() for t in tensors.values())
+        assert total == models._param_count(MODEL_SPECS[name])
+        assert {t.dtype for t in tensors.values()} == {torch.float32}

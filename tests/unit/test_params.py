@@ -50,10 +50,23 @@ def test_defaults():
 
 
 def test_maps_every_sampling_field():
-    p = prep(sampling=dict(max_tokens=8, temperature=0.5, top_p=0.9, top_k=5,
-                           repetition_penalty=1.1, stop=["END"], seed=7, presence_penalty=0.5,
-                           frequency_penalty=-0.5, min_p=0.1, ignore_eos=True),
-             priority=3, request_id="r1")
+    p = prep(
+        sampling=dict(
+            max_tokens=8,
+            temperature=0.5,
+            top_p=0.9,
+            top_k=5,
+            repetition_penalty=1.1,
+            stop=["END"],
+            seed=7,
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            min_p=0.1,
+            ignore_eos=True,
+        ),
+        priority=3,
+        request_id="r1",
+    )
     s = p.sampling
     assert (s.max_tokens, s.temperature, s.top_k, s.seed) == (8, 0.5, 5, 7)
     assert s.top_p == pytest.approx(0.9) and s.repetition_penalty == pytest.approx(1.1)
@@ -64,9 +77,14 @@ def test_maps_every_sampling_field():
 
 
 def test_chat_uses_template():
-    req = pb.GenerateRequest(conversation=pb.Conversation(messages=[
-        pb.ChatMessage(role="system", content="be brief"),
-        pb.ChatMessage(role="user", content="hi")]))
+    req = pb.GenerateRequest(
+        conversation=pb.Conversation(
+            messages=[
+                pb.ChatMessage(role="system", content="be brief"),
+                pb.ChatMessage(role="user", content="hi"),
+            ]
+        )
+    )
     p = prepare(req, FakeTokenizer(), LIMITS)
     # "system: be brief user: hi assistant:" → 6 words, no extra BOS (template owns it)
     assert len(p.prompt_token_ids) == 6
@@ -87,16 +105,26 @@ def test_chat_uses_template():
         (dict(sampling=dict(presence_penalty=3.0)), "sampling.presence_penalty"),
         (dict(sampling=dict(min_p=1.5)), "sampling.min_p"),
         (dict(sampling=dict(stop=["ok", ""])), "sampling.stop[1] must not be empty"),
-        (dict(structured_output=pb.StructuredOutput(regex="a(b")),
-         "structured_output.regex is not a valid regex"),
-        (dict(structured_output=pb.StructuredOutput(json_schema="{nope")),
-         "structured_output.json_schema is not valid JSON"),
-        (dict(structured_output=pb.StructuredOutput(json_schema='{"type": 12}')),
-         "structured_output.json_schema is not a valid schema"),
-        (dict(structured_output=pb.StructuredOutput(json_schema="[1]")),
-         "structured_output.json_schema must be a JSON object"),
-        (dict(structured_output=pb.StructuredOutput(choice=pb.ChoiceList(choices=[]))),
-         "structured_output.choice.choices"),
+        (
+            dict(structured_output=pb.StructuredOutput(regex="a(b")),
+            "structured_output.regex is not a valid regex",
+        ),
+        (
+            dict(structured_output=pb.StructuredOutput(json_schema="{nope")),
+            "structured_output.json_schema is not valid JSON",
+        ),
+        (
+            dict(structured_output=pb.StructuredOutput(json_schema='{"type": 12}')),
+            "structured_output.json_schema is not a valid schema",
+        ),
+        (
+            dict(structured_output=pb.StructuredOutput(json_schema="[1]")),
+            "structured_output.json_schema must be a JSON object",
+        ),
+        (
+            dict(structured_output=pb.StructuredOutput(choice=pb.ChoiceList(choices=[]))),
+            "structured_output.choice.choices",
+        ),
         (dict(prompt="w " * 60, sampling=dict(max_tokens=10)), "exceed the model's context of 64"),
     ],
 )
@@ -112,8 +140,9 @@ def test_missing_input():
 
 
 def test_bad_chat_role():
-    req = pb.GenerateRequest(conversation=pb.Conversation(messages=[
-        pb.ChatMessage(role="wizard", content="hi")]))
+    req = pb.GenerateRequest(
+        conversation=pb.Conversation(messages=[pb.ChatMessage(role="wizard", content="hi")])
+    )
     with pytest.raises(InvalidArgument, match=r"conversation.messages\[0\].role"):
         prepare(req, FakeTokenizer(), LIMITS)
 

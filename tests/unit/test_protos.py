@@ -7,7 +7,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("generate_protos", ROOT / "protos" / "generate.py")
+    spec = importlib.util.spec_from_file_location(
+        "generate_protos", ROOT / "protos" / "generate.py"
+    )
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

