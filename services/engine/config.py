@@ -50,6 +50,9 @@ class EngineConfig(StrictModel):
     model: ModelSection
     engine_id: str = ""  # unique in the fleet; defaults to "<pool>-<port>"
     listen: str = "127.0.0.1:50061"  # gRPC address; port 0 picks a free port
+    # Where clients (Envoy, the router) reach this engine; defaults to the bound listen address.
+    advertise_address: str = ""
+    router: str = ""  # the router's HOST:PORT to register with; empty runs standalone
     metrics_listen: str = "127.0.0.1:0"  # /metrics address; port 0 picks a free port
     default_max_tokens: int = pydantic.Field(256, ge=1)  # when a request leaves it unset
     max_tokens_limit: int | None = pydantic.Field(None, ge=1)  # defaults to the context length

@@ -39,6 +39,9 @@ class EngineControlService(engine_pb2_grpc.EngineControlServicer):
     async def GetInfo(
         self, request: engine_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> engine_pb2.EngineInfo:
+        return self.info()
+
+    def info(self) -> engine_pb2.EngineInfo:
         runtime = self._runtime_ref[0]
         if runtime is None:
             raise Unavailable(f"engine {self._engine_id} is still loading its model")

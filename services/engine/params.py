@@ -10,22 +10,13 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 from services.common.errors import InvalidArgument
+from services.common.tokens import Tokenizer, prompt_token_ids
 from switchyard.v1 import inference_pb2
-
-CHAT_ROLES = frozenset({"system", "user", "assistant"})
-
-
-class Tokenizer(Protocol):
-    """The part of a HuggingFace tokenizer the engine uses."""
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
-
-    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -115,31 +106,6 @@ def _check_json_schema(schema: dict[str, Any]) -> None:
         ) from None
 
 
-def _prompt_tokens(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
-    which = req.WhichOneof("input")
-    if which == "prompt":
-        if not req.prompt:
-            raise InvalidArgument("prompt must not be empty")
-        return list(tokenizer.encode(req.prompt, add_special_tokens=True))
-    if which == "conversation":
-        msgs = req.conversation.messages
-        if not msgs:
-            raise InvalidArgument("conversation.messages must not be empty")
-        for i, m in enumerate(msgs):
-            if m.role not in CHAT_ROLES:
-                raise InvalidArgument(
-                    f"conversation.messages[{i}].role must be one of "
-                    f"{', '.join(sorted(CHAT_ROLES))}, got {m.role!r}"
-                )
-        text = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in msgs],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        return list(tokenizer.encode(str(text), add_special_tokens=False))
-    raise InvalidArgument("one of prompt or conversation is required")
-
-
 def prepare(
     req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits
 ) -> PreparedRequest:
@@ -175,7 +141,7 @@ def prepare(
             raise InvalidArgument(f"sampling.stop[{i}] must not be empty")
     structured = _structured(req.structured_output)
 
-    tokens = _prompt_tokens(req, tokenizer)
+    tokens = prompt_token_ids(req, tokenizer)
     context = limits.max_model_len
     if s.HasField("max_tokens"):
         max_tokens = s.max_tokens

@@ -14,10 +14,11 @@ from typing import Any
 
 from vllm.inputs.engine import tokens_input
 
+from services.common.tokens import Tokenizer
 from services.engine.config import EngineConfig
 from services.engine.kv_events import TOPIC
 from services.engine.load import LoadTracker, load_stat_logger_factory
-from services.engine.params import Limits, PreparedRequest, Tokenizer
+from services.engine.params import Limits, PreparedRequest
 
 log = logging.getLogger(__name__)
 

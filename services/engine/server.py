@@ -26,6 +26,7 @@ from services.engine.config import EngineConfig
 from services.engine.kv_events import KvEventForwarder, ipc_endpoint
 from services.engine.load import LoadTracker
 from services.engine.metrics import EngineMetrics
+from services.engine.registrar import Registrar
 from services.engine.runtime import Runtime
 from switchyard.v1 import engine_pb2, inference_pb2
 
@@ -48,17 +49,27 @@ class EngineService:
     admission: Admission
     control: control.EngineControlService
     kv_task: asyncio.Task[None] | None
+    registrar_task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        host, _ = host_port(self.cfg.listen)
+        return self.cfg.advertise_address or f"{host}:{self.server.port}"
 
     async def shutdown(self, grace: float) -> None:
-        """Drain for up to `grace` seconds, then stop serving and shut vLLM down."""
+        """Drain for up to `grace` seconds, then stop serving and shut vLLM down.
+
+        The router learns of the drain from the load reports on the registration stream, and
+        drops the engine when the stream closes at the end."""
         self.control.drain(grace)
         await self.server.set_serving(False)
         await self.admission.wait_idle(grace + STOP_GRACE_SECONDS)
         await self.server.stop(STOP_GRACE_SECONDS)
-        if self.kv_task is not None:
-            self.kv_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.kv_task
+        for task in (self.registrar_task, self.kv_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.runtime.shutdown()
 
 
@@ -120,18 +131,23 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         f"serving {cfg.model.served_name} (pool {cfg.pool}, {cfg.accelerator}) on "
         f"{host}:{server.port}, metrics on http://{metrics_host}:{metrics_port}/metrics"
     )
-    return EngineService(
+    svc = EngineService(
         cfg, engine_id, server, metrics_port, runtime, tracker, admission, control_svc, kv_task
     )
+    if cfg.router:
+        registrar = Registrar(cfg.router, svc.address, control_svc.info, tracker,
+                              cfg.heartbeat_seconds)
+        svc.registrar_task = asyncio.create_task(registrar.run(), name="registrar")
+        progress.say(f"registering with router {cfg.router}")
+    return svc
 
 
 def write_ready_file(path: Path, svc: EngineService) -> None:
     """Atomically write where the engine listens, for supervisors and tests."""
-    host, _ = host_port(svc.cfg.listen)
     data = {
         "engine_id": svc.engine_id,
         "pid": os.getpid(),
-        "address": f"{host}:{svc.server.port}",
+        "address": svc.address,
         "grpc_port": svc.server.port,
         "metrics_port": svc.metrics_port,
     }

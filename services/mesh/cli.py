@@ -56,7 +56,12 @@ def cmd_engine(args: argparse.Namespace) -> int:
     _use_models_dir(_models_dir(args.models_dir))
     try:
         cfg = load_engine_config(args.config)
-        overrides = {k: v for k, v in (("listen", args.listen), ("engine_id", args.engine_id)) if v}
+        overrides = {
+            k: v
+            for k, v in (("listen", args.listen), ("engine_id", args.engine_id),
+                         ("router", args.router))
+            if v
+        }
         if overrides:
             cfg = cfg.model_copy(update=overrides)
         os.environ.update(cfg.env)
@@ -151,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", required=True, help="engine config (YAML)")
     e.add_argument("--listen", help="override the config's gRPC address (HOST:PORT)")
     e.add_argument("--engine-id", help="override the config's engine id")
+    e.add_argument("--router", help="register with the router at HOST:PORT")
     e.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
     e.add_argument("--models-dir", help="value of ${SWITCHYARD_MODELS} in the config")
     e.set_defaults(func=cmd_engine)

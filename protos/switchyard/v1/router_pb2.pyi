@@ -1,0 +1,182 @@
+from switchyard.v1 import engine_pb2 as _engine_pb2
+from switchyard.v1 import inference_pb2 as _inference_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegistryMessage(_message.Message):
+    __slots__ = ("register", "event")
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    register: EngineRegistration
+    event: _engine_pb2.EngineEvent
+    def __init__(self, register: _Optional[_Union[EngineRegistration, _Mapping]] = ..., event: _Optional[_Union[_engine_pb2.EngineEvent, _Mapping]] = ...) -> None: ...
+
+class EngineRegistration(_message.Message):
+    __slots__ = ("info", "address")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    info: _engine_pb2.EngineInfo
+    address: str
+    def __init__(self, info: _Optional[_Union[_engine_pb2.EngineInfo, _Mapping]] = ..., address: _Optional[str] = ...) -> None: ...
+
+class RegistryReply(_message.Message):
+    __slots__ = ("router_id", "heartbeat_seconds")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    heartbeat_seconds: float
+    def __init__(self, router_id: _Optional[str] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
+
+class PickRequest(_message.Message):
+    __slots__ = ("request", "tenant", "commit")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    request: _inference_pb2.GenerateRequest
+    tenant: str
+    commit: bool
+    def __init__(self, request: _Optional[_Union[_inference_pb2.GenerateRequest, _Mapping]] = ..., tenant: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class PickResponse(_message.Message):
+    __slots__ = ("pool", "model", "engine_id", "endpoint", "fallback_endpoints", "candidates", "prompt_tokens")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    model: str
+    engine_id: str
+    endpoint: str
+    fallback_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    prompt_tokens: int
+    def __init__(self, pool: _Optional[str] = ..., model: _Optional[str] = ..., engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., fallback_endpoints: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("engine_id", "endpoint", "filtered_by", "score", "scores")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_BY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    endpoint: str
+    filtered_by: str
+    score: float
+    scores: _containers.ScalarMap[str, float]
+    def __init__(self, engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., filtered_by: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("pools", "xds_nodes", "router_id")
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    XDS_NODES_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
+    xds_nodes: _containers.RepeatedCompositeFieldContainer[XdsNodeStatus]
+    router_id: str
+    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., xds_nodes: _Optional[_Iterable[_Union[XdsNodeStatus, _Mapping]]] = ..., router_id: _Optional[str] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("name", "accelerator", "models", "aliases", "engines")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    accelerator: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    engines: _containers.RepeatedCompositeFieldContainer[EngineStatus]
+    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ...) -> None: ...
+
+class EngineStatus(_message.Message):
+    __slots__ = ("engine_id", "endpoint", "model", "model_version", "state", "load", "cache_hit_rate", "routed_turns", "indexed_blocks", "seconds_since_report")
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_REPORT_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    endpoint: str
+    model: str
+    model_version: str
+    state: str
+    load: _engine_pb2.LoadReport
+    cache_hit_rate: float
+    routed_turns: int
+    indexed_blocks: int
+    seconds_since_report: float
+    def __init__(self, engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., state: _Optional[str] = ..., load: _Optional[_Union[_engine_pb2.LoadReport, _Mapping]] = ..., cache_hit_rate: _Optional[float] = ..., routed_turns: _Optional[int] = ..., indexed_blocks: _Optional[int] = ..., seconds_since_report: _Optional[float] = ...) -> None: ...
+
+class XdsNodeStatus(_message.Message):
+    __slots__ = ("node_id", "types")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    types: _containers.RepeatedCompositeFieldContainer[XdsTypeStatus]
+    def __init__(self, node_id: _Optional[str] = ..., types: _Optional[_Iterable[_Union[XdsTypeStatus, _Mapping]]] = ...) -> None: ...
+
+class XdsTypeStatus(_message.Message):
+    __slots__ = ("type_url", "version_sent", "version_acked", "nonce", "nacked", "error")
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_SENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_ACKED_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    NACKED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    type_url: str
+    version_sent: str
+    version_acked: str
+    nonce: str
+    nacked: bool
+    error: str
+    def __init__(self, type_url: _Optional[str] = ..., version_sent: _Optional[str] = ..., version_acked: _Optional[str] = ..., nonce: _Optional[str] = ..., nacked: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class AdminDrainRequest(_message.Message):
+    __slots__ = ("engine_id", "grace_seconds")
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    grace_seconds: float
+    def __init__(self, engine_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class AdminDrainResponse(_message.Message):
+    __slots__ = ("in_flight",)
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    in_flight: int
+    def __init__(self, in_flight: _Optional[int] = ...) -> None: ...
+
+class AdminUndrainRequest(_message.Message):
+    __slots__ = ("engine_id",)
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    def __init__(self, engine_id: _Optional[str] = ...) -> None: ...
+
+class AdminUndrainResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

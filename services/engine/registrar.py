@@ -1,0 +1,78 @@
+"""Keep this engine registered with the router: one long-lived `Registry.Connect` stream.
+
+The stream opens with the engine's registration (its EngineInfo and address), then carries
+every load report (on change, and at least every heartbeat) and KV-cache event batch the engine
+produces. If the router is away or the stream breaks, the engine reconnects with backoff and
+registers again; the router drops an engine whose stream closes or falls silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from services.engine.load import LoadTracker
+from switchyard.v1 import engine_pb2, router_pb2, router_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+
+
+class Registrar:
+    def __init__(
+        self,
+        router_address: str,
+        engine_address: str,
+        info: Callable[[], engine_pb2.EngineInfo],
+        tracker: LoadTracker,
+        heartbeat_seconds: float,
+    ) -> None:
+        self._router = router_address
+        self._address = engine_address
+        self._info = info
+        self._tracker = tracker
+        self._heartbeat = heartbeat_seconds
+        self.registered = asyncio.Event()  # set while a registration stream is up
+        self.connects = 0
+
+    async def _messages(self) -> AsyncIterator[router_pb2.RegistryMessage]:
+        watcher = self._tracker.watch(kv_events=True)
+        try:
+            yield router_pb2.RegistryMessage(
+                register=router_pb2.EngineRegistration(info=self._info(), address=self._address)
+            )
+            async for event in watcher.events(self._heartbeat):
+                yield router_pb2.RegistryMessage(event=event)
+        finally:
+            self._tracker.unwatch(watcher)
+
+    async def _session(self) -> None:
+        async with grpc.aio.insecure_channel(self._router) as channel:
+            call = router_pb2_grpc.RegistryStub(channel).Connect(self._messages())
+            async for reply in call:
+                if not self.registered.is_set():
+                    self.connects += 1
+                    log.info("registered with router %s (%s)", reply.router_id, self._router)
+                    self.registered.set()
+
+    async def run(self) -> None:
+        """Stay registered until cancelled."""
+        backoff = BACKOFF_INITIAL_SECONDS
+        while True:
+            try:
+                await self._session()
+                log.warning("router %s closed the registration stream", self._router)
+            except grpc.aio.AioRpcError as e:
+                if self.registered.is_set() or backoff >= BACKOFF_MAX_SECONDS:
+                    log.warning("registration with router %s: %s %s", self._router,
+                                e.code().name, e.details())
+            if self.registered.is_set():
+                backoff = BACKOFF_INITIAL_SECONDS
+            self.registered.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
