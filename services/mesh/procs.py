@@ -1,8 +1,8 @@
-"""Start and stop Switchyard service processes on this machine (engines for now).
+"""Start and stop Switchyard service processes on this machine (router, engines).
 
-Used by `switchyard demo` (and later `switchyard up`), the integration tests and the benchmarks:
-each engine runs as its own process (`switchyard engine`), logs to a file, and writes a ready
-file once it serves; `wait_ready` relays its progress lines meanwhile.
+Used by `switchyard up` and `demo`, the integration tests and the benchmarks: each service runs
+as its own process (`switchyard router|engine … --ready-file F`), logs to a file, and writes the
+ready file once it serves; `wait_ready` relays its `[router …]`/`[engine …]` progress meanwhile.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import yaml
 
 
 @dataclass
-class EngineProcess:
-    """A `switchyard engine` child process."""
+class ServiceProcess:
+    """A `switchyard <service>` child process."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -37,13 +37,17 @@ class EngineProcess:
         return str(self.ready["address"])
 
     @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ready['metrics_port']}/metrics"
 
     def wait_ready(
         self, timeout: float = 300.0, on_progress: Callable[[str], None] | None = None
     ) -> None:
-        """Block until the engine serves; relay its `[engine …]` progress lines meanwhile."""
+        """Block until the service serves; relay its progress lines meanwhile."""
         deadline = time.monotonic() + timeout
         with open(self.log_path, "rb") as log:
             while True:
@@ -54,7 +58,7 @@ class EngineProcess:
                     return
                 if self.proc.poll() is not None:
                     raise RuntimeError(
-                        f"engine {self.name} exited with {self.proc.returncode} before serving; "
+                        f"{self.name} exited with {self.proc.returncode} before serving; "
                         f"last log lines:\n{tail(self.log_path)}"
                     )
                 if time.monotonic() > deadline:
@@ -66,7 +70,7 @@ class EngineProcess:
                 time.sleep(0.2)
 
     def terminate(self) -> None:
-        """Ask the engine to drain and exit (SIGTERM)."""
+        """Ask the service to drain and exit (SIGTERM)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
@@ -83,7 +87,7 @@ class EngineProcess:
 def _relay(log: IO[bytes], on_progress: Callable[[str], None] | None) -> None:
     for raw in log.readlines():
         line = raw.decode(errors="replace").rstrip()
-        if on_progress is not None and line.startswith("[engine"):
+        if on_progress is not None and line.startswith(("[engine", "[router")):
             on_progress(line)
 
 
@@ -92,6 +96,29 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+EngineProcess = ServiceProcess
+
+
+def start_service(
+    args: list[str], *, name: str, workdir: Path, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Start `switchyard ARGS --ready-file …` in its own session, logging to workdir/NAME.log."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.mesh.cli", *args, "--ready-file", str(ready)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
+    return ServiceProcess(name, proc, log_path, ready)
 
 
 def start_engine(
@@ -118,26 +145,5 @@ def start_engine(
         data["model"] = {**data["model"], "path": str((base / model_path).resolve())}
     cfg_path = workdir / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
-    ready = workdir / f"{name}.ready.json"
-    ready.unlink(missing_ok=True)
-    log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.mesh.cli",
-            "engine",
-            "--config",
-            str(cfg_path),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        start_new_session=True,
-    )
-    log.close()
-    return EngineProcess(name, proc, log_path, ready)
+    return start_service(["engine", "--config", str(cfg_path)], name=name, workdir=workdir, env=env)
+

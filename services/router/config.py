@@ -1,0 +1,135 @@
+"""The mesh's configuration (deploy/local/pools.yaml): pools, the models they serve, aliases, and
+where the router and Envoy listen. `switchyard up` also reads which engines to start per pool.
+
+    router: {listen: 127.0.0.1:50051}
+    envoy: {listen: 127.0.0.1:8080, admin: 127.0.0.1:9901}
+    default_model: small
+    aliases: {chat: small, reasoning: large}
+    pools:
+      - name: l4-small
+        accelerator: l4
+        models: [{name: small, tokenizer: ${SWITCHYARD_MODELS}/small}]
+        engines: [{config: engine-small.yaml, count: 2}]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from services.common.config import StrictModel, load_config
+from services.common.errors import InvalidArgument
+
+
+class ModelEntry(StrictModel):
+    name: str = pydantic.Field(min_length=1)  # the served model name engines register with
+    tokenizer: Path  # a directory with the model's tokenizer (the router tokenizes prompts)
+
+
+class EngineGroup(StrictModel):
+    config: Path  # an engine config (YAML), relative to this file
+    count: int = pydantic.Field(1, ge=0)  # engines `switchyard up` starts from it
+
+
+class PoolConfig(StrictModel):
+    name: str = pydantic.Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    accelerator: str = pydantic.Field(min_length=1)
+    models: list[ModelEntry] = pydantic.Field(min_length=1)
+    engines: list[EngineGroup] = pydantic.Field(default_factory=list)
+
+
+class RouterSection(StrictModel):
+    # Registry, Router, Admin, Envoy's ext_proc and the xDS (ADS) server share this address.
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:0"
+    # An engine silent for this long leaves the routable set (it reports every heartbeat).
+    stale_after_seconds: float = pydantic.Field(3.0, gt=0)
+    heartbeat_seconds: float = pydantic.Field(1.0, gt=0)
+    # A scheduling profile (plugins and weights); empty uses the default profile.
+    profile: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+
+class EnvoySection(StrictModel):
+    listen: str = "127.0.0.1:8080"  # the mesh's one gRPC endpoint
+    admin: str = "127.0.0.1:9901"
+    node_id: str = "switchyard-envoy-0"
+
+
+class MeshConfig(StrictModel):
+    router: RouterSection = RouterSection()
+    envoy: EnvoySection = EnvoySection()
+    pools: list[PoolConfig] = pydantic.Field(min_length=1)
+    default_model: str = ""  # what "" and "auto" resolve to; defaults to the first pool's model
+    aliases: dict[str, str] = pydantic.Field(default_factory=dict)  # alias -> model name
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> MeshConfig:
+        seen_pools: set[str] = set()
+        models: dict[str, str] = {}
+        for i, pool in enumerate(self.pools):
+            if pool.name in seen_pools:
+                raise ValueError(f"pools[{i}].name: pool {pool.name!r} is defined twice")
+            seen_pools.add(pool.name)
+            for m in pool.models:
+                if m.name in models:
+                    raise ValueError(
+                        f"pools[{i}].models: model {m.name!r} is already served by pool "
+                        f"{models[m.name]!r}; a model name belongs to one pool"
+                    )
+                models[m.name] = pool.name
+        for alias, target in self.aliases.items():
+            if target not in models:
+                raise ValueError(f"aliases.{alias}: {target!r} is not a model of any pool")
+            if alias in models:
+                raise ValueError(f"aliases.{alias}: an alias may not shadow a model name")
+        if self.default_model and self.default_model not in models:
+            raise ValueError(f"default_model: {self.default_model!r} is not a model of any pool")
+        return self
+
+    def resolve_paths(self, base: Path) -> MeshConfig:
+        pools = []
+        for p in self.pools:
+            models = [m.model_copy(update={"tokenizer": _abs(base, m.tokenizer)}) for m in p.models]
+            engines = [e.model_copy(update={"config": _abs(base, e.config)}) for e in p.engines]
+            pools.append(p.model_copy(update={"models": models, "engines": engines}))
+        return self.model_copy(update={"pools": pools})
+
+
+def _abs(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+class ModelResolver:
+    """Model name, alias, "" or "auto" → (pool, served model name)."""
+
+    def __init__(self, cfg: MeshConfig) -> None:
+        self._pool_of = {m.name: p.name for p in cfg.pools for m in p.models}
+        self._aliases = dict(cfg.aliases)
+        self.default_model = cfg.default_model or cfg.pools[0].models[0].name
+
+    def resolve(self, requested: str) -> tuple[str, str]:
+        model = requested or "auto"
+        if model == "auto":
+            model = self.default_model
+        model = self._aliases.get(model, model)
+        pool = self._pool_of.get(model)
+        if pool is None:
+            known = ", ".join(sorted(self._pool_of))
+            aliases = ", ".join(sorted(self._aliases)) or "none"
+            raise InvalidArgument(
+                f"model {requested!r} is unknown (models: {known}; aliases: {aliases}; or 'auto')"
+            )
+        return pool, model
+
+    def pools(self) -> dict[str, str]:
+        return dict(self._pool_of)
+
+    def aliases_of(self, model: str) -> list[str]:
+        return sorted(a for a, m in self._aliases.items() if m == model)
+
+
+def load_mesh_config(path: str | Path) -> MeshConfig:
+    p = Path(path)
+    return load_config(p, MeshConfig).resolve_paths(p.parent.resolve())

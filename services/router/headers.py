@@ -1,0 +1,48 @@
+"""Every request header the router, Envoy's config and the clients agree on, in one place.
+
+The routing decision travels as request headers set by the router's ext_proc answer:
+
+- `POOL` selects the route, hence the per-pool cluster (`pool_<name>`);
+- `ENDPOINT` is read by the cluster's `override_host` load balancer: one `ip:port`, or several
+  joined by `ENDPOINT_SEPARATOR` (the first is tried first, each retry takes the next one; when
+  none is left, or none is a member of the cluster, the fallback policy `least_request` picks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+# Set by the router (ext_proc): the pool whose route and cluster serve the turn.
+POOL = "x-switchyard-pool"
+# Set by the router (ext_proc): the engine(s) Envoy's override_host LB pins, "ip:port[,ip:port…]".
+ENDPOINT = "x-switchyard-endpoint"
+# Set by the router (ext_proc): the engine id of the first pick, for logs and traces only.
+ENGINE = "x-switchyard-engine"
+# The tenant a turn is accounted to (set by auth; absent means anonymous).
+TENANT = "x-switchyard-tenant"
+# Client metadata naming a conversation, so its turns stay on the engine holding its cache.
+SESSION_ID = "x-session-id"
+# Client metadata carrying the API key: "Bearer <key>".
+AUTHORIZATION = "authorization"
+
+# Separator of the fallback list in `ENDPOINT` (Envoy splits on it and trims whitespace).
+ENDPOINT_SEPARATOR = ","
+
+# Endpoint metadata namespace in the ClusterLoadAssignment, and the key holding the engine id.
+METADATA_NAMESPACE = "switchyard"
+METADATA_ENGINE_ID = "engine_id"
+
+
+def endpoint_address(host: str, port: int) -> str:
+    """The form Envoy's override_host matches: "10.0.0.5:8000" or "[fd00::5]:8000".
+
+    `host` must be an IP literal, as in the ClusterLoadAssignment (Envoy compares addresses,
+    not names)."""
+    ip = ipaddress.ip_address(host)
+    return f"[{ip.compressed}]:{port}" if ip.version == 6 else f"{ip.compressed}:{port}"
+
+
+def endpoint_list(addresses: Iterable[str]) -> str:
+    """The `ENDPOINT` header value for a first pick followed by its fallbacks."""
+    return ENDPOINT_SEPARATOR.join(addresses)

@@ -1,0 +1,503 @@
+"""Envoy's whole dynamic config, built from a plain description of the mesh.
+
+    snap = build_snapshot(MeshSpec("127.0.0.1", 8080, "127.0.0.1", 50051, pools=(
+        PoolSpec("small", (Endpoint("small-0", "127.0.0.1", 50061),)),
+    )))
+
+What it builds (names are constants below):
+
+- Listener `switchyard_ingress` on the gRPC ingress: HTTP connection manager (HTTP/1 or 2, so
+  gRPC) with routes from RDS over ADS, and two HTTP filters: ext_proc to the router (request
+  headers + buffered body; nothing of the response), then the router.
+- RouteConfiguration `switchyard_routes`: per pool, header `x-switchyard-pool` == name →
+  cluster `pool_<name>`, no route timeout (streams), retries only before the first response
+  byte; last, a catch-all answering gRPC UNAVAILABLE "no pool selected".
+- Cluster `pool_<name>` per pool: EDS over ADS, HTTP/2, load balancing by
+  `envoy.load_balancing_policies.override_host` reading `x-switchyard-endpoint` (fallback
+  least_request), gRPC health checks, outlier detection and circuit breakers.
+- Cluster `switchyard_router`: the router's ext_proc gRPC server, endpoints inline.
+- ClusterLoadAssignment `pool_<name>`: one endpoint per engine (engine id as hostname and in
+  metadata); a draining engine has health_status DRAINING: no new turns, its streams go on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# xds-protos ships no type stubs: its modules are untyped (Any) to mypy.
+from envoy.config.cluster.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    circuit_breaker_pb2,
+    cluster_pb2,
+    outlier_detection_pb2,
+)
+from envoy.config.core.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    extension_pb2,
+    grpc_service_pb2,
+    health_check_pb2,
+    protocol_pb2,
+)
+from envoy.config.endpoint.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    endpoint_components_pb2,
+    endpoint_pb2,
+)
+from envoy.config.listener.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    listener_components_pb2,
+    listener_pb2,
+)
+from envoy.config.route.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    route_components_pb2,
+    route_pb2,
+)
+from envoy.extensions.filters.http.ext_proc.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    ext_proc_pb2,
+    processing_mode_pb2,
+)
+from envoy.extensions.filters.http.router.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    router_pb2,
+)
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.load_balancing_policies.least_request.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    least_request_pb2,
+)
+from envoy.extensions.load_balancing_policies.override_host.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    override_host_pb2,
+)
+from envoy.extensions.retry.host.previous_hosts.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    previous_hosts_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    http_protocol_options_pb2,
+)
+from envoy.type.matcher.v3 import string_pb2  # type: ignore[import-untyped,unused-ignore]
+from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    http_status_pb2,
+    percent_pb2,
+)
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+from services.router import headers
+from services.router.xds.snapshot import Snapshot
+
+LISTENER_NAME = "switchyard_ingress"
+ROUTE_CONFIG_NAME = "switchyard_routes"
+ROUTER_CLUSTER = "switchyard_router"
+VIRTUAL_HOST_NAME = "switchyard"
+NO_POOL_ROUTE = "no_pool_selected"
+NO_POOL_MESSAGE = "no pool selected"
+# gRPC health service an engine reports NOT_SERVING for while draining.
+HEALTH_SERVICE = "switchyard.v1.Inference"
+# Retried only while nothing reached the client: Envoy never retries once response headers are
+# forwarded, so a turn that has streamed a token is never replayed. "unavailable" is the
+# gRPC status in a trailers-only answer (an engine refusing the turn before starting it).
+RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
+NUM_RETRIES = 2
+# Largest request Envoy buffers for ext_proc (a long prompt); beyond it Envoy answers 413.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Streams idle this long are reset (a backstop against leaks, never hit by a live turn).
+STREAM_IDLE_TIMEOUT_SECONDS = 3600
+CONNECT_TIMEOUT_SECONDS = 1.0
+
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One engine of a pool."""
+
+    engine_id: str
+    # IP literal (Envoy's EDS and override_host match addresses, not names).
+    host: str
+    port: int
+    # Draining: no new turns; streams in flight continue.
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool: its name (route and cluster `pool_<name>`) and its engines."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """Everything Envoy's dynamic config is built from."""
+
+    # The gRPC ingress clients call, e.g. "127.0.0.1" and 8080.
+    listener_address: str
+    listener_port: int
+    # The router's gRPC server, which Envoy's ext_proc filter calls (IP literal or DNS name).
+    router_host: str
+    router_port: int
+    pools: tuple[PoolSpec, ...]
+    # How long Envoy waits for each ext_proc answer before failing the turn.
+    ext_proc_timeout_seconds: float = 2.0
+
+
+def pool_cluster_name(pool: str) -> str:
+    """The cluster (and its ClusterLoadAssignment) serving `pool`."""
+    return f"pool_{pool}"
+
+
+def build_snapshot(spec: MeshSpec) -> Snapshot:
+    """The consistent snapshot for `spec`; raises ValueError naming the bad field."""
+    _validate(spec)
+    pools = sorted(spec.pools, key=lambda p: p.name)
+    return Snapshot.of(
+        clusters=[_router_cluster(spec), *(_pool_cluster(p.name) for p in pools)],
+        endpoints=[_load_assignment(p) for p in pools],
+        listeners=[_listener(spec)],
+        routes=[_route_configuration(pools)],
+    )
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def _validate(spec: MeshSpec) -> None:
+    _check_port("listener_port", spec.listener_port)
+    _check_port("router_port", spec.router_port)
+    if not _is_ip(spec.listener_address):
+        raise ValueError(f"listener_address {spec.listener_address!r} must be an IP address")
+    if not spec.router_host:
+        raise ValueError("router_host is empty")
+    if not spec.ext_proc_timeout_seconds > 0:
+        raise ValueError(
+            f"ext_proc_timeout_seconds must be > 0, got {spec.ext_proc_timeout_seconds}"
+        )
+    seen: set[str] = set()
+    for pool in spec.pools:
+        if not _POOL_NAME.match(pool.name):
+            raise ValueError(f"pools: name {pool.name!r} must match {_POOL_NAME.pattern}")
+        if pool.name in seen:
+            raise ValueError(f"pools: {pool.name!r} is listed twice")
+        seen.add(pool.name)
+        addresses: set[tuple[str, int]] = set()
+        for e in pool.endpoints:
+            where = f"pools[{pool.name}].endpoints[{e.engine_id}]"
+            if not e.engine_id:
+                raise ValueError(f"pools[{pool.name}]: an endpoint has no engine_id")
+            if not _is_ip(e.host):
+                raise ValueError(f"{where}.host {e.host!r} must be an IP address")
+            _check_port(f"{where}.port", e.port)
+            if (e.host, e.port) in addresses:
+                raise ValueError(f"{where}: {e.host}:{e.port} is listed twice")
+            addresses.add((e.host, e.port))
+
+
+def _check_port(field: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise ValueError(f"{field} must be in 1..65535, got {port}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# -- small helpers --------------------------------------------------------------------------
+
+
+def _any(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _u32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)
+
+
+def _ads() -> Any:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+def _socket_address(host: str, port: int) -> Any:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+def _http2_only() -> dict[str, any_pb2.Any]:
+    """typed_extension_protocol_options making a cluster speak HTTP/2 (gRPC) upstream."""
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    return {_HTTP_OPTIONS_KEY: _any(options)}
+
+
+def _generous_circuit_breakers() -> Any:
+    # Envoy's defaults (1024 requests, 3 concurrent retries) would cap a large fleet; the
+    # router's admission control and the engines' queues are the real limits.
+    return circuit_breaker_pb2.CircuitBreakers(
+        thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_connections=_u32(100_000),
+                max_pending_requests=_u32(100_000),
+                max_requests=_u32(100_000),
+                max_retries=_u32(1_000),
+            )
+        ]
+    )
+
+
+def _lb_policy(name: str, config: Any) -> Any:
+    return cluster_pb2.LoadBalancingPolicy(
+        policies=[
+            cluster_pb2.LoadBalancingPolicy.Policy(
+                typed_extension_config=extension_pb2.TypedExtensionConfig(
+                    name=name, typed_config=_any(config)
+                )
+            )
+        ]
+    )
+
+
+# -- clusters -------------------------------------------------------------------------------
+
+
+def _router_cluster(spec: MeshSpec) -> Any:
+    """The router's gRPC server for ext_proc: inline endpoint, DNS when not an IP."""
+    kind = (
+        cluster_pb2.Cluster.STATIC if _is_ip(spec.router_host) else cluster_pb2.Cluster.STRICT_DNS
+    )
+    return cluster_pb2.Cluster(
+        name=ROUTER_CLUSTER,
+        type=kind,
+        connect_timeout=_duration(CONNECT_TIMEOUT_SECONDS),
+        typed_extension_protocol_options=_http2_only(),
+        circuit_breakers=_generous_circuit_breakers(),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=ROUTER_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=_socket_address(spec.router_host, spec.router_port)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def _pool_cluster(pool: str) -> Any:
+    name = pool_cluster_name(pool)
+    override_host = override_host_pb2.OverrideHost(
+        override_host_sources=[
+            override_host_pb2.OverrideHost.OverrideHostSource(header=headers.ENDPOINT)
+        ],
+        fallback_policy=_lb_policy(
+            "envoy.load_balancing_policies.least_request", least_request_pb2.LeastRequest()
+        ),
+    )
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
+            eds_config=_ads(), service_name=name
+        ),
+        connect_timeout=_duration(CONNECT_TIMEOUT_SECONDS),
+        typed_extension_protocol_options=_http2_only(),
+        load_balancing_policy=_lb_policy(
+            "envoy.load_balancing_policies.override_host", override_host
+        ),
+        # No panic routing: with every engine unhealthy or draining, a turn fails UNAVAILABLE
+        # instead of landing on an engine that is leaving.
+        # update_merge_window 0: a health or drain change reaches the load balancers at
+        # once instead of being merged over Envoy's default 1 s window.
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
+            healthy_panic_threshold=percent_pb2.Percent(value=0.0),
+            update_merge_window=_duration(0),
+        ),
+        health_checks=[
+            health_check_pb2.HealthCheck(
+                timeout=_duration(2.0),
+                interval=_duration(1.0),
+                interval_jitter=_duration(0.1),
+                no_traffic_interval=_duration(1.0),
+                unhealthy_threshold=_u32(2),
+                healthy_threshold=_u32(1),
+                grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck(
+                    service_name=HEALTH_SERVICE
+                ),
+            )
+        ],
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            consecutive_5xx=_u32(5),
+            consecutive_gateway_failure=_u32(3),
+            enforcing_consecutive_gateway_failure=_u32(100),
+            interval=_duration(5.0),
+            base_ejection_time=_duration(10.0),
+            max_ejection_percent=_u32(50),
+        ),
+        circuit_breakers=_generous_circuit_breakers(),
+    )
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+
+def _load_assignment(pool: PoolSpec) -> Any:
+    lb_endpoints = []
+    for e in sorted(pool.endpoints, key=lambda e: (e.engine_id, e.host, e.port)):
+        metadata = struct_pb2.Struct()
+        metadata.update({headers.METADATA_ENGINE_ID: e.engine_id})
+        lb_endpoints.append(
+            endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(
+                    address=_socket_address(e.host, e.port), hostname=e.engine_id
+                ),
+                health_status=health_check_pb2.DRAINING if e.draining else health_check_pb2.HEALTHY,
+                metadata=base_pb2.Metadata(filter_metadata={headers.METADATA_NAMESPACE: metadata}),
+            )
+        )
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=pool_cluster_name(pool.name),
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
+    )
+
+
+# -- listener and routes --------------------------------------------------------------------
+
+
+def _ext_proc_filter(spec: MeshSpec) -> Any:
+    mode = processing_mode_pb2.ProcessingMode
+    ext_proc = ext_proc_pb2.ExternalProcessor(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=ROUTER_CLUSTER)
+        ),
+        failure_mode_allow=False,
+        processing_mode=mode(
+            request_header_mode=mode.SEND,
+            request_body_mode=mode.BUFFERED,
+            request_trailer_mode=mode.SKIP,
+            response_header_mode=mode.SKIP,
+            response_body_mode=mode.NONE,
+            response_trailer_mode=mode.SKIP,
+        ),
+        message_timeout=_duration(spec.ext_proc_timeout_seconds),
+        allow_mode_override=False,
+        # The router down or late: 503, which a gRPC client sees as UNAVAILABLE (Envoy's
+        # default 500 would read as UNKNOWN).
+        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+    )
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.ext_proc", typed_config=_any(ext_proc))
+
+
+def _listener(spec: MeshSpec) -> Any:
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=LISTENER_NAME,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+        stream_idle_timeout=_duration(STREAM_IDLE_TIMEOUT_SECONDS),
+        http_filters=[
+            _ext_proc_filter(spec),
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
+            ),
+        ],
+    )
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=_socket_address(spec.listener_address, spec.listener_port),
+        per_connection_buffer_limit_bytes=_u32(MAX_REQUEST_BYTES),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=_any(hcm),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def _retry_policy() -> Any:
+    return route_components_pb2.RetryPolicy(
+        retry_on=RETRY_ON,
+        num_retries=_u32(NUM_RETRIES),
+        # A retry goes elsewhere: the next host of x-switchyard-endpoint, or the fallback
+        # policy avoiding the hosts already tried.
+        retry_host_predicate=[
+            route_components_pb2.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=_any(previous_hosts_pb2.PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+
+
+def _pool_route(pool: str) -> Any:
+    return route_components_pb2.Route(
+        name=pool_cluster_name(pool),
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name=headers.POOL, string_match=string_pb2.StringMatcher(exact=pool)
+                )
+            ],
+        ),
+        route=route_components_pb2.RouteAction(
+            cluster=pool_cluster_name(pool),
+            timeout=_duration(0),  # no timeout: a turn streams as long as it generates
+            retry_policy=_retry_policy(),
+        ),
+    )
+
+
+def _no_pool_route() -> Any:
+    # A local reply to a gRPC request becomes a trailers-only gRPC answer: HTTP 503 maps to
+    # grpc-status 14 (UNAVAILABLE) and the body becomes grpc-message.
+    return route_components_pb2.Route(
+        name=NO_POOL_ROUTE,
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=route_components_pb2.DirectResponseAction(
+            status=503, body=base_pb2.DataSource(inline_string=NO_POOL_MESSAGE)
+        ),
+    )
+
+
+def _route_configuration(pools: list[PoolSpec]) -> Any:
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(
+                name=VIRTUAL_HOST_NAME,
+                domains=["*"],
+                routes=[*(_pool_route(p.name) for p in pools), _no_pool_route()],
+            )
+        ],
+    )
