@@ -448,7 +448,10 @@ async def test_eds_sends_only_the_requested_names(ads: Ads) -> None:
     assert both.version_info == eds.version_info and both.nonce != eds.nonce
     assert sorted(unpack(r).cluster_name for r in both.resources) == ["pool_large", "pool_small"]
     # An empty list unsubscribes from EDS (it is not a wildcard type).
+    seen = len(ads.recorder.events)
     await envoy.request(EDS, [], version=both.version_info, nonce=both.nonce)
+    await ads.until(lambda: ads.recorder.kinds()[seen:].count("request") >= 1,
+                    "the server to take the unsubscribe")  # fmt: skip
     ads.cache.set_snapshot(make_snapshot({"small": 2, "large": 2}))
     await envoy.read_nothing()
 
