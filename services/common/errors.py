@@ -46,6 +46,10 @@ class ResourceExhausted(SwitchyardError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Unimplemented(SwitchyardError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class Internal(SwitchyardError):
     code = grpc.StatusCode.INTERNAL
 

@@ -69,8 +69,12 @@ class Registrar:
                 log.warning("router %s closed the registration stream", self._router)
             except grpc.aio.AioRpcError as e:
                 if self.registered.is_set() or backoff >= BACKOFF_MAX_SECONDS:
-                    log.warning("registration with router %s: %s %s", self._router,
-                                e.code().name, e.details())
+                    log.warning(
+                        "registration with router %s: %s %s",
+                        self._router,
+                        e.code().name,
+                        e.details(),
+                    )
             if self.registered.is_set():
                 backoff = BACKOFF_INITIAL_SECONDS
             self.registered.clear()

@@ -135,8 +135,9 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         cfg, engine_id, server, metrics_port, runtime, tracker, admission, control_svc, kv_task
     )
     if cfg.router:
-        registrar = Registrar(cfg.router, svc.address, control_svc.info, tracker,
-                              cfg.heartbeat_seconds)
+        registrar = Registrar(
+            cfg.router, svc.address, control_svc.info, tracker, cfg.heartbeat_seconds
+        )
         svc.registrar_task = asyncio.create_task(registrar.run(), name="registrar")
         progress.say(f"registering with router {cfg.router}")
     return svc

@@ -1,8 +1,12 @@
 """`switchyard`: the command line of the mesh.
 
-switchyard demo [PROMPT]              start an engine, stream a reply to PROMPT, stop
+switchyard up [--chat PROMPT]         run the whole mesh locally (router, engines, Envoy)
+switchyard chat [--session S] PROMPT  stream a reply through Envoy
+switchyard status                     pools, engines, load, cache hit rate, xDS ACK/NACK
+switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
-switchyard generate --target ADDR P   stream a reply from an engine or the mesh
+switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
+switchyard generate --target ADDR P   stream a reply from any Inference endpoint
 switchyard models init                generate the local test models (no network)
 """
 
@@ -16,8 +20,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ENGINE_CONFIG = REPO_ROOT / "deploy" / "local" / "engine-small.yaml"
-DEFAULT_PROMPT = "Tell me about the switchyard at the edge of town."
+DEFAULT_MESH_CONFIG = REPO_ROOT / "deploy" / "local" / "pools.yaml"
+DEFAULT_ROUTER = "127.0.0.1:50051"
+DEFAULT_ENDPOINT = "127.0.0.1:8080"
 
 
 def _models_dir(arg: str | None) -> Path:
@@ -58,8 +63,11 @@ def cmd_engine(args: argparse.Namespace) -> int:
         cfg = load_engine_config(args.config)
         overrides = {
             k: v
-            for k, v in (("listen", args.listen), ("engine_id", args.engine_id),
-                         ("router", args.router))
+            for k, v in (
+                ("listen", args.listen),
+                ("engine_id", args.engine_id),
+                ("router", args.router),
+            )
             if v
         }
         if overrides:
@@ -104,36 +112,142 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate models if needed, start one engine, stream a reply through gRPC, stop."""
-    from services.mesh import procs
+def cmd_router(args: argparse.Namespace) -> int:
+    from services.common.errors import ConfigError
+    from services.router.config import load_mesh_config
+
+    _use_models_dir(_models_dir(args.models_dir))
+    try:
+        cfg = load_mesh_config(args.config)
+        if args.listen:
+            cfg = cfg.model_copy(
+                update={"router": cfg.router.model_copy(update={"listen": args.listen})}
+            )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from services.router.server import serve
+
+    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole mesh until Ctrl-C; optionally stream one reply through it first."""
+    import signal
+
     from services.mesh.models import init_models
+    from services.mesh.up import Mesh
 
     models = _models_dir(args.models_dir)
-    init_models(models, ["small"], progress=lambda m: print(f"[models] {m}", file=sys.stderr))
+    init_models(models, progress=lambda m: print(f"[models] {m}", file=sys.stderr))
     _use_models_dir(models)
-    engine = procs.start_engine(
-        Path(args.config), name="demo-engine", overrides={"listen": "127.0.0.1:0"}
-    )
-    print(f"[demo] starting engine (log: {engine.log_path})", file=sys.stderr)
+    mesh = Mesh(Path(args.config), free_ports=args.free_ports)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
     try:
-        engine.wait_ready(on_progress=lambda line: print(line, file=sys.stderr))
-        print(f"[demo] > {args.prompt}", file=sys.stderr)
-        ns = argparse.Namespace(
-            target=engine.address,
-            prompt=args.prompt,
-            system="You are a helpful assistant.",
-            model="",
-            max_tokens=args.max_tokens,
-            temperature=0.8,
-            regex=None,
-            session=None,
-            timeout=120.0,
+        mesh.start()
+        print(
+            f"\nSwitchyard is up. gRPC endpoint: {mesh.endpoint}\n"
+            f'  try:    switchyard chat --target {mesh.endpoint} "Hello"\n'
+            f"  status: switchyard status --router {mesh.router_address}\n"
+            f"  Envoy admin: {mesh.envoy_admin}    Ctrl-C stops everything.",
+            file=sys.stderr,
         )
-        return cmd_generate(ns)
+        if args.chat:
+            print(f"\n> {args.chat}", file=sys.stderr)
+            cmd_chat(
+                argparse.Namespace(
+                    prompt=args.chat,
+                    target=mesh.endpoint,
+                    model="",
+                    session=None,
+                    max_tokens=48,
+                    system="You are a helpful assistant.",
+                    timeout=120.0,
+                )
+            )
+        if args.exit:
+            return 0
+        signal.pause()
+    except KeyboardInterrupt:
+        print("\n[up] stopping ...", file=sys.stderr)
     finally:
-        code = engine.stop()
-        print(f"[demo] engine stopped (exit {code})", file=sys.stderr)
+        mesh.stop()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Stream a reply through the mesh (Envoy) and print who served it."""
+    return cmd_generate(
+        argparse.Namespace(
+            target=args.target,
+            prompt=args.prompt,
+            system=args.system,
+            model=args.model,
+            max_tokens=args.max_tokens,
+            temperature=None,
+            regex=None,
+            session=args.session,
+            timeout=args.timeout,
+        )
+    )
+
+
+def _router_call(address: str, method: str, request: object) -> object:
+    import grpc
+
+    from switchyard.v1 import router_pb2_grpc
+
+    async def run() -> object:
+        async with grpc.aio.insecure_channel(address) as ch:
+            return await getattr(router_pb2_grpc.AdminStub(ch), method)(request, timeout=10)
+
+    return asyncio.run(run())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from services.mesh.status import format_status
+    from switchyard.v1 import router_pb2
+
+    try:
+        resp = _router_call(args.router, "Status", router_pb2.StatusRequest())
+    except grpc.aio.AioRpcError as e:
+        print(f"error: router {args.router}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    print(format_status(resp))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    import grpc
+
+    from switchyard.v1 import router_pb2
+
+    try:
+        if args.action == "drain":
+            r = _router_call(
+                args.router,
+                "Drain",
+                router_pb2.AdminDrainRequest(engine_id=args.engine, grace_seconds=args.grace or 0),
+            )
+            print(f"draining {args.engine}: {r.in_flight} turn(s) in flight")  # type: ignore[attr-defined]
+        else:
+            _router_call(
+                args.router, "Undrain", router_pb2.AdminUndrainRequest(engine_id=args.engine)
+            )
+            print(f"{args.engine} takes new turns again")
+    except grpc.aio.AioRpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,14 +257,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="start an engine and stream a reply to a prompt")
-    d.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT)
-    d.add_argument("--config", default=str(DEFAULT_ENGINE_CONFIG), help="engine config (YAML)")
-    d.add_argument("--max-tokens", type=int, default=48)
-    d.add_argument(
-        "--models-dir", help="where the test models live (default ~/.cache/switchyard/models)"
-    )
-    d.set_defaults(func=cmd_demo)
+    u = sub.add_parser("up", help="run the whole mesh on this machine until Ctrl-C")
+    u.add_argument("--config", default=str(DEFAULT_MESH_CONFIG), help="mesh config (pools.yaml)")
+    u.add_argument("--chat", metavar="PROMPT", help="stream a reply to PROMPT once the mesh is up")
+    u.add_argument("--exit", action="store_true", help="stop the mesh after --chat")
+    u.add_argument("--free-ports", action="store_true", help="use free ports, not the config's")
+    u.add_argument("--models-dir", help="where the test models live")
+    u.set_defaults(func=cmd_up)
+
+    c = sub.add_parser("chat", help="stream a reply through the mesh")
+    c.add_argument("prompt")
+    c.add_argument("--target", default=DEFAULT_ENDPOINT, help="the mesh's endpoint (Envoy)")
+    c.add_argument("--model", default="", help="model or alias (default: the mesh's default)")
+    c.add_argument("--session", help="session id: keeps the conversation on its engine")
+    c.add_argument("--system", help="system message (sends a chat conversation)")
+    c.add_argument("--max-tokens", type=int)
+    c.add_argument("--timeout", type=float, help="deadline in seconds")
+    c.set_defaults(func=cmd_chat)
+
+    st = sub.add_parser("status", help="pools, engines, load, cache hit rate, xDS ACK/NACK")
+    st.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
+    st.set_defaults(func=cmd_status)
+
+    ad = sub.add_parser("admin", help="operate engines through the router")
+    ad.add_argument("action", choices=["drain", "undrain"])
+    ad.add_argument("engine", help="engine id (see `switchyard status`)")
+    ad.add_argument("--grace", type=float, help="drain: seconds before in-flight turns abort")
+    ad.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
+    ad.set_defaults(func=cmd_admin)
+
+    r = sub.add_parser("router", help="run the router (registry, ext_proc, xDS, admin)")
+    r.add_argument("--config", default=str(DEFAULT_MESH_CONFIG), help="mesh config (pools.yaml)")
+    r.add_argument("--listen", help="override router.listen (HOST:PORT)")
+    r.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
+    r.add_argument("--models-dir", help="value of ${SWITCHYARD_MODELS} in the config")
+    r.set_defaults(func=cmd_router)
 
     e = sub.add_parser("engine", help="run one engine of a pool")
     e.add_argument("--config", required=True, help="engine config (YAML)")

@@ -146,4 +146,3 @@ def start_engine(
     cfg_path = workdir / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     return start_service(["engine", "--config", str(cfg_path)], name=name, workdir=workdir, env=env)
-

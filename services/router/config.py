@@ -58,8 +58,8 @@ class EnvoySection(StrictModel):
 
 
 class MeshConfig(StrictModel):
-    router: RouterSection = RouterSection()
-    envoy: EnvoySection = EnvoySection()
+    router: RouterSection = pydantic.Field(default_factory=lambda: RouterSection.model_validate({}))
+    envoy: EnvoySection = pydantic.Field(default_factory=lambda: EnvoySection.model_validate({}))
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     default_model: str = ""  # what "" and "auto" resolve to; defaults to the first pool's model
     aliases: dict[str, str] = pydantic.Field(default_factory=dict)  # alias -> model name

@@ -8,10 +8,16 @@ from services.router.config import MeshConfig, ModelResolver
 def mesh(**kw):
     base = {
         "pools": [
-            {"name": "h100-large", "accelerator": "h100",
-             "models": [{"name": "large", "tokenizer": "/m/large"}]},
-            {"name": "l4-small", "accelerator": "l4",
-             "models": [{"name": "small", "tokenizer": "/m/small"}]},
+            {
+                "name": "h100-large",
+                "accelerator": "h100",
+                "models": [{"name": "large", "tokenizer": "/m/large"}],
+            },
+            {
+                "name": "l4-small",
+                "accelerator": "l4",
+                "models": [{"name": "small", "tokenizer": "/m/small"}],
+            },
         ],
         "aliases": {"chat": "small", "reasoning": "large"},
     }
@@ -28,7 +34,10 @@ def test_resolve_names_aliases_and_auto():
 
 
 def test_default_model_defaults_to_the_first_pool():
-    assert ModelResolver(parse_config(mesh(), MeshConfig)).resolve("auto") == ("h100-large", "large")
+    assert ModelResolver(parse_config(mesh(), MeshConfig)).resolve("auto") == (
+        "h100-large",
+        "large",
+    )
 
 
 def test_unknown_model_lists_what_exists():
@@ -44,8 +53,18 @@ def test_unknown_model_lists_what_exists():
         ({"aliases": {"small": "large"}}, "aliases.small: an alias may not shadow a model name"),
         ({"default_model": "x"}, "default_model: 'x' is not a model of any pool"),
         ({"pools": []}, "pools"),
-        ({"pools": [{"name": "Bad Name", "accelerator": "x",
-                     "models": [{"name": "m", "tokenizer": "/t"}]}]}, "pools.0.name"),
+        (
+            {
+                "pools": [
+                    {
+                        "name": "Bad Name",
+                        "accelerator": "x",
+                        "models": [{"name": "m", "tokenizer": "/t"}],
+                    }
+                ]
+            },
+            "pools.0.name",
+        ),
     ],
 )
 def test_bad_mesh_config_names_the_field(override, message):

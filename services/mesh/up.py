@@ -1,0 +1,180 @@
+"""`switchyard up`: the whole mesh on this machine — router (with xDS), engines per pool, Envoy.
+
+Start order: the router first (engines register with it, Envoy takes its config from it), then
+every engine of every pool in parallel (each loads vLLM, 40–70 s on a small CPU machine), then
+Envoy, which receives its listener, routes, clusters and endpoints over xDS. `Mesh.start`
+returns when Envoy's listener is up and every engine is registered; `Mesh.stop` drains and
+stops everything in reverse order. The integration tests run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.common.server import host_port
+from services.mesh import procs
+from services.router.config import MeshConfig, load_mesh_config
+from services.router.xds import envoy_proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Mesh:
+    """A running local mesh and its processes."""
+
+    config_path: Path
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="switchyard-up-")))
+    free_ports: bool = False  # pick free ports instead of the config's (tests, parallel meshes)
+    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+    cfg: MeshConfig | None = None
+    router: procs.ServiceProcess | None = None
+    engines: list[procs.EngineProcess] = field(default_factory=list)
+    envoy: subprocess.Popen[bytes] | None = None
+    envoy_log: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self.cfg is not None
+        return self.cfg.envoy.listen
+
+    @property
+    def router_address(self) -> str:
+        assert self.router is not None
+        return str(self.router.ready["address"])
+
+    @property
+    def envoy_admin(self) -> str:
+        assert self.cfg is not None
+        return f"http://{self.cfg.envoy.admin}"
+
+    def _effective_config(self) -> Path:
+        """The config actually run: ports made free if asked, engine paths absolute."""
+        data: dict[str, Any] = yaml.safe_load(self.config_path.read_text())
+        if self.free_ports:
+            data.setdefault("router", {})["listen"] = f"127.0.0.1:{free_port()}"
+            envoy = data.setdefault("envoy", {})
+            envoy["listen"] = f"127.0.0.1:{free_port()}"
+            envoy["admin"] = f"127.0.0.1:{free_port()}"
+        for pool in data.get("pools", []):
+            for group in pool.get("engines", []):
+                p = Path(group["config"])
+                if not p.is_absolute():
+                    group["config"] = str((self.config_path.parent / p).resolve())
+            for model in pool.get("models", []):
+                t = str(model["tokenizer"])
+                if "${" not in t and not Path(t).is_absolute():
+                    model["tokenizer"] = str((self.config_path.parent / t).resolve())
+        path = self.workdir / "mesh.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def start(self, timeout: float = 600.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self._effective_config()
+        self.cfg = load_mesh_config(cfg_path)
+        cfg = self.cfg
+        self.say(f"[up] starting the router on {cfg.router.listen} (logs in {self.workdir})")
+        self.router = procs.start_service(
+            ["router", "--config", str(cfg_path)], name="router", workdir=self.workdir
+        )
+        self.router.wait_ready(timeout=120, on_progress=self.say)
+
+        for pool in cfg.pools:
+            index = 0
+            for group in pool.engines:
+                for _ in range(group.count):
+                    name = f"{pool.name}-{index}"
+                    index += 1
+                    self.say(f"[up] starting engine {name} ({group.config.name})")
+                    self.engines.append(
+                        procs.start_engine(
+                            group.config,
+                            name=name,
+                            workdir=self.workdir,
+                            overrides={
+                                "listen": "127.0.0.1:0",
+                                "engine_id": name,
+                                "pool": pool.name,
+                                "router": self.router_address,
+                            },
+                        )
+                    )
+        for engine in self.engines:
+            engine.wait_ready(timeout=timeout, on_progress=self.say)
+
+        _, admin_port = host_port(cfg.envoy.admin)
+        router_host, router_port = host_port(self.router_address)
+        self.envoy_log = self.workdir / "envoy.log"
+        self.say(f"[up] starting Envoy (admin http://{cfg.envoy.admin})")
+        self.envoy = envoy_proc.start_envoy(
+            self.workdir,
+            node_id=cfg.envoy.node_id,
+            admin_port=admin_port,
+            xds_host=router_host,
+            xds_port=router_port,
+            log_path=self.envoy_log,
+        )
+        envoy_proc.wait_listener(admin_port, "switchyard_ingress", timeout=60)
+        self.wait_routable(timeout=60)
+        self.say(
+            f"[up] mesh ready: gRPC endpoint {cfg.envoy.listen} "
+            f"({len(self.engines)} engines in {len(cfg.pools)} pools)"
+        )
+
+    def wait_routable(self, timeout: float) -> None:
+        """Until Envoy has a healthy endpoint for every running engine."""
+        want = {e.address for e in self.engines if e.proc.poll() is None}
+        deadline = time.monotonic() + timeout
+        while True:
+            healthy = self.envoy_healthy_endpoints()
+            if want <= healthy:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Envoy has no healthy endpoint for {sorted(want - healthy)}")
+            time.sleep(0.2)
+
+    def envoy_healthy_endpoints(self) -> set[str]:
+        url = f"{self.envoy_admin}/clusters?format=json"
+        data = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        out = set()
+        for cluster in data.get("cluster_statuses", []):
+            for host in cluster.get("host_statuses", []):
+                sock = host["address"]["socket_address"]
+                flags = host.get("health_status", {})
+                if flags.get("eds_health_status") == "HEALTHY" and not flags.get(
+                    "failed_active_health_check"
+                ):
+                    out.add(f"{sock['address']}:{sock['port_value']}")
+        return out
+
+    def stop(self) -> None:
+        if self.envoy is not None and self.envoy.poll() is None:
+            self.envoy.terminate()
+            try:
+                self.envoy.wait(10)
+            except subprocess.TimeoutExpired:
+                self.envoy.kill()
+        for engine in self.engines:
+            engine.terminate()
+        for engine in self.engines:
+            engine.stop()
+        if self.router is not None:
+            self.router.stop()
+        self.say("[up] stopped")

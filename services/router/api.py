@@ -1,0 +1,126 @@
+"""`switchyard.v1.Router` (pick/explain without Envoy) and `switchyard.v1.Admin` (operators)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from services.common.errors import NotFound, Unavailable
+from services.router.config import MeshConfig, ModelResolver
+from services.router.registry import Registry
+from services.router.routing import RoutingService
+from services.router.xds.cache import SnapshotCache
+from switchyard.v1 import engine_pb2, engine_pb2_grpc, router_pb2, router_pb2_grpc
+
+
+class RouterService(router_pb2_grpc.RouterServicer):
+    def __init__(self, routing: RoutingService) -> None:
+        self._routing = routing
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        router_pb2_grpc.add_RouterServicer_to_server(self, server)
+
+    async def Pick(
+        self, request: router_pb2.PickRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.PickResponse:
+        decision, rr = self._routing.route(
+            request.request, tenant=request.tenant, commit=request.commit
+        )
+        resp: router_pb2.PickResponse = decision.to_proto()
+        resp.model = rr.model
+        resp.prompt_tokens = len(rr.prompt_token_ids)
+        return resp
+
+
+class AdminService(router_pb2_grpc.AdminServicer):
+    def __init__(
+        self,
+        cfg: MeshConfig,
+        resolver: ModelResolver,
+        registry: Registry,
+        xds: SnapshotCache,
+        router_id: str,
+    ) -> None:
+        self._cfg = cfg
+        self._resolver = resolver
+        self._registry = registry
+        self._xds = xds
+        self._router_id = router_id
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        router_pb2_grpc.add_AdminServicer_to_server(self, server)
+
+    async def Status(
+        self, request: router_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.StatusResponse:
+        now = time.monotonic()
+        resp = router_pb2.StatusResponse(router_id=self._router_id)
+        for pool in self._cfg.pools:
+            models = [m.name for m in pool.models]
+            ps = resp.pools.add(
+                name=pool.name,
+                accelerator=pool.accelerator,
+                models=models,
+                aliases=[a for m in models for a in self._resolver.aliases_of(m)],
+            )
+            for e in sorted(self._registry.engines(pool.name), key=lambda e: e.engine_id):
+                state = self._registry.state_of(e)
+                ps.engines.add(
+                    engine_id=e.engine_id,
+                    endpoint=e.address,
+                    model=e.model,
+                    model_version=e.model_version,
+                    state=state,
+                    load=e.load,
+                    cache_hit_rate=e.cache_hit_rate,
+                    routed_turns=e.routed_turns,
+                    indexed_blocks=self._registry.indexed_blocks(e.engine_id),
+                    seconds_since_report=now - e.last_report_at,
+                )
+        for node in self._xds.status():
+            ns = resp.xds_nodes.add(node_id=node.node_id)
+            for t in node.types:
+                ns.types.add(
+                    type_url=t.type_url,
+                    version_sent=t.version_sent,
+                    version_acked=t.version_acked,
+                    nonce=t.nonce,
+                    nacked=t.nacked,
+                    error=t.error,
+                )
+        return resp
+
+    async def _control(
+        self, engine_id: str
+    ) -> tuple[grpc.aio.Channel, engine_pb2_grpc.EngineControlStub]:
+        state = self._registry.get(engine_id)
+        if state is None:
+            known = ", ".join(sorted(e.engine_id for e in self._registry.engines())) or "none"
+            raise NotFound(f"engine {engine_id!r} is not registered (engines: {known})")
+        channel = grpc.aio.insecure_channel(state.address)
+        return channel, engine_pb2_grpc.EngineControlStub(channel)
+
+    async def Drain(
+        self, request: router_pb2.AdminDrainRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.AdminDrainResponse:
+        channel, stub = await self._control(request.engine_id)
+        async with channel:
+            try:
+                r = await stub.Drain(
+                    engine_pb2.DrainRequest(grace_seconds=request.grace_seconds), timeout=10
+                )
+            except grpc.aio.AioRpcError as e:
+                raise Unavailable(f"engine {request.engine_id}: {e.details()}") from None
+        return router_pb2.AdminDrainResponse(in_flight=r.in_flight)
+
+    async def Undrain(
+        self, request: router_pb2.AdminUndrainRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.AdminUndrainResponse:
+        channel, stub = await self._control(request.engine_id)
+        async with channel:
+            try:
+                await stub.Resume(engine_pb2.ResumeRequest(), timeout=10)
+            except grpc.aio.AioRpcError as e:
+                raise Unavailable(f"engine {request.engine_id}: {e.details()}") from None
+        return router_pb2.AdminUndrainResponse()

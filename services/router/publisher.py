@@ -1,0 +1,60 @@
+"""Registry state → Envoy config: on every join, drain or death, rebuild and publish the snapshot.
+
+Changes are coalesced over a short window (a burst of joins at start-up is one push) and the
+snapshot cache sends Envoy only the types whose content changed — in practice one EDS update
+per membership change, well within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.common.server import host_port
+from services.router.config import MeshConfig
+from services.router.registry import Registry
+from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, build_snapshot
+from services.router.xds.cache import SnapshotCache
+
+log = logging.getLogger(__name__)
+
+COALESCE_SECONDS = 0.05
+
+
+class XdsPublisher:
+    def __init__(
+        self, cfg: MeshConfig, registry: Registry, cache: SnapshotCache, router_address: str
+    ) -> None:
+        self._cfg = cfg
+        self._registry = registry
+        self._cache = cache
+        self._router_host, self._router_port = host_port(router_address)
+        self._pending: asyncio.TimerHandle | None = None
+        self.published = 0
+        registry.subscribe(self.changed)
+
+    def spec(self) -> MeshSpec:
+        listen_host, listen_port = host_port(self._cfg.envoy.listen)
+        pools = []
+        for pool in self._cfg.pools:
+            endpoints = []
+            for e in sorted(self._registry.engines(pool.name), key=lambda e: e.engine_id):
+                host, port = host_port(e.address)
+                endpoints.append(Endpoint(e.engine_id, host, port, draining=e.draining))
+            pools.append(PoolSpec(pool.name, tuple(endpoints)))
+        return MeshSpec(
+            listener_address=listen_host,
+            listener_port=listen_port,
+            router_host=self._router_host,
+            router_port=self._router_port,
+            pools=tuple(pools),
+        )
+
+    def publish(self) -> None:
+        self._pending = None
+        self._cache.set_snapshot(build_snapshot(self.spec()))
+        self.published += 1
+
+    def changed(self) -> None:
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.publish)

@@ -1,0 +1,1 @@
+"""Routing policy: filters → scorers → picker, built from a declarative profile."""

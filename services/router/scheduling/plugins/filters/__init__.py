@@ -1,0 +1,1 @@
+"""Filters: which engines a turn may go to."""

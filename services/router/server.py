@@ -1,0 +1,105 @@
+"""Run the router: registry, scheduler, Envoy ext_proc, Router/Admin APIs and the xDS server,
+all on one gRPC address, plus `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from services.common.metrics import start_metrics_server
+from services.common.progress import Progress
+from services.common.server import create_server, host_port, install_signal_handlers
+from services.router import api, extproc, registry_service
+from services.router.config import MeshConfig, ModelResolver
+from services.router.kvindex import KvIndex
+from services.router.publisher import XdsPublisher
+from services.router.registry import Registry
+from services.router.routing import RoutingService, TokenizerCache
+from services.router.scheduling.profile import load_profile
+from services.router.scheduling.scheduler import Scheduler
+from services.router.sessions import SessionTable
+from services.router.xds import server as xds_server
+from services.router.xds.cache import SnapshotCache
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    "switchyard.v1.Registry",
+    "switchyard.v1.Router",
+    "switchyard.v1.Admin",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+]
+SWEEP_SECONDS = 0.25
+
+
+async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    progress = Progress("router")
+
+    with progress.phase("loading tokenizers"):
+        tokenizers = TokenizerCache(cfg)
+        tokenizers.preload()
+    resolver = ModelResolver(cfg)
+    index = KvIndex()
+    registry = Registry(index=index, stale_after=cfg.router.stale_after_seconds)
+    scheduler = Scheduler(registry, index, SessionTable(), load_profile(cfg.router.profile))
+    routing = RoutingService(resolver, tokenizers, scheduler)
+
+    server = await create_server(cfg.router.listen, [], SERVICE_NAMES)
+    host, _ = host_port(cfg.router.listen)
+    address = f"{host}:{server.port}"
+    cache = SnapshotCache()
+    publisher = XdsPublisher(cfg, registry, cache, address)
+    publisher.publish()
+
+    reg = registry_service.RegistryService(
+        registry, cfg.router.heartbeat_seconds, {p.name for p in cfg.pools}
+    )
+    reg.add_to_server(server.grpc)
+    extproc.ExtProcService(routing).add_to_server(server.grpc)
+    api.RouterService(routing).add_to_server(server.grpc)
+    api.AdminService(cfg, resolver, registry, cache, reg.router_id).add_to_server(server.grpc)
+    xds_server.add_to_server(server.grpc, cache)
+
+    metrics_host, metrics_port = host_port(cfg.router.metrics_listen)
+    metrics_port = start_metrics_server(metrics_host, metrics_port)
+    await server.start()
+    await server.set_serving(True)
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            for engine_id in registry.sweep():
+                log.warning("engine %s went silent; removed from the routable set", engine_id)
+
+    sweeper = asyncio.create_task(sweep(), name="registry-sweep")
+    if ready_file is not None:
+        data = {
+            "address": address,
+            "grpc_port": server.port,
+            "metrics_port": metrics_port,
+            "pid": os.getpid(),
+            "router_id": reg.router_id,
+        }
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(ready_file)
+    progress.say(
+        f"serving on {address} (registry, ext_proc, xDS, admin); "
+        f"metrics on http://{metrics_host}:{metrics_port}/metrics; "
+        f"pools: {', '.join(p.name for p in cfg.pools)}"
+    )
+    await stop.wait()
+    progress.say("stopping")
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await server.stop(2.0)
+    progress.say("stopped")

@@ -1,0 +1,245 @@
+"""The whole mesh on loopback: real Envoy configured over xDS by the router, real vLLM engines
+in two pools (large ×1, small ×2), clients talking only to Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.mesh import procs
+from services.mesh.client import CHANNEL_OPTIONS, generate, make_request
+from services.mesh.up import Mesh
+from switchyard.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
+from tests.integration.conftest import ROOT
+from tests.integration.test_engine import long_text
+
+MESH_CONFIG = Path(__file__).with_name("mesh.yaml")
+
+
+@pytest.fixture(scope="module")
+def mesh(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    m = Mesh(
+        MESH_CONFIG,
+        workdir=tmp_path_factory.mktemp("mesh"),
+        free_ports=True,
+        say=lambda line: print(line, file=sys.stderr),
+    )
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+async def envoy(mesh: Mesh):
+    async with grpc.aio.insecure_channel(mesh.endpoint, options=CHANNEL_OPTIONS) as ch:
+        yield inference_pb2_grpc.InferenceStub(ch)
+
+
+@pytest.fixture
+async def admin(mesh: Mesh):
+    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+        yield router_pb2_grpc.AdminStub(ch)
+
+
+def admin_json(mesh: Mesh, path: str) -> dict:
+    return json.loads(urllib.request.urlopen(f"{mesh.envoy_admin}{path}", timeout=5).read())
+
+
+def cluster_hosts(mesh: Mesh, cluster: str) -> dict[str, dict]:
+    """address → health_status of the cluster's hosts, from Envoy's /clusters."""
+    for c in admin_json(mesh, "/clusters?format=json").get("cluster_statuses", []):
+        if c["name"] == cluster:
+            return {
+                f"{h['address']['socket_address']['address']}:"
+                f"{h['address']['socket_address']['port_value']}": h.get("health_status", {})
+                for h in c.get("host_statuses", [])
+            }
+    return {}
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_config_arrives_over_xds(mesh: Mesh):
+    dump = json.dumps(admin_json(mesh, "/config_dump"))
+    assert "switchyard_ingress" in dump and "switchyard_routes" in dump
+    for pool in ("h100-large", "l4-small", "empty-pool"):
+        assert f"pool_{pool}" in dump
+    small = cluster_hosts(mesh, "pool_l4-small")
+    assert {e.address for e in mesh.engines if e.name.startswith("l4-small")} <= set(small)
+    large = cluster_hosts(mesh, "pool_h100-large")
+    assert len(large) == 1
+    bootstrap = (ROOT / "envoy" / "bootstrap.yaml").read_text()
+    assert "pool_" not in bootstrap and "switchyard_ingress" not in bootstrap
+
+
+async def test_turn_through_envoy_and_alias_reaches_its_pool(envoy):
+    reply = await generate(envoy, make_request("Hello mesh", max_tokens=8))
+    assert reply.final.served_by.pool == "l4-small"
+    reply = await generate(envoy, make_request("Think hard", model="reasoning", max_tokens=8))
+    assert reply.final.served_by.pool == "h100-large"
+    assert reply.final.served_by.model == "large"
+
+
+async def test_shared_prefix_lands_on_the_same_engine_with_cache_hits(envoy):
+    prefix = long_text(400)
+    first = await generate(envoy, make_request(prefix + " one", max_tokens=4))
+    second = await generate(envoy, make_request(prefix + " two", max_tokens=4))
+    assert second.final.served_by.engine == first.final.served_by.engine
+    assert second.final.usage.cached_prompt_tokens >= 128
+
+
+async def test_session_stays_on_its_engine(envoy):
+    req = make_request(long_text(50), max_tokens=4)
+    req.session_id = "conversation-42"
+    engines = {(await generate(envoy, req)).final.served_by.engine for _ in range(4)}
+    assert len(engines) == 1
+
+
+async def test_different_tenants_spread_over_the_pool(envoy):
+    async def turn(i: int) -> str:
+        reply = await generate(
+            envoy,
+            make_request(long_text(200), max_tokens=24, ignore_eos=True),
+            metadata=[("x-switchyard-tenant", f"tenant-{i}")],
+        )
+        return reply.final.served_by.engine
+
+    engines = await asyncio.gather(*(turn(i) for i in range(8)))
+    assert len(set(engines)) == 2, engines
+
+
+async def test_unknown_model_empty_pool_and_malformed_body(mesh: Mesh, envoy):
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await generate(envoy, make_request("hi", model="gpt-17", max_tokens=4))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model 'gpt-17' is unknown" in e.value.details()
+
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await generate(envoy, make_request("hi", model="medium", max_tokens=4))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "empty-pool" in e.value.details()
+
+    async with grpc.aio.insecure_channel(mesh.endpoint) as ch:
+        raw = ch.unary_stream(
+            "/switchyard.v1.Inference/Generate",
+            request_serializer=lambda b: b,
+            response_deserializer=inference_pb2.GenerateResponse.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            async for _ in raw(b"\x12\x04\xff\xfe\xc3("):
+                pass
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "prompt is not valid UTF-8" in e.value.details()
+
+    reply = await generate(envoy, make_request("still serving", max_tokens=4))
+    assert reply.final is not None
+
+
+async def test_status_reports_pools_engines_and_xds_acks(admin):
+    status = await admin.Status(router_pb2.StatusRequest())
+    pools = {p.name: p for p in status.pools}
+    assert len(pools["l4-small"].engines) == 2 and len(pools["empty-pool"].engines) == 0
+    assert "chat" in pools["l4-small"].aliases
+    assert status.xds_nodes, "no Envoy node in the xDS status"
+    node = status.xds_nodes[0]
+    assert node.node_id == "switchyard-test-envoy"
+    assert all(t.version_acked == t.version_sent and not t.nacked for t in node.types)
+
+
+async def test_drained_engine_finishes_in_flight_and_gets_no_new_turns(mesh: Mesh, envoy, admin):
+    victim = next(e for e in mesh.engines if e.name == "l4-small-1")
+    call = envoy.Generate(make_request(long_text(20), max_tokens=300, ignore_eos=True))
+    first = await call.read()
+    assert first.HasField("delta")
+    # Find who serves the in-flight turn; drain that one.
+    status = await admin.Status(router_pb2.StatusRequest())
+    busy = [e.engine_id for p in status.pools for e in p.engines if e.load.in_flight > 0]
+    target = busy[0] if busy else victim.name
+    address = next(e.address for e in mesh.engines if e.name == target)
+    await admin.Drain(router_pb2.AdminDrainRequest(engine_id=target))
+    try:
+        await asyncio.to_thread(
+            wait_for,
+            lambda: (
+                cluster_hosts(mesh, "pool_l4-small")[address].get("eds_health_status") == "DRAINING"
+            ),
+            2.0,
+            "EDS DRAINING",
+        )
+        served = [
+            (
+                await generate(envoy, make_request(long_text(30), max_tokens=4))
+            ).final.served_by.engine
+            for _ in range(6)
+        ]
+        assert target not in served
+        msgs = []
+        while (m := await call.read()) is not grpc.aio.EOF:
+            msgs.append(m)
+        assert msgs[-1].final.usage.completion_tokens == 300
+        assert msgs[-1].final.served_by.engine == target
+    finally:
+        await admin.Undrain(router_pb2.AdminUndrainRequest(engine_id=target))
+    await asyncio.to_thread(
+        wait_for,
+        lambda: cluster_hosts(mesh, "pool_l4-small")[address].get("eds_health_status") == "HEALTHY",
+        2.0,
+        "EDS HEALTHY again",
+    )
+
+
+async def test_engine_join_and_death_reach_envoy(mesh: Mesh, envoy, tmp_path):
+    """A new engine appears in Envoy's cluster within a second of registering; when its process
+    is killed, new turns go to the others without errors."""
+    extra = procs.start_engine(
+        ROOT / "deploy" / "local" / "engine-small.yaml",
+        name="l4-small-extra",
+        workdir=tmp_path,
+        overrides={
+            "listen": "127.0.0.1:0",
+            "engine_id": "l4-small-extra",
+            "router": mesh.router_address,
+        },
+    )
+    try:
+        await asyncio.to_thread(extra.wait_ready, 300, lambda line: print(line, file=sys.stderr))
+        joined = await asyncio.to_thread(
+            wait_for,
+            lambda: extra.address in cluster_hosts(mesh, "pool_l4-small"),
+            5.0,
+            "the new engine in Envoy's /clusters",
+        )
+        assert joined < 2.0  # registration happens right after the ready file; push < 1 s
+        os.kill(extra.pid, signal.SIGKILL)
+        # Turns sent at once may still be routed to the dead engine: Envoy's retry before the
+        # first byte takes them to the fallback endpoints, so the client sees no error.
+        for _ in range(6):
+            reply = await generate(envoy, make_request(long_text(40), max_tokens=4))
+            assert reply.final.served_by.engine != "l4-small-extra"
+        await asyncio.to_thread(
+            wait_for,
+            lambda: extra.address not in cluster_hosts(mesh, "pool_l4-small"),
+            2.0,
+            "the dead engine gone from Envoy's /clusters",
+        )
+    finally:
+        extra.stop(timeout=10)

@@ -1,0 +1,104 @@
+"""The router's ext_proc answers, without Envoy: framing, header mutations, immediate errors."""
+
+import struct
+
+import grpc
+import pytest
+
+from services.common.errors import InvalidArgument, Unavailable, Unimplemented
+from services.router import headers as h
+from services.router.extproc import ExtProcService, grpc_message, immediate_error
+from switchyard.v1 import inference_pb2
+
+
+def frame(msg: bytes, compressed: int = 0) -> bytes:
+    return struct.pack(">BI", compressed, len(msg)) + msg
+
+
+def test_grpc_message_unframes_one_message():
+    assert grpc_message(frame(b"abc")) == b"abc"
+    with pytest.raises(InvalidArgument, match="not a gRPC message"):
+        grpc_message(b"\x00\x00")
+    with pytest.raises(InvalidArgument, match="exactly one GenerateRequest"):
+        grpc_message(frame(b"abc") + frame(b"def"))
+    with pytest.raises(Unimplemented, match="compressed"):
+        grpc_message(frame(b"abc", compressed=1))
+
+
+def test_immediate_error_carries_grpc_status_and_message():
+    resp = immediate_error(Unavailable("pool p has no engines"))
+    ir = resp.immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert ir.body == b"pool p has no engines"
+
+
+class FakeEngine:
+    def __init__(self, engine_id, address, pool="p"):
+        self.engine_id, self.address, self.pool = engine_id, address, pool
+
+
+class FakeDecision:
+    def __init__(self):
+        self.engine = FakeEngine("e1", "127.0.0.1:1")
+        self.fallbacks = [FakeEngine("e2", "127.0.0.1:2")]
+
+
+class FakeRouting:
+    """Records what it was asked; answers with a fixed decision or an error."""
+
+    def __init__(self, error=None):
+        self.error = error
+        self.calls = []
+
+    def route(self, req, *, tenant="", session_id="", commit=True):
+        self.calls.append((req, tenant, session_id))
+        if self.error:
+            raise self.error
+        return FakeDecision(), None
+
+
+HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1", h.TENANT: "acme"}
+
+
+def test_decide_sets_pool_endpoint_and_clears_route_cache():
+    routing = FakeRouting()
+    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    resp = ExtProcService(routing).decide(HEADERS, body)
+    common = resp.request_body.response
+    assert common.clear_route_cache
+    got = {o.header.key: o.header.raw_value.decode() for o in common.header_mutation.set_headers}
+    assert got[h.POOL] == "p"
+    assert got[h.ENDPOINT] == "127.0.0.1:1,127.0.0.1:2"
+    assert got[h.ENGINE] == "e1"
+    req, tenant, session = routing.calls[0]
+    assert (req.prompt, tenant, session) == ("hi", "acme", "s1")
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "code", "text"),
+    [
+        (
+            HEADERS,
+            frame(b"\x12\x02\xff\xfe"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "prompt is not valid UTF-8",
+        ),
+        (
+            {":path": "/other.Svc/Call"},
+            frame(b""),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "/other.Svc/Call is not served by the mesh",
+        ),
+    ],
+)
+def test_decide_answers_bad_turns_with_an_immediate_error(headers, body, code, text):
+    resp = ExtProcService(FakeRouting()).decide(headers, body)
+    assert resp.immediate_response.grpc_status.status == code.value[0]
+    assert text in resp.immediate_response.body.decode()
+
+
+def test_routing_errors_become_immediate_errors():
+    routing = FakeRouting(error=Unavailable("pool p: no engine can serve"))
+    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    resp = ExtProcService(routing).decide(HEADERS, body)
+    assert resp.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
