@@ -43,6 +43,11 @@ def grpc_message(body: bytes) -> bytes:
     return body[_FRAME.size :]
 
 
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed frame (uncompressed) around one serialized message."""
+    return _FRAME.pack(0, len(message)) + message
+
+
 def immediate_error(err: SwitchyardError) -> ext.ProcessingResponse:
     """A gRPC error for the client, answered by Envoy without reaching an engine."""
     return ext.ProcessingResponse(
@@ -85,11 +90,16 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if path != GENERATE_PATH:
                 raise Unimplemented(f"{path or 'this method'} is not served by the mesh")
             req = decode_request(inference_pb2.GenerateRequest, grpc_message(body))
-            decision, _ = self._routing.route(
+            decision, routed = self._routing.route(
                 req, tenant=tenant_of(headers), session_id=headers.get(h.SESSION_ID, "")
             )
         except SwitchyardError as e:
             return immediate_error(e)
+        body_mutation = None
+        if req.model != routed.model:
+            # An alias or "auto": the engine sees the served model name it answers to.
+            req.model = routed.model
+            body_mutation = ext.BodyMutation(body=grpc_frame(req.SerializeToString()))
         endpoints = [decision.engine.address, *(f.address for f in decision.fallbacks)]
         mutation = ext.HeaderMutation(
             set_headers=[
@@ -100,7 +110,9 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         )
         return ext.ProcessingResponse(
             request_body=ext.BodyResponse(
-                response=ext.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+                response=ext.CommonResponse(
+                    header_mutation=mutation, body_mutation=body_mutation, clear_route_cache=True
+                )
             )
         )
 

@@ -43,6 +43,10 @@ class FakeDecision:
         self.fallbacks = [FakeEngine("e2", "127.0.0.1:2")]
 
 
+class FakeRouted:
+    model = "small"
+
+
 class FakeRouting:
     """Records what it was asked; answers with a fixed decision or an error."""
 
@@ -54,7 +58,7 @@ class FakeRouting:
         self.calls.append((req, tenant, session_id))
         if self.error:
             raise self.error
-        return FakeDecision(), None
+        return FakeDecision(), FakeRouted()
 
 
 HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1", h.TENANT: "acme"}
@@ -62,10 +66,11 @@ HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1", h.T
 
 def test_decide_sets_pool_endpoint_and_clears_route_cache():
     routing = FakeRouting()
-    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
     resp = ExtProcService(routing).decide(HEADERS, body)
     common = resp.request_body.response
     assert common.clear_route_cache
+    assert not common.HasField("body_mutation"), "the body is left alone when the model matches"
     got = {o.header.key: o.header.raw_value.decode() for o in common.header_mutation.set_headers}
     assert got[h.POOL] == "p"
     assert got[h.ENDPOINT] == "127.0.0.1:1,127.0.0.1:2"
@@ -102,3 +107,11 @@ def test_routing_errors_become_immediate_errors():
     body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
     resp = ExtProcService(routing).decide(HEADERS, body)
     assert resp.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+def test_alias_is_rewritten_to_the_served_model_in_the_body():
+    body = frame(inference_pb2.GenerateRequest(prompt="hi", model="chat").SerializeToString())
+    resp = ExtProcService(FakeRouting()).decide(HEADERS, body)
+    new_body = resp.request_body.response.body_mutation.body
+    req = inference_pb2.GenerateRequest.FromString(grpc_message(new_body))
+    assert (req.model, req.prompt) == ("small", "hi")
