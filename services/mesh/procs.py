@@ -7,6 +7,7 @@ ready file once it serves; `wait_ready` relays its `[router …]`/`[engine …]`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,13 +76,16 @@ class ServiceProcess:
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, wait up to `timeout`, then SIGKILL the whole process group."""
+        """SIGTERM, wait up to `timeout`, then SIGKILL; always reap the whole process group
+        (vLLM's engine-core children outlive a killed parent otherwise)."""
         self.terminate()
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            code = None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
+        return self.proc.wait() if code is None else code
 
 
 def _relay(log: IO[bytes], on_progress: Callable[[str], None] | None) -> None:
