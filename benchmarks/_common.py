@@ -17,7 +17,8 @@ WORDS = (
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear interpolation; NaN for no values."""
+    """The q-th percentile (0..100), linear interpolation, NaNs ignored; NaN for no values."""
+    values = [v for v in values if v == v]
     if not values:
         return float("nan")
     if len(values) == 1:

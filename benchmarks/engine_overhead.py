@@ -106,6 +106,42 @@ def grpc_runner(stub) -> Runner:  # type: ignore[no-untyped-def]
     return one
 
 
+async def grpc_floor(samples: int = 300) -> float:
+    """p50 ms of a bare grpc.aio round trip to the first streamed message (echo server and
+    client in this process): the transport's floor on this machine, for scale."""
+    import grpc
+
+    from switchyard.v1 import inference_pb2 as pb
+
+    async def handler(req, ctx):  # type: ignore[no-untyped-def]
+        yield pb.GenerateResponse(delta=pb.Delta(text="x"))
+
+    server = grpc.aio.server()
+    h = grpc.unary_stream_rpc_method_handler(
+        handler,
+        request_deserializer=pb.GenerateRequest.FromString,
+        response_serializer=pb.GenerateResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("switchyard.v1.Inference", {"Generate": h}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    times = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_stream(
+            "/switchyard.v1.Inference/Generate",
+            request_serializer=pb.GenerateRequest.SerializeToString,
+            response_deserializer=pb.GenerateResponse.FromString,
+        )
+        for _ in range(samples):
+            start = time.perf_counter()
+            async for _msg in call(pb.GenerateRequest(prompt="hi")):
+                times.append(time.perf_counter() - start)
+    await server.stop(None)
+    return percentile(times[samples // 5 :], 50) * 1e3
+
+
 async def main_async(args: argparse.Namespace) -> int:
     from services.common.config import load_config
     from services.engine.config import EngineConfig
@@ -194,6 +230,12 @@ async def main_async(args: argparse.Namespace) -> int:
             rows,
         )
     )
+    floor = await grpc_floor()
+    print(
+        f"\nfor scale: a bare grpc.aio streaming round trip on this machine takes {floor:.2f} ms "
+        "p50 (echo server, no engine)"
+    )
+    out["grpc_floor_p50_ms"] = floor  # type: ignore[assignment]
     write_json(args.json, out)
     return 0
 

@@ -200,7 +200,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(
         f"\nrouting: {args.tenants} tenants x {args.sessions} sessions x {args.turns} turns, "
         f"{args.system_words}-word system prompts, concurrency {args.concurrency}, "
-        f"{len(mesh.engines)} engines x 24 KV blocks\n"
+        f"{len(mesh.engines)} engines x 48 KV blocks of 128 tokens\n"
     )
     print(
         table(
@@ -227,9 +227,9 @@ def main() -> int:
     p.add_argument("--tenants", type=int, default=12)
     p.add_argument("--sessions", type=int, default=2, help="sessions per tenant")
     p.add_argument("--turns", type=int, default=3, help="turns per session")
-    p.add_argument("--system-words", type=int, default=500)
+    p.add_argument("--system-words", type=int, default=400)
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=6)
+    p.add_argument("--concurrency", type=int, default=3)
     p.add_argument("--json", help="also write the figures to this file")
     return asyncio.run(main_async(p.parse_args()))
 

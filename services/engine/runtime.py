@@ -14,7 +14,7 @@ from typing import Any
 
 from vllm.inputs.engine import tokens_input
 
-from services.common.tokens import Tokenizer
+from services.common.tokens import RustEncoder, Tokenizer
 from services.engine.config import EngineConfig
 from services.engine.kv_events import TOPIC
 from services.engine.load import LoadTracker, load_stat_logger_factory
@@ -41,7 +41,11 @@ class Runtime:
         self.llm = llm
         self.limits = limits
         self.info = info
-        self.tokenizer: Tokenizer = llm.get_tokenizer()
+        hf = llm.get_tokenizer()
+        # Encode through the Rust backend (same ids, less Python per turn); see common/tokens.
+        self.tokenizer: Tokenizer = (
+            RustEncoder(hf) if getattr(hf, "backend_tokenizer", None) is not None else hf
+        )
 
     @classmethod
     def build(cls, cfg: EngineConfig, tracker: LoadTracker, kv_endpoint: str | None) -> Runtime:

@@ -14,6 +14,24 @@ from services.router.xds.cache import SnapshotCache
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, router_pb2, router_pb2_grpc
 
 
+def xds_status(cache: SnapshotCache) -> list[router_pb2.XdsNodeStatus]:
+    """Per Envoy node and xDS type: version sent, version ACKed, and the last NACK's error."""
+    out = []
+    for node in cache.status():
+        ns = router_pb2.XdsNodeStatus(node_id=node.node_id)
+        for t in node.types:
+            ns.types.add(
+                type_url=t.type_url,
+                version_sent=t.version_sent,
+                version_acked=t.version_acked,
+                nonce=t.nonce,
+                nacked=t.nacked,
+                error=t.error,
+            )
+        out.append(ns)
+    return out
+
+
 class RouterService(router_pb2_grpc.RouterServicer):
     def __init__(self, routing: RoutingService) -> None:
         self._routing = routing
@@ -78,17 +96,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
                     indexed_blocks=self._registry.indexed_blocks(e.engine_id),
                     seconds_since_report=now - e.last_report_at,
                 )
-        for node in self._xds.status():
-            ns = resp.xds_nodes.add(node_id=node.node_id)
-            for t in node.types:
-                ns.types.add(
-                    type_url=t.type_url,
-                    version_sent=t.version_sent,
-                    version_acked=t.version_acked,
-                    nonce=t.nonce,
-                    nacked=t.nacked,
-                    error=t.error,
-                )
+        resp.xds_nodes.extend(xds_status(self._xds))
         return resp
 
     async def _control(

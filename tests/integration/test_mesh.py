@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -243,3 +244,42 @@ async def test_engine_join_and_death_reach_envoy(mesh: Mesh, envoy, tmp_path):
         )
     finally:
         extra.stop(timeout=10)
+
+
+async def test_router_pick_explains_the_decision(mesh: Mesh):
+    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+        router = router_pb2_grpc.RouterStub(ch)
+        req = make_request(long_text(40), model="chat", max_tokens=8)
+        resp = await router.Pick(router_pb2.PickRequest(request=req, tenant="t1", commit=False))
+    assert resp.pool == "l4-small" and resp.model == "small"
+    assert resp.endpoint in {e.address for e in mesh.engines}
+    assert resp.prompt_tokens > 40
+    assert len(resp.candidates) == 2
+    chosen = next(c for c in resp.candidates if c.endpoint == resp.endpoint)
+    assert not chosen.filtered_by and chosen.scores, chosen
+    assert set(chosen.scores) == {
+        "prefix-affinity",
+        "session-affinity",
+        "queue-depth",
+        "kv-utilization",
+    }
+
+
+def test_cli_status_and_chat(mesh: Mesh):
+    cli = [sys.executable, "-m", "services.mesh.cli"]
+    status = subprocess.run(
+        [*cli, "status", "--router", mesh.router_address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "pool l4-small" in status and "l4-small-0" in status and "ACK" in status
+    chat = subprocess.run(
+        [*cli, "chat", "--target", mesh.endpoint, "--max-tokens", "8", "hello"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "served by l4-small-" in chat.stderr and "completion 8" in chat.stderr

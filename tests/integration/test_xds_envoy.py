@@ -26,7 +26,9 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.mesh.status import format_status
 from services.router import headers
+from services.router.api import xds_status
 from services.router.xds import envoy_proc, resources
 from services.router.xds.builder import (
     HEALTH_SERVICE,
@@ -41,6 +43,7 @@ from services.router.xds.builder import (
 from services.router.xds.cache import SnapshotCache
 from services.router.xds.server import add_to_server
 from services.router.xds.snapshot import Snapshot
+from switchyard.v1 import router_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -380,6 +383,10 @@ async def test_envoy_takes_the_config_follows_changes_and_survives_a_nack(mesh: 
     assert status.version_sent == bad.version(resources.CLUSTER)
     assert status.version_acked == second.version(resources.CLUSTER)
     assert BAD_LB_POLICY in status.error
+    # ... and `switchyard status` (the router's Admin.Status) shows it per node.
+    shown = format_status(router_pb2.StatusResponse(xds_nodes=xds_status(mesh.cache)))
+    assert f"node {NODE_ID}" in shown and "Cluster" in shown
+    assert f"NACK: {status.error}" in shown
     dump = await mesh.admin("/config_dump")
     assert dynamic(dump, "ClustersConfigDump")["version_info"] == second.version(resources.CLUSTER)
     nonce = status.nonce
