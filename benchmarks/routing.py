@@ -124,7 +124,7 @@ async def main_async(args: argparse.Namespace) -> int:
     models = default_models_dir()
     init_models(models, ["large"], progress=lambda m: say(f"[models] {m}"))
     os.environ["SWITCHYARD_MODELS"] = str(models)
-    mesh = Mesh(HERE / "routing-bench.yaml", free_ports=True, say=say)
+    mesh = Mesh(Path(args.config), free_ports=True, say=say)
     results: dict[str, Result] = {}
     try:
         mesh.start()
@@ -224,6 +224,8 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--config", default=str(HERE / "routing-bench.yaml"),
+                   help="mesh config: engines, and the router's scheduling profile")
     p.add_argument("--tenants", type=int, default=12)
     p.add_argument("--sessions", type=int, default=2, help="sessions per tenant")
     p.add_argument("--turns", type=int, default=3, help="turns per session")
