@@ -93,6 +93,16 @@ class Upstream:
     name: str
     server: grpc.aio.Server
     port: int
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", HEALTH_SERVICE):
+            await self.health.set(service, status)
 
     @property
     def address(self) -> str:
@@ -118,9 +128,9 @@ async def start_upstream(name: str) -> Upstream:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    for service in ("", HEALTH_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return Upstream(name, server, port)
+    upstream = Upstream(name, server, port, health_servicer)
+    await upstream.set_serving(True)
+    return upstream
 
 
 def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -445,3 +455,27 @@ async def test_routes_on_the_router_headers(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.call(x_test_pool=POOL, x_test_stall=str(EXT_PROC_TIMEOUT + 1))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_not_serving_engine_is_taken_out_by_health_checks(mesh: Mesh) -> None:
+    """An engine whose gRPC health says NOT_SERVING (loading, draining, dead vLLM) is ejected by
+    Envoy's active health check, and comes back when it serves again."""
+    await mesh.push_and_wait_acked(
+        build_snapshot(mesh.spec(mesh.endpoint("a"), mesh.endpoint("b")))
+    )
+    await mesh.wait_healthy("a", "b")
+    b = mesh.upstreams["b"]
+    await b.set_serving(False)
+    try:
+
+        async def ejected() -> bool:
+            status = (await mesh.hosts())[b.address]["health_status"]
+            return bool(status.get("failed_active_health_check"))
+
+        await eventually(ejected, "Envoy's health check to eject b", timeout=10)
+        # No endpoint named: the fallback policy only picks healthy hosts.
+        for _ in range(6):
+            assert await mesh.call(x_test_pool=POOL) == [b"served-by:a"]
+    finally:
+        await b.set_serving(True)
+    await mesh.wait_healthy("a", "b")
