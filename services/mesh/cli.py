@@ -143,11 +143,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     init_models(models, progress=lambda m: print(f"[models] {m}", file=sys.stderr))
     _use_models_dir(models)
     mesh = Mesh(Path(args.config), free_ports=args.free_ports)
-    stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:
-        stop["now"] = True
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # SIGTERM stops the mesh the way Ctrl-C does
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
