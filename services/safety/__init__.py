@@ -1,4 +1,7 @@
-"""The streaming safety and PII filter (Envoy ext_proc on requests and streamed responses).
+"""The streaming safety and PII filter.
 
-Not built yet: the mesh runs without it until then (see README, "What exists today").
+Built so far: the validated recognizers (`recognizers`) and the policy actions with the streaming
+scrubber that never lets an entity split across chunks slip through (`scrubber`). Not built yet:
+the ext_proc service in Envoy, the `switchyard.v1.Safety` API, per-tenant policy config and
+metrics (issue 4); the mesh runs without the filter until then.
 """

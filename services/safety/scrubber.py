@@ -1,0 +1,223 @@
+"""Policy-driven scrubbing of PII and secrets, whole-text and streaming.
+
+Actions per entity type: ``redact`` -> ``[EMAIL]``; ``mask`` -> ``'*' * len``;
+``hash`` -> ``[EMAIL:<first 10 hex of HMAC-SHA256(tenant_key, value)>]`` (stable per
+tenant); ``block`` -> the whole text is refused (:func:`scrub` reports ``blocked``,
+:class:`StreamScrubber` raises :class:`BlockedError`); ``allow`` leaves it as is.
+
+Streaming invariant
+-------------------
+For any cut of a text ``T`` into chunks ``c1..ck``::
+
+    feed(c1) + ... + feed(ck) + finish() == scrub(T, policy).text
+
+(when nothing is blocked), and no character of a detected entity is ever emitted
+unscrubbed. How: the scrubber keeps the not-yet-emitted suffix of ``T`` (plus a few
+characters of already-emitted context for lookbehinds). On each feed it asks every
+recognizer for the earliest position whose match attempt is not settled yet (the
+attempt could change with more text: a candidate run touching the buffer end, or
+within the recognizer's ``window`` of it). Everything before the minimum of these is
+final, except that a final raw match straddling the cut moves the cut back to that
+match's start. Since no raw candidate of any recognizer straddles the cut, regex
+scanning restarted at the cut finds exactly the matches the whole-text scan finds
+after it, and overlap merging (longest wins) never crosses it; so scrubbing the
+prefix now and the rest later equals scrubbing the whole. Held-back text is bounded
+by the largest recognizer window; on clean prose usually only the last word is held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from services.safety.recognizers import (
+    Span,
+    StreamingRecognizer,
+    default_recognizers,
+    merge_spans,
+)
+
+__all__ = [
+    "Action",
+    "BlockedError",
+    "Policy",
+    "ScrubResult",
+    "StreamScrubber",
+    "scrub",
+]
+
+Action = Literal["redact", "mask", "hash", "block", "allow"]
+
+_CONTEXT = 8  # characters of emitted text kept for lookbehinds (ours use 1)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Action per entity type; types not listed get ``default``."""
+
+    actions: Mapping[str, Action] = field(default_factory=dict)
+    default: Action = "redact"
+    tenant_key: bytes = b""
+
+    def action(self, entity_type: str) -> Action:
+        return self.actions.get(entity_type, self.default)
+
+
+@dataclass(frozen=True)
+class ScrubResult:
+    text: str
+    findings: Counter[str]
+    blocked: str | None = None
+
+
+class BlockedError(Exception):
+    """Raised by the stream scrubber when an entity whose action is ``block`` appears."""
+
+    def __init__(self, entity_type: str) -> None:
+        super().__init__(f"blocked: {entity_type}")
+        self.entity_type = entity_type
+
+
+def _replacement(value: str, entity_type: str, policy: Policy) -> str:
+    action = policy.action(entity_type)
+    if action == "allow":
+        return value
+    if action == "mask":
+        return "*" * len(value)
+    if action == "hash":
+        digest = hmac.new(policy.tenant_key, value.encode(), hashlib.sha256).hexdigest()
+        return f"[{entity_type}:{digest[:10]}]"
+    return f"[{entity_type}]"  # redact, and block (never leak the value)
+
+
+def _apply(
+    text: str, lo: int, hi: int, spans: Sequence[Span], policy: Policy, findings: Counter[str]
+) -> str:
+    """Scrub ``text[lo:hi]`` given merged, sorted, in-range spans."""
+    parts: list[str] = []
+    pos = lo
+    for sp in spans:
+        parts.append(text[pos : sp.start])
+        parts.append(_replacement(text[sp.start : sp.end], sp.type, policy))
+        findings[sp.type] += 1
+        pos = sp.end
+    parts.append(text[pos:hi])
+    return "".join(parts)
+
+
+def _first_blocked(spans: Sequence[Span], policy: Policy) -> str | None:
+    for sp in spans:
+        if policy.action(sp.type) == "block":
+            return sp.type
+    return None
+
+
+def _spans(recognizers: Sequence[StreamingRecognizer], buf: str, lo: int, hi: int) -> list[Span]:
+    spans: list[Span] = []
+    for r in recognizers:
+        spans.extend(Span(s, e, r.entity_type) for s, e, ok in r.scan(buf, lo, hi) if ok)
+    return merge_spans(spans)
+
+
+_DEFAULT: list[StreamingRecognizer] | None = None
+
+
+def _defaults() -> list[StreamingRecognizer]:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = default_recognizers()
+    return _DEFAULT
+
+
+def scrub(
+    text: str, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
+) -> ScrubResult:
+    """Scrub a whole text. If a ``block`` entity is present, ``blocked`` names the first."""
+    recs = _defaults() if recognizers is None else recognizers
+    spans = _spans(recs, text, 0, len(text))
+    findings: Counter[str] = Counter()
+    out = _apply(text, 0, len(text), spans, policy, findings)
+    return ScrubResult(out, findings, _first_blocked(spans, policy))
+
+
+class StreamScrubber:
+    """Incremental :func:`scrub`; see the module docstring for the invariant."""
+
+    def __init__(
+        self, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
+    ) -> None:
+        self.policy = policy
+        self._recs: Sequence[StreamingRecognizer] = (
+            _defaults() if recognizers is None else recognizers
+        )
+        self._buf = ""  # context + pending text
+        self._lo = 0  # start of pending text in _buf
+        self.findings: Counter[str] = Counter()
+        self.blocked: str | None = None
+        self._finished = False
+
+    @property
+    def held_back(self) -> int:
+        """Characters received but not yet emitted."""
+        return len(self._buf) - self._lo
+
+    def feed(self, chunk: str) -> str:
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        if self.blocked is not None:
+            raise BlockedError(self.blocked)
+        if not chunk:
+            return ""
+        self._buf += chunk
+        return self._drain(final=False)
+
+    def finish(self) -> str:
+        if self.blocked is not None:
+            raise BlockedError(self.blocked)
+        out = self._drain(final=True)
+        self._finished = True
+        return out
+
+    def _drain(self, *, final: bool) -> str:
+        buf, lo, n = self._buf, self._lo, len(self._buf)
+        raw: list[tuple[int, int, bool, str]] = []
+        cut = n
+        for r in self._recs:
+            found, pending = r.analyze(buf, lo, n)
+            if found:
+                t = r.entity_type
+                raw.extend((s, e, ok, t) for s, e, ok in found)
+            if pending is not None and pending < cut:
+                cut = pending
+        if final:
+            cut = n
+        else:
+            # Move the cut back before any (final) raw candidate straddling it.
+            moved = cut > lo
+            while moved:
+                moved = False
+                for s, e, _, _ in raw:
+                    if s < cut < e:
+                        cut = s
+                        moved = True
+        if cut == lo:
+            return ""
+        spans = [
+            sp
+            for sp in merge_spans([Span(s, e, t) for s, e, ok, t in raw if ok and s < cut])
+            if sp.end <= cut
+        ]
+        blocked = _first_blocked(spans, self.policy)
+        if blocked is not None:
+            self.blocked = blocked
+            self.findings[blocked] += 1
+            raise BlockedError(blocked)
+        out = _apply(buf, lo, cut, spans, self.policy, self.findings)
+        keep = max(0, cut - _CONTEXT)
+        self._buf = buf[keep:]
+        self._lo = cut - keep
+        return out
