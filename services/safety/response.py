@@ -1,0 +1,95 @@
+"""Scrub one streamed `Generate` response body: the logic of the safety filter's response path.
+
+Body chunks (as Envoy's ext_proc STREAMED mode delivers them) go in; body bytes to send on come
+out. Messages are reassembled from the chunks, each Delta's text passes through one
+`StreamScrubber` for the whole turn (so an entity split across deltas is still caught), and the
+frames are re-encoded. Text is held back only while it could still be part of an entity; when
+the Final arrives, what is held back is flushed as one last Delta and the Final gains a
+`SafetyReport` (counts by type and action). An entity whose action is `block` ends the turn: a
+Final with FINISH_REASON_BLOCKED saying why replaces the rest of the stream.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from services.safety.frames import FrameDecoder, encode_frame
+from services.safety.scrubber import BlockedError, Policy, StreamScrubber
+from switchyard.v1 import inference_pb2
+
+
+class ResponseFilter:
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._scrubber = StreamScrubber(policy)
+        self._frames = FrameDecoder()
+        self._tokens = 0  # tokens of held-back text, carried to the next Delta sent
+        self.done = False  # a Final (real or blocking) has been sent: drop anything after
+
+    def feed(self, chunk: bytes, end_of_stream: bool = False) -> bytes:
+        """Body bytes to forward for this chunk (possibly empty while text is held back)."""
+        if self.done:
+            return b""
+        out = bytearray()
+        for raw in self._frames.feed(chunk):
+            msg = inference_pb2.GenerateResponse.FromString(raw)
+            for rewritten in self._message(msg):
+                out += encode_frame(rewritten.SerializeToString())
+            if self.done:
+                break
+        if end_of_stream and not self.done:
+            self._frames.finish()
+        return bytes(out)
+
+    def _message(self, msg: inference_pb2.GenerateResponse) -> list[inference_pb2.GenerateResponse]:
+        try:
+            if msg.HasField("delta"):
+                self._tokens += msg.delta.token_count
+                text = self._scrubber.feed(msg.delta.text)
+                return [self._delta(text)] if text else []
+            tail = self._scrubber.finish()
+        except BlockedError as e:
+            return [self._blocked(e.entity_type, msg)]
+        self.done = True
+        final = inference_pb2.GenerateResponse()
+        final.CopyFrom(msg)
+        final.final.safety.CopyFrom(self.report())
+        return ([self._delta(tail)] if tail else []) + [final]
+
+    def _delta(self, text: str) -> inference_pb2.GenerateResponse:
+        tokens, self._tokens = self._tokens, 0
+        return inference_pb2.GenerateResponse(
+            delta=inference_pb2.Delta(text=text, token_count=tokens)
+        )
+
+    def _blocked(
+        self, entity_type: str, msg: inference_pb2.GenerateResponse
+    ) -> inference_pb2.GenerateResponse:
+        self.done = True
+        report = self.report()
+        report.blocked = True
+        report.reason = f"the response contained {entity_type}, which this policy blocks"
+        final = inference_pb2.Final(
+            finish_reason=inference_pb2.FinishReason.FINISH_REASON_BLOCKED, safety=report
+        )
+        if msg.HasField("final"):
+            final.usage.CopyFrom(msg.final.usage)
+            final.served_by.CopyFrom(msg.final.served_by)
+            final.request_id = msg.final.request_id
+        return inference_pb2.GenerateResponse(final=final)
+
+    def report(self) -> inference_pb2.SafetyReport:
+        """Findings so far, one entry per (type, action)."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for entity_type, n in self._scrubber.findings.items():
+            counts[(entity_type, self._policy.action(entity_type))] += n
+        return inference_pb2.SafetyReport(
+            findings=[
+                inference_pb2.SafetyFinding(type=t, action=a, count=n)
+                for (t, a), n in sorted(counts.items())
+            ]
+        )
+
+    @property
+    def held_back(self) -> int:
+        return self._scrubber.held_back + self._frames.pending
