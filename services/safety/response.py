@@ -11,9 +11,8 @@ Final with FINISH_REASON_BLOCKED saying why replaces the rest of the stream.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from services.safety.frames import FrameDecoder, encode_frame
+from services.safety.report import safety_report
 from services.safety.scrubber import BlockedError, Policy, StreamScrubber
 from switchyard.v1 import inference_pb2
 
@@ -66,9 +65,7 @@ class ResponseFilter:
         self, entity_type: str, msg: inference_pb2.GenerateResponse
     ) -> inference_pb2.GenerateResponse:
         self.done = True
-        report = self.report()
-        report.blocked = True
-        report.reason = f"the response contained {entity_type}, which this policy blocks"
+        report = safety_report(self._scrubber.findings, self._policy, entity_type)
         final = inference_pb2.Final(
             finish_reason=inference_pb2.FinishReason.FINISH_REASON_BLOCKED, safety=report
         )
@@ -80,15 +77,7 @@ class ResponseFilter:
 
     def report(self) -> inference_pb2.SafetyReport:
         """Findings so far, one entry per (type, action)."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for entity_type, n in self._scrubber.findings.items():
-            counts[(entity_type, self._policy.action(entity_type))] += n
-        return inference_pb2.SafetyReport(
-            findings=[
-                inference_pb2.SafetyFinding(type=t, action=a, count=n)
-                for (t, a), n in sorted(counts.items())
-            ]
-        )
+        return safety_report(self._scrubber.findings, self._policy)
 
     @property
     def held_back(self) -> int:

@@ -61,7 +61,7 @@ class Policy:
 
     actions: Mapping[str, Action] = field(default_factory=dict)
     default: Action = "redact"
-    tenant_key: bytes = b""
+    tenant_key: bytes = field(default=b"", repr=False)  # never in logs
 
     def action(self, entity_type: str) -> Action:
         return self.actions.get(entity_type, self.default)
