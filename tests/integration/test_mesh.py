@@ -167,14 +167,15 @@ async def test_status_reports_pools_engines_and_xds_acks(admin):
 
 
 async def test_drained_engine_finishes_in_flight_and_gets_no_new_turns(mesh: Mesh, envoy, admin):
-    victim = next(e for e in mesh.engines if e.name == "l4-small-1")
-    call = envoy.Generate(make_request(long_text(20), max_tokens=300, ignore_eos=True))
+    # A session pins the long turn to a known engine (session affinity), which we then drain.
+    opener = make_request(long_text(10), max_tokens=2)
+    opener.session_id = "drain-me"
+    target = (await generate(envoy, opener)).final.served_by.engine
+    long_turn = make_request(long_text(20), max_tokens=300, ignore_eos=True)
+    long_turn.session_id = "drain-me"
+    call = envoy.Generate(long_turn)
     first = await call.read()
     assert first.HasField("delta")
-    # Find who serves the in-flight turn; drain that one.
-    status = await admin.Status(router_pb2.StatusRequest())
-    busy = [e.engine_id for p in status.pools for e in p.engines if e.load.in_flight > 0]
-    target = busy[0] if busy else victim.name
     address = next(e.address for e in mesh.engines if e.name == target)
     await admin.Drain(router_pb2.AdminDrainRequest(engine_id=target))
     try:
