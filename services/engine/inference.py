@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from services.common.errors import Internal, InvalidArgument, Unavailable
+from services.common.errors import Internal, InvalidArgument, SwitchyardError, Unavailable
 from services.common.protoutil import Malformed, lenient_deserializer
 from services.engine.admission import Admission
 from services.engine.metrics import EngineMetrics
@@ -91,7 +91,7 @@ class InferenceService:
         except asyncio.CancelledError:
             self._metrics.finished("CANCELLED")
             raise
-        except (InvalidArgument, Unavailable, Internal) as e:
+        except SwitchyardError as e:
             self._metrics.finished(e.code.name)
             raise
 

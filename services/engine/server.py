@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +18,13 @@ from pathlib import Path
 
 from services.common.metrics import start_metrics_server
 from services.common.progress import Progress
-from services.common.server import Server, create_server, host_port, install_signal_handlers
+from services.common.server import (
+    Server,
+    create_server,
+    host_port,
+    install_signal_handlers,
+    write_ready_file,
+)
 from services.engine import control, inference
 from services.engine.admission import Admission
 from services.engine.config import EngineConfig
@@ -143,27 +148,22 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     return svc
 
 
-def write_ready_file(path: Path, svc: EngineService) -> None:
-    """Atomically write where the engine listens, for supervisors and tests."""
-    data = {
-        "engine_id": svc.engine_id,
-        "pid": os.getpid(),
-        "address": svc.address,
-        "grpc_port": svc.server.port,
-        "metrics_port": svc.metrics_port,
-    }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
 async def serve(cfg: EngineConfig, ready_file: Path | None = None) -> None:
     """Run the engine until SIGTERM/SIGINT, then drain and exit."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     svc = await start_engine(cfg)
     if ready_file is not None:
-        write_ready_file(ready_file, svc)
+        write_ready_file(
+            ready_file,
+            {
+                "engine_id": svc.engine_id,
+                "pid": os.getpid(),
+                "address": svc.address,
+                "grpc_port": svc.server.port,
+                "metrics_port": svc.metrics_port,
+            },
+        )
     await stop.wait()
     progress = Progress(f"engine {svc.engine_id}")
     progress.say(

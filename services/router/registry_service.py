@@ -39,8 +39,6 @@ class RegistryService(router_pb2_grpc.RegistryServicer):
         if first is None or not first.HasField("register"):
             raise InvalidArgument("the first message of Registry.Connect must be `register`")
         reg = first.register
-        if not reg.info.engine_id or not reg.address:
-            raise InvalidArgument("register.info.engine_id and register.address are required")
         try:
             host, port = host_port(reg.address)
             endpoint_address(host, port)

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from pathlib import Path
 
 from services.common.metrics import start_metrics_server
 from services.common.progress import Progress
-from services.common.server import create_server, host_port, install_signal_handlers
+from services.common.server import (
+    create_server,
+    host_port,
+    install_signal_handlers,
+    write_ready_file,
+)
 from services.router import api, extproc, registry_service
 from services.router.config import MeshConfig, ModelResolver
 from services.router.kvindex import KvIndex
@@ -81,16 +85,16 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
 
     sweeper = asyncio.create_task(sweep(), name="registry-sweep")
     if ready_file is not None:
-        data = {
-            "address": address,
-            "grpc_port": server.port,
-            "metrics_port": metrics_port,
-            "pid": os.getpid(),
-            "router_id": reg.router_id,
-        }
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(ready_file)
+        write_ready_file(
+            ready_file,
+            {
+                "address": address,
+                "grpc_port": server.port,
+                "metrics_port": metrics_port,
+                "pid": os.getpid(),
+                "router_id": reg.router_id,
+            },
+        )
     progress.say(
         f"serving on {address} (registry, ext_proc, xDS, admin); "
         f"metrics on http://{metrics_host}:{metrics_port}/metrics; "

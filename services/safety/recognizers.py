@@ -42,6 +42,7 @@ __all__ = [
     "load_ner_backend",
     "luhn_valid",
     "merge_spans",
+    "shared_default_recognizers",
     "ssn_valid",
 ]
 
@@ -458,7 +459,8 @@ def merge_spans(spans: Sequence[Span]) -> list[Span]:
 _DEFAULT: list[StreamingRecognizer] | None = None
 
 
-def _defaults() -> list[StreamingRecognizer]:
+def shared_default_recognizers() -> list[StreamingRecognizer]:
+    """`default_recognizers()`, built once per process (they are stateless)."""
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = default_recognizers()
@@ -467,7 +469,9 @@ def _defaults() -> list[StreamingRecognizer]:
 
 def find_all(text: str, recognizers: Sequence[Recognizer] | None = None) -> list[Span]:
     """All entities in ``text``, overlaps merged (longest wins), sorted by start."""
-    recs: Sequence[Recognizer] = _defaults() if recognizers is None else recognizers
+    recs: Sequence[Recognizer] = (
+        shared_default_recognizers() if recognizers is None else recognizers
+    )
     spans: list[Span] = []
     for r in recs:
         spans.extend(r.find(text))

@@ -37,8 +37,8 @@ from typing import Literal
 from services.safety.recognizers import (
     Span,
     StreamingRecognizer,
-    default_recognizers,
     merge_spans,
+    shared_default_recognizers,
 )
 
 __all__ = [
@@ -123,21 +123,11 @@ def _spans(recognizers: Sequence[StreamingRecognizer], buf: str, lo: int, hi: in
     return merge_spans(spans)
 
 
-_DEFAULT: list[StreamingRecognizer] | None = None
-
-
-def _defaults() -> list[StreamingRecognizer]:
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = default_recognizers()
-    return _DEFAULT
-
-
 def scrub(
     text: str, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
 ) -> ScrubResult:
     """Scrub a whole text. If a ``block`` entity is present, ``blocked`` names the first."""
-    recs = _defaults() if recognizers is None else recognizers
+    recs = shared_default_recognizers() if recognizers is None else recognizers
     spans = _spans(recs, text, 0, len(text))
     findings: Counter[str] = Counter()
     out = _apply(text, 0, len(text), spans, policy, findings)
@@ -152,7 +142,7 @@ class StreamScrubber:
     ) -> None:
         self.policy = policy
         self._recs: Sequence[StreamingRecognizer] = (
-            _defaults() if recognizers is None else recognizers
+            shared_default_recognizers() if recognizers is None else recognizers
         )
         self._buf = ""  # context + pending text
         self._lo = 0  # start of pending text in _buf
