@@ -68,8 +68,9 @@ def extproc_body(prompt: str) -> bytes:
     from envoy.config.core.v3 import base_pb2
     from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+    from services.common.extproc import GENERATE_PATH
+    from services.common.frames import encode_frame as grpc_frame
     from services.mesh.client import make_request
-    from services.router.extproc import GENERATE_PATH, grpc_frame
 
     headers = ext.ProcessingRequest(
         request_headers=ext.HttpHeaders(

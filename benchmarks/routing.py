@@ -224,8 +224,11 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--config", default=str(HERE / "routing-bench.yaml"),
-                   help="mesh config: engines, and the router's scheduling profile")
+    p.add_argument(
+        "--config",
+        default=str(HERE / "routing-bench.yaml"),
+        help="mesh config: engines, and the router's scheduling profile",
+    )
     p.add_argument("--tenants", type=int, default=12)
     p.add_argument("--sessions", type=int, default=2, help="sessions per tenant")
     p.add_argument("--turns", type=int, default=3, help="turns per session")

@@ -30,6 +30,10 @@ class InvalidArgument(SwitchyardError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class PermissionDenied(SwitchyardError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotFound(SwitchyardError):
     code = grpc.StatusCode.NOT_FOUND
 

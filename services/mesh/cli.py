@@ -6,6 +6,8 @@ switchyard status                     pools, engines, load, cache hit rate, xDS 
 switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
+switchyard safety --config FILE       run the safety filter (ext_proc, Safety API)
+switchyard trace [TRACE_ID]           a turn's spans as a waterfall (local traces)
 switchyard generate --target ADDR P   stream a reply from any Inference endpoint
 switchyard models init                generate the local test models (no network)
 """
@@ -129,6 +131,56 @@ def cmd_router(args: argparse.Namespace) -> int:
     from services.router.server import serve
 
     asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
+    return 0
+
+
+def cmd_safety(args: argparse.Namespace) -> int:
+    from services.common.errors import ConfigError
+    from services.safety.config import SafetyConfig, load_safety_config
+
+    try:
+        cfg = (
+            load_safety_config(Path(args.config))
+            if args.config
+            else SafetyConfig.model_validate({})
+        )
+        if args.listen:
+            cfg = cfg.model_copy(update={"listen": args.listen})
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from services.safety.server import serve
+
+    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Draw one turn's spans from the local trace files, or list the recent traces."""
+    from services.mesh.trace import (
+        TraceError,
+        default_traces_dir,
+        format_trace_list,
+        list_traces,
+        render_trace,
+    )
+
+    directory = Path(args.dir).expanduser() if args.dir else default_traces_dir()
+    try:
+        if args.trace_id:
+            print(render_trace(args.trace_id, directory, width=args.width))
+            return 0
+        traces = list_traces(directory, args.limit)
+    except TraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not traces:
+        print(
+            f"no traces in {directory} (services write them when tracing.local_dir is set)",
+            file=sys.stderr,
+        )
+        return 1
+    print(format_trace_list(traces))
     return 0
 
 
@@ -290,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
     r.add_argument("--models-dir", help="value of ${SWITCHYARD_MODELS} in the config")
     r.set_defaults(func=cmd_router)
+
+    t = sub.add_parser("trace", help="draw a turn's spans (local trace files) as a waterfall")
+    t.add_argument("trace_id", nargs="?", help="trace id or a unique prefix (default: list recent)")
+    t.add_argument(
+        "--dir", help="trace directory (default: $SWITCHYARD_TRACES or ~/.cache/switchyard/traces)"
+    )
+    t.add_argument("--limit", type=int, default=20, help="how many recent traces to list")
+    t.add_argument("--width", type=int, help="columns to draw in (default: the terminal's)")
+    t.set_defaults(func=cmd_trace)
+
+    sf = sub.add_parser("safety", help="run the safety filter (ext_proc, Safety API)")
+    sf.add_argument("--config", help="safety policy (YAML); built-in defaults when omitted")
+    sf.add_argument("--listen", help="override the config's listen address (HOST:PORT)")
+    sf.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
+    sf.set_defaults(func=cmd_safety)
 
     e = sub.add_parser("engine", help="run one engine of a pool")
     e.add_argument("--config", required=True, help="engine config (YAML)")

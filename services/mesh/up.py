@@ -1,6 +1,8 @@
-"""`switchyard up`: the whole mesh on this machine — router (with xDS), engines per pool, Envoy.
+"""`switchyard up`: the whole mesh on this machine — safety filter, router (with xDS), engines per
+pool, Envoy.
 
-Start order: the router first (engines register with it, Envoy takes its config from it), then
+Start order: the safety service (Envoy calls it for every turn), the router (engines register
+with it, Envoy takes its config from it), then
 every engine of every pool in parallel (each loads vLLM, 40–70 s on a small CPU machine), then
 Envoy, which receives its listener, routes, clusters and endpoints over xDS. `Mesh.start`
 returns when Envoy's listener is up and every engine is registered; `Mesh.stop` drains and
@@ -45,6 +47,7 @@ class Mesh:
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
     cfg: MeshConfig | None = None
     router: procs.ServiceProcess | None = None
+    safety: procs.ServiceProcess | None = None
     engines: list[procs.EngineProcess] = field(default_factory=list)
     envoy: subprocess.Popen[bytes] | None = None
     envoy_log: Path | None = None
@@ -72,6 +75,10 @@ class Mesh:
             envoy = data.setdefault("envoy", {})
             envoy["listen"] = f"127.0.0.1:{free_port()}"
             envoy["admin"] = f"127.0.0.1:{free_port()}"
+            data.setdefault("safety", {})["listen"] = f"127.0.0.1:{free_port()}"
+        safety = data.get("safety") or {}
+        if safety.get("config") and not Path(safety["config"]).is_absolute():
+            safety["config"] = str((self.config_path.parent / safety["config"]).resolve())
         for pool in data.get("pools", []):
             for group in pool.get("engines", []):
                 p = Path(group["config"])
@@ -90,6 +97,13 @@ class Mesh:
         cfg_path = self._effective_config()
         self.cfg = load_mesh_config(cfg_path)
         cfg = self.cfg
+        if cfg.safety.enabled:
+            self.say(f"[up] starting the safety filter on {cfg.safety.listen}")
+            args = ["safety", "--listen", cfg.safety.listen]
+            if cfg.safety.config is not None:
+                args += ["--config", str(cfg.safety.config)]
+            self.safety = procs.start_service(args, name="safety", workdir=self.workdir)
+            self.safety.wait_ready(timeout=60, on_progress=self.say)
         self.say(f"[up] starting the router on {cfg.router.listen} (logs in {self.workdir})")
         self.router = procs.start_service(
             ["router", "--config", str(cfg_path)], name="router", workdir=self.workdir
@@ -177,4 +191,6 @@ class Mesh:
             engine.stop()
         if self.router is not None:
             self.router.stop()
+        if self.safety is not None:
+            self.safety.stop()
         self.say("[up] stopped")

@@ -3,6 +3,7 @@ where the router and Envoy listen. `switchyard up` also reads which engines to s
 
     router: {listen: 127.0.0.1:50051}
     envoy: {listen: 127.0.0.1:8080, admin: 127.0.0.1:9901}
+    safety: {listen: 127.0.0.1:50055, config: safety.yaml, fail_open: false}
     default_model: small
     aliases: {chat: small, reasoning: large}
     pools:
@@ -57,9 +58,20 @@ class EnvoySection(StrictModel):
     node_id: str = "switchyard-envoy-0"
 
 
+class SafetySection(StrictModel):
+    # The safety service (Envoy's second ext_proc: prompt policy, streamed response scrub).
+    enabled: bool = True
+    listen: str = "127.0.0.1:50055"
+    config: Path | None = None  # its policy (YAML), relative to this file; None: built-in default
+    # The service down or failing: false fails turns with UNAVAILABLE (never an unscrubbed
+    # stream); true lets them through unfiltered.
+    fail_open: bool = False
+
+
 class MeshConfig(StrictModel):
     router: RouterSection = pydantic.Field(default_factory=lambda: RouterSection.model_validate({}))
     envoy: EnvoySection = pydantic.Field(default_factory=lambda: EnvoySection.model_validate({}))
+    safety: SafetySection = pydantic.Field(default_factory=lambda: SafetySection.model_validate({}))
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     default_model: str = ""  # what "" and "auto" resolve to; defaults to the first pool's model
     aliases: dict[str, str] = pydantic.Field(default_factory=dict)  # alias -> model name

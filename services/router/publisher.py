@@ -13,7 +13,7 @@ import logging
 from services.common.server import host_port
 from services.router.config import MeshConfig
 from services.router.registry import Registry
-from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, build_snapshot
+from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, SafetySpec, build_snapshot
 from services.router.xds.cache import SnapshotCache
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,17 @@ class XdsPublisher:
                 host, port = host_port(e.address)
                 endpoints.append(Endpoint(e.engine_id, host, port, draining=e.draining))
             pools.append(PoolSpec(pool.name, tuple(endpoints)))
+        safety = None
+        if self._cfg.safety.enabled:
+            safety_host, safety_port = host_port(self._cfg.safety.listen)
+            safety = SafetySpec(safety_host, safety_port, fail_open=self._cfg.safety.fail_open)
         return MeshSpec(
             listener_address=listen_host,
             listener_port=listen_port,
             router_host=self._router_host,
             router_port=self._router_port,
             pools=tuple(pools),
+            safety=safety,
         )
 
     def publish(self) -> None:

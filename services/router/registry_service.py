@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.errors import InvalidArgument
+from services.common.headers import endpoint_address
 from services.common.server import host_port
-from services.router.headers import endpoint_address
 from services.router.registry import Registry
 from switchyard.v1 import router_pb2, router_pb2_grpc
 

@@ -1,9 +1,10 @@
-"""The streaming safety and PII filter.
+"""The streaming safety and PII filter: Envoy's second ext_proc (prompt policy on the request,
+scrub of the streamed response) and the `switchyard.v1.Safety` API.
 
-Built so far: the validated recognizers (`recognizers`), the policy actions with the streaming
-scrubber that never lets an entity split across chunks slip through (`scrubber`), gRPC framing over
-chunked bodies (`frames`) and the response path on GenerateResponse frames (`response`). Not built
-yet:
-the ext_proc service in Envoy, the `switchyard.v1.Safety` API, per-tenant policy config and
-metrics (issue 4); the mesh runs without the filter until then.
+- `recognizers`: validated PII/secret recognizers; `terms`: safety categories from term lists.
+- `scrubber`: the policy actions and the streaming scrubber (equal to whole-text scrubbing for
+  any chunking; no byte of a detected entity ever leaves).
+- `response`: the response path on gRPC-framed GenerateResponse bodies; `prompt`: the prompt
+  policy on GenerateRequests.
+- `extproc` (in Envoy), `service` (Check, Filter), `config`, `metrics`, `server`.
 """

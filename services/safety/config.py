@@ -1,45 +1,104 @@
-"""Safety policy configuration: actions per entity type, by default, per model and per tenant.
+"""Safety policy configuration (deploy/local/safety.yaml): actions per entity type by default, per
+model and per tenant; safety categories from term lists; the prompt policy.
 
-    default: {default_action: redact, actions: {IPV4: allow}}
+    listen: 127.0.0.1:50055              # Safety API and Envoy's ext_proc (gRPC)
+    default: {default_action: redact, prompt: redact, actions: {IPV4: allow}}
     models:  {large: {actions: {EMAIL: mask}}}
-    tenants: {acme: {actions: {CREDIT_CARD: block}}}
+    tenants: {acme: {prompt: reject, actions: {CREDIT_CARD: block}}}
+    categories: {WEAPONS: [pipe bomb, nerve agent]}
     hash_secret: ${SWITCHYARD_SAFETY_HASH_SECRET:-change-me}
 
-The most specific setting wins: tenant over model over default. `hash` replacements are stable per
-tenant: the key is derived from `hash_secret` and the tenant name.
+The most specific setting wins: tenant over model over default. A category is an entity type like
+EMAIL (its action comes from `actions`, else `default_action`). `hash` replacements are stable
+per tenant: the key is derived from `hash_secret` and the tenant name.
+
+Prompt policy (`prompt`): `allow` passes prompts as they are; `redact` applies the actions to the
+prompt before the engine sees it; `reject` refuses a prompt holding any entity whose action is not
+`allow` (INVALID_ARGUMENT). In both `redact` and `reject`, an entity whose action is `block`
+refuses the prompt with PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import re
+from pathlib import Path
+from typing import Literal
 
 import pydantic
 
-from services.common.config import StrictModel
+from services.common.config import StrictModel, load_config
+from services.safety.recognizers import StreamingRecognizer, shared_default_recognizers
 from services.safety.scrubber import Action, Policy
+from services.safety.terms import TermListRecognizer
+
+PromptMode = Literal["allow", "redact", "reject"]
+
+_CATEGORY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class PolicySection(StrictModel):
     default_action: Action | None = None  # for types not listed; inherits when unset
     actions: dict[str, Action] = pydantic.Field(default_factory=dict)  # entity type → action
+    prompt: PromptMode | None = None  # inherits when unset
 
 
 class SafetyConfig(StrictModel):
+    listen: str = "127.0.0.1:50055"
+    metrics_listen: str = "127.0.0.1:0"
     default: PolicySection = pydantic.Field(
-        default_factory=lambda: PolicySection(default_action="redact")
+        default_factory=lambda: PolicySection(default_action="redact", prompt="redact")
     )
     models: dict[str, PolicySection] = pydantic.Field(default_factory=dict)
     tenants: dict[str, PolicySection] = pydantic.Field(default_factory=dict)
-    hash_secret: str = "switchyard-local"  # set a real secret in production
+    categories: dict[str, list[str]] = pydantic.Field(default_factory=dict)
+    hash_secret: str = pydantic.Field(default="switchyard-local", repr=False)  # set in production
+
+    @pydantic.field_validator("categories")
+    @classmethod
+    def _check_categories(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        builtin = {r.entity_type for r in shared_default_recognizers()}
+        for name, terms in value.items():
+            if not _CATEGORY.match(name):
+                raise ValueError(f"{name}: a category name is UPPER_SNAKE_CASE, like WEAPONS")
+            if name in builtin:
+                raise ValueError(f"{name}: is a built-in entity type, not a category")
+            TermListRecognizer(name, terms)  # raises naming the bad term
+        return value
+
+    @functools.cached_property
+    def recognizers(self) -> list[StreamingRecognizer]:
+        """The built-in recognizers, then one per category."""
+        return [
+            *shared_default_recognizers(),
+            *(TermListRecognizer(name, terms) for name, terms in sorted(self.categories.items())),
+        ]
+
+    def _sections(self, tenant: str, model: str) -> list[PolicySection]:
+        return [
+            s
+            for s in (self.default, self.models.get(model), self.tenants.get(tenant))
+            if s is not None
+        ]
 
     def policy(self, tenant: str = "", model: str = "") -> Policy:
-        """The effective policy of a (tenant, model) turn."""
-        default_action = self.default.default_action or "redact"
-        actions = dict(self.default.actions)
-        for section in (self.models.get(model), self.tenants.get(tenant)):
-            if section is not None:
-                actions.update(section.actions)
-                default_action = section.default_action or default_action
+        """The effective response policy of a (tenant, model) turn."""
+        default_action: Action = "redact"
+        actions: dict[str, Action] = {}
+        for section in self._sections(tenant, model):
+            actions.update(section.actions)
+            default_action = section.default_action or default_action
         key = hmac.new(self.hash_secret.encode(), tenant.encode(), hashlib.sha256).digest()
         return Policy(actions=actions, default=default_action, tenant_key=key)
+
+    def prompt_mode(self, tenant: str = "", model: str = "") -> PromptMode:
+        mode: PromptMode = "redact"
+        for section in self._sections(tenant, model):
+            mode = section.prompt or mode
+        return mode
+
+
+def load_safety_config(path: Path) -> SafetyConfig:
+    return load_config(path, SafetyConfig)

@@ -11,16 +11,22 @@ Final with FINISH_REASON_BLOCKED saying why replaces the rest of the stream.
 
 from __future__ import annotations
 
-from services.safety.frames import FrameDecoder, encode_frame
+from collections import Counter
+from collections.abc import Sequence
+
+from services.common.frames import FrameDecoder, encode_frame
+from services.safety.recognizers import StreamingRecognizer
 from services.safety.report import safety_report
 from services.safety.scrubber import BlockedError, Policy, StreamScrubber
 from switchyard.v1 import inference_pb2
 
 
 class ResponseFilter:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(
+        self, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
+    ) -> None:
         self._policy = policy
-        self._scrubber = StreamScrubber(policy)
+        self._scrubber = StreamScrubber(policy, recognizers)
         self._frames = FrameDecoder()
         self._tokens = 0  # tokens of held-back text, carried to the next Delta sent
         self.done = False  # a Final (real or blocking) has been sent: drop anything after
@@ -78,6 +84,15 @@ class ResponseFilter:
     def report(self) -> inference_pb2.SafetyReport:
         """Findings so far, one entry per (type, action)."""
         return safety_report(self._scrubber.findings, self._policy)
+
+    @property
+    def findings(self) -> Counter[str]:
+        """Entities found so far, by type."""
+        return self._scrubber.findings
+
+    @property
+    def blocked(self) -> bool:
+        return self._scrubber.blocked is not None
 
     @property
     def held_back(self) -> int:

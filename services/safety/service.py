@@ -26,7 +26,7 @@ class SafetyService(safety_pb2_grpc.SafetyServicer):
         self, request: safety_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> safety_pb2.CheckResponse:
         policy = self._config.policy(request.tenant, request.model)
-        result = scrub(request.text, policy)
+        result = scrub(request.text, policy, self._config.recognizers)
         return safety_pb2.CheckResponse(
             text=result.text, report=safety_report(result.findings, policy, result.blocked)
         )
@@ -42,7 +42,7 @@ class SafetyService(safety_pb2_grpc.SafetyServicer):
             async for req in requests:
                 if scrubber is None:
                     policy = self._config.policy(req.tenant, req.model)
-                    scrubber = StreamScrubber(policy)
+                    scrubber = StreamScrubber(policy, self._config.recognizers)
                 text = scrubber.feed(req.text)
                 if text:
                     yield safety_pb2.FilterResponse(text=text)

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from services.mesh import procs
-from services.mesh.client import CHANNEL_OPTIONS, generate, make_request
+from services.mesh.client import CHANNEL_OPTIONS, generate, make_request, stream
 from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.integration.conftest import ROOT
@@ -284,3 +284,97 @@ def test_cli_status_and_chat(mesh: Mesh):
         check=True,
     )
     assert "served by l4-small-" in chat.stderr and "completion 8" in chat.stderr
+
+
+# -- the safety filter in the data path ------------------------------------------------------
+
+SCRUB_REGEX = r"Contact alice@example\.com, card 4111 1111 1111 1111, key AKIAIOSFODNN7EXAMPLE\."
+
+
+async def test_reply_is_scrubbed_on_its_way_to_the_client(envoy):
+    req = make_request("Details:", max_tokens=120, regex=SCRUB_REGEX)
+    reply = await generate(envoy, req)
+    assert reply.text == "Contact [EMAIL], card [CREDIT_CARD], key [AWS_ACCESS_KEY]."
+    assert reply.final.finish_reason == inference_pb2.FinishReason.FINISH_REASON_STOP
+    findings = {(f.type, f.action): f.count for f in reply.final.safety.findings}
+    assert findings == {
+        ("EMAIL", "redact"): 1,
+        ("CREDIT_CARD", "redact"): 1,
+        ("AWS_ACCESS_KEY", "redact"): 1,
+    }
+    assert not reply.final.safety.blocked
+    for secret in ("alice", "4111", "AKIA"):
+        assert all(secret not in d for d in reply.deltas)
+
+
+async def test_blocked_category_ends_the_turn_with_the_reason(envoy):
+    req = make_request(
+        "Plan:", max_tokens=120, regex=r"The plan is project nightingale, and then more words\."
+    )
+    reply = await generate(envoy, req)
+    final = reply.final
+    assert final.finish_reason == inference_pb2.FinishReason.FINISH_REASON_BLOCKED
+    assert final.safety.blocked and "CONFIDENTIAL" in final.safety.reason
+    assert "nightingale" not in reply.text and "more words" not in reply.text
+    assert reply.text.startswith("The plan is")  # clean text before it streamed on
+
+
+async def test_prompt_policy_redacts_rejects_and_denies(envoy, mesh: Mesh, models_dir: Path):
+    from services.common.tokens import load_tokenizer
+
+    raw, redacted = "Write to bob@example.com today", "Write to [EMAIL] today"
+    tok = load_tokenizer(str(models_dir / "small"))
+    assert len(tok.encode(raw)) != len(tok.encode(redacted))
+    got = await generate(envoy, make_request(raw, model="small", max_tokens=2))
+    want = await generate(envoy, make_request(redacted, model="small", max_tokens=2))
+    assert got.final.usage.prompt_tokens == want.final.usage.prompt_tokens  # the engine saw [EMAIL]
+    findings = safety_metric(mesh, "switchyard_safety_findings_total")
+    assert findings[(("action", "redact"), ("path", "prompt"), ("type", "EMAIL"))] >= 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await generate(
+            envoy, make_request(raw, max_tokens=2), metadata=[("x-switchyard-tenant", "strict")]
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prompt contains EMAIL" in e.value.details()
+
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await generate(envoy, make_request("Tell me about Project Nightingale", max_tokens=2))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "CONFIDENTIAL" in e.value.details()
+
+
+def safety_metric(mesh: Mesh, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric of the safety service, by their sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert mesh.safety is not None
+    text = urllib.request.urlopen(mesh.safety.metrics_url, timeout=5).read().decode()
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+async def test_safety_down_fails_turns_closed_with_unavailable(mesh: Mesh, envoy):
+    """Last in this module: it stops the safety service, then brings it back."""
+    assert mesh.safety is not None and mesh.cfg is not None
+    mesh.safety.stop()
+    try:
+        seen: list[inference_pb2.GenerateResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            async for msg in stream(envoy, make_request(long_text(20), max_tokens=16)):
+                seen.append(msg)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert seen == []  # not one unscrubbed byte
+    finally:
+        mesh.safety = procs.start_service(
+            ["safety", "--listen", mesh.cfg.safety.listen, "--config", str(mesh.cfg.safety.config)],
+            name="safety-restarted",
+            workdir=mesh.workdir,
+        )
+        mesh.safety.wait_ready(timeout=60)
+    reply = await generate(envoy, make_request("back again", max_tokens=4))
+    assert reply.final.safety is not None and reply.final.usage.completion_tokens == 4

@@ -26,8 +26,8 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common import headers
 from services.mesh.status import format_status
-from services.router import headers
 from services.router.api import xds_status
 from services.router.xds import envoy_proc, resources
 from services.router.xds.builder import (

@@ -5,9 +5,11 @@ import struct
 import grpc
 import pytest
 
+from services.common import headers as h
 from services.common.errors import InvalidArgument, Unavailable, Unimplemented
-from services.router import headers as h
-from services.router.extproc import ExtProcService, grpc_message, immediate_error
+from services.common.extproc import immediate_error
+from services.common.frames import single_message
+from services.router.extproc import ExtProcService
 from switchyard.v1 import inference_pb2
 
 
@@ -15,18 +17,18 @@ def frame(msg: bytes, compressed: int = 0) -> bytes:
     return struct.pack(">BI", compressed, len(msg)) + msg
 
 
-def test_grpc_message_unframes_one_message():
-    assert grpc_message(frame(b"abc")) == b"abc"
+def test_single_message_unframes_one_message():
+    assert single_message(frame(b"abc")) == b"abc"
     with pytest.raises(InvalidArgument, match="not a gRPC message"):
-        grpc_message(b"\x00\x00")
+        single_message(b"\x00\x00")
     with pytest.raises(InvalidArgument, match="exactly one GenerateRequest"):
-        grpc_message(frame(b"abc") + frame(b"def"))
+        single_message(frame(b"abc") + frame(b"def"))
     with pytest.raises(Unimplemented, match="compressed"):
-        grpc_message(frame(b"abc", compressed=1))
+        single_message(frame(b"abc", compressed=1))
 
 
 def test_immediate_error_carries_grpc_status_and_message():
-    resp = immediate_error(Unavailable("pool p has no engines"))
+    resp = immediate_error(Unavailable("pool p has no engines"), "router")
     ir = resp.immediate_response
     assert ir.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
     assert ir.body == b"pool p has no engines"
@@ -113,5 +115,5 @@ def test_alias_is_rewritten_to_the_served_model_in_the_body():
     body = frame(inference_pb2.GenerateRequest(prompt="hi", model="chat").SerializeToString())
     resp = ExtProcService(FakeRouting()).decide(HEADERS, body)
     new_body = resp.request_body.response.body_mutation.body
-    req = inference_pb2.GenerateRequest.FromString(grpc_message(new_body))
+    req = inference_pb2.GenerateRequest.FromString(single_message(new_body))
     assert (req.model, req.prompt) == ("small", "hi")

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.safety.frames import FrameDecoder, encode_frame
+from services.common.frames import FrameDecoder, encode_frame
 
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:

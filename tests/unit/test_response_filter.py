@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.safety.frames import FrameDecoder, encode_frame
+from services.common.frames import FrameDecoder, encode_frame
 from services.safety.response import ResponseFilter
 from services.safety.scrubber import Policy, scrub
 from switchyard.v1 import inference_pb2 as pb

@@ -26,9 +26,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from prometheus_client import REGISTRY
 
-from services.router import headers
+from services.common import headers
 from services.router.xds import resources
-from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, build_snapshot
+from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, SafetySpec, build_snapshot
 from services.router.xds.cache import Hooks, SnapshotCache
 from services.router.xds.server import add_to_server
 from services.router.xds.snapshot import InconsistentSnapshotError, Snapshot
@@ -84,6 +84,48 @@ def test_built_snapshot_is_consistent_and_complete() -> None:
     assert set(snap.resources(EDS)) == {"pool_small", "pool_large"}
     assert set(snap.resources(LDS)) == {"switchyard_ingress"}
     assert set(snap.resources(RDS)) == {"switchyard_routes"}
+
+
+def _filters(snap: Snapshot) -> list[tuple[str, Any]]:
+    from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+
+    listener = snap.resources(LDS)["switchyard_ingress"]
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    out = []
+    for f in hcm.http_filters:
+        cfg: Any = None
+        if f.typed_config.Is(ext_proc_pb2.ExternalProcessor.DESCRIPTOR):
+            cfg = ext_proc_pb2.ExternalProcessor()
+            f.typed_config.Unpack(cfg)
+        out.append((f.name, cfg))
+    return out
+
+
+def test_safety_filter_after_the_router_streams_the_response_and_fails_closed() -> None:
+    from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+
+    snap = make_snapshot(safety=SafetySpec("127.0.0.1", 50055))
+    assert snap.consistency_errors() == []
+    assert "switchyard_safety" in snap.resources(CDS)
+    filters = _filters(snap)
+    assert [name for name, _ in filters] == [
+        "switchyard.router",
+        "switchyard.safety",
+        "envoy.filters.http.router",
+    ]
+    router, safety = filters[0][1], filters[1][1]
+    assert router.processing_mode.response_body_mode == pm.ProcessingMode.NONE
+    assert safety.grpc_service.envoy_grpc.cluster_name == "switchyard_safety"
+    assert safety.processing_mode.request_body_mode == pm.ProcessingMode.BUFFERED
+    assert safety.processing_mode.response_body_mode == pm.ProcessingMode.STREAMED
+    assert not safety.failure_mode_allow and safety.status_on_error.code == 503
+    open_ = _filters(make_snapshot(safety=SafetySpec("127.0.0.1", 50055, fail_open=True)))
+    assert open_[1][1].failure_mode_allow
+    assert [name for name, _ in _filters(make_snapshot())] == [
+        "switchyard.router",
+        "envoy.filters.http.router",
+    ]
 
 
 def test_missing_load_assignment_is_an_error() -> None:

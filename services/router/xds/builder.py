@@ -7,15 +7,17 @@
 What it builds (names are constants below):
 
 - Listener `switchyard_ingress` on the gRPC ingress: HTTP connection manager (HTTP/1 or 2, so
-  gRPC) with routes from RDS over ADS, and two HTTP filters: ext_proc to the router (request
-  headers + buffered body; nothing of the response), then the router.
+  gRPC) with routes from RDS over ADS, and three HTTP filters: ext_proc to the router (request
+  headers + buffered body; nothing of the response), ext_proc to the safety service (request
+  headers + buffered body for the prompt policy, the STREAMED response body for the scrub;
+  fails closed unless told otherwise), then the router.
 - RouteConfiguration `switchyard_routes`: per pool, header `x-switchyard-pool` == name →
   cluster `pool_<name>`, no route timeout (streams), retries only before the first response
   byte; last, a catch-all answering gRPC UNAVAILABLE "no pool selected".
 - Cluster `pool_<name>` per pool: EDS over ADS, HTTP/2, load balancing by
   `envoy.load_balancing_policies.override_host` reading `x-switchyard-endpoint` (fallback
   least_request), gRPC health checks, outlier detection and circuit breakers.
-- Cluster `switchyard_router`: the router's ext_proc gRPC server, endpoints inline.
+- Clusters `switchyard_router`, `switchyard_safety`: our ext_proc gRPC servers, endpoints inline.
 - ClusterLoadAssignment `pool_<name>`: one endpoint per engine (engine id as hostname and in
   metadata); a draining engine has health_status DRAINING: no new turns, its streams go on.
 """
@@ -83,12 +85,15 @@ from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
 )
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
-from services.router import headers
+from services.common import headers
 from services.router.xds.snapshot import Snapshot
 
 LISTENER_NAME = "switchyard_ingress"
 ROUTE_CONFIG_NAME = "switchyard_routes"
 ROUTER_CLUSTER = "switchyard_router"
+SAFETY_CLUSTER = "switchyard_safety"
+ROUTER_FILTER = "switchyard.router"
+SAFETY_FILTER = "switchyard.safety"
 VIRTUAL_HOST_NAME = "switchyard"
 NO_POOL_ROUTE = "no_pool_selected"
 NO_POOL_MESSAGE = "no pool selected"
@@ -130,6 +135,17 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class SafetySpec:
+    """The safety service Envoy's second ext_proc filter calls (IP literal or DNS name)."""
+
+    host: str
+    port: int
+    # The service down or failing: False fails the turn with UNAVAILABLE (never an unscrubbed
+    # stream); True lets turns through unfiltered.
+    fail_open: bool = False
+
+
+@dataclass(frozen=True)
 class MeshSpec:
     """Everything Envoy's dynamic config is built from."""
 
@@ -142,6 +158,8 @@ class MeshSpec:
     pools: tuple[PoolSpec, ...]
     # How long Envoy waits for each ext_proc answer before failing the turn.
     ext_proc_timeout_seconds: float = 2.0
+    # The safety filter; None runs the mesh without one (tests of routing alone).
+    safety: SafetySpec | None = None
 
 
 def pool_cluster_name(pool: str) -> str:
@@ -154,7 +172,15 @@ def build_snapshot(spec: MeshSpec) -> Snapshot:
     _validate(spec)
     pools = sorted(spec.pools, key=lambda p: p.name)
     return Snapshot.of(
-        clusters=[_router_cluster(spec), *(_pool_cluster(p.name) for p in pools)],
+        clusters=[
+            _service_cluster(ROUTER_CLUSTER, spec.router_host, spec.router_port),
+            *(
+                [_service_cluster(SAFETY_CLUSTER, spec.safety.host, spec.safety.port)]
+                if spec.safety is not None
+                else []
+            ),
+            *(_pool_cluster(p.name) for p in pools),
+        ],
         endpoints=[_load_assignment(p) for p in pools],
         listeners=[_listener(spec)],
         routes=[_route_configuration(pools)],
@@ -171,6 +197,10 @@ def _validate(spec: MeshSpec) -> None:
         raise ValueError(f"listener_address {spec.listener_address!r} must be an IP address")
     if not spec.router_host:
         raise ValueError("router_host is empty")
+    if spec.safety is not None:
+        if not spec.safety.host:
+            raise ValueError("safety.host is empty")
+        _check_port("safety.port", spec.safety.port)
     if not spec.ext_proc_timeout_seconds > 0:
         raise ValueError(
             f"ext_proc_timeout_seconds must be > 0, got {spec.ext_proc_timeout_seconds}"
@@ -280,25 +310,23 @@ def _lb_policy(name: str, config: Any) -> Any:
 # -- clusters -------------------------------------------------------------------------------
 
 
-def _router_cluster(spec: MeshSpec) -> Any:
-    """The router's gRPC server for ext_proc: inline endpoint, DNS when not an IP."""
-    kind = (
-        cluster_pb2.Cluster.STATIC if _is_ip(spec.router_host) else cluster_pb2.Cluster.STRICT_DNS
-    )
+def _service_cluster(name: str, host: str, port: int) -> Any:
+    """One of our gRPC services Envoy calls (ext_proc): inline endpoint, DNS when not an IP."""
+    kind = cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS
     return cluster_pb2.Cluster(
-        name=ROUTER_CLUSTER,
+        name=name,
         type=kind,
         connect_timeout=_duration(CONNECT_TIMEOUT_SECONDS),
         typed_extension_protocol_options=_http2_only(),
         circuit_breakers=_generous_circuit_breakers(),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=ROUTER_CLUSTER,
+            cluster_name=name,
             endpoints=[
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
                             endpoint=endpoint_components_pb2.Endpoint(
-                                address=_socket_address(spec.router_host, spec.router_port)
+                                address=_socket_address(host, port)
                             )
                         )
                     ]
@@ -388,28 +416,58 @@ def _load_assignment(pool: PoolSpec) -> Any:
 # -- listener and routes --------------------------------------------------------------------
 
 
-def _ext_proc_filter(spec: MeshSpec) -> Any:
-    mode = processing_mode_pb2.ProcessingMode
+def _ext_proc_filter(
+    name: str, cluster: str, modes: Any, timeout: float, *, fail_open: bool = False
+) -> Any:
     ext_proc = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=ROUTER_CLUSTER)
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster)
         ),
-        failure_mode_allow=False,
-        processing_mode=mode(
-            request_header_mode=mode.SEND,
-            request_body_mode=mode.BUFFERED,
-            request_trailer_mode=mode.SKIP,
-            response_header_mode=mode.SKIP,
-            response_body_mode=mode.NONE,
-            response_trailer_mode=mode.SKIP,
-        ),
-        message_timeout=_duration(spec.ext_proc_timeout_seconds),
+        failure_mode_allow=fail_open,
+        processing_mode=modes,
+        message_timeout=_duration(timeout),
         allow_mode_override=False,
-        # The router down or late: 503, which a gRPC client sees as UNAVAILABLE (Envoy's
+        # The service down or late: 503, which a gRPC client sees as UNAVAILABLE (Envoy's
         # default 500 would read as UNKNOWN).
         status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
     )
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.ext_proc", typed_config=_any(ext_proc))
+    return hcm_pb2.HttpFilter(name=name, typed_config=_any(ext_proc))
+
+
+def _router_filter(spec: MeshSpec) -> Any:
+    """The router's ext_proc: request headers and the buffered body, once per turn; it never
+    sees the response."""
+    mode = processing_mode_pb2.ProcessingMode
+    modes = mode(
+        request_header_mode=mode.SEND,
+        request_body_mode=mode.BUFFERED,
+        request_trailer_mode=mode.SKIP,
+        response_header_mode=mode.SKIP,
+        response_body_mode=mode.NONE,
+        response_trailer_mode=mode.SKIP,
+    )
+    return _ext_proc_filter(ROUTER_FILTER, ROUTER_CLUSTER, modes, spec.ext_proc_timeout_seconds)
+
+
+def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
+    """The safety ext_proc, after the router's (it sees the served model the router chose):
+    the buffered request body (prompt policy) and every chunk of the streamed response body."""
+    mode = processing_mode_pb2.ProcessingMode
+    modes = mode(
+        request_header_mode=mode.SEND,
+        request_body_mode=mode.BUFFERED,
+        request_trailer_mode=mode.SKIP,
+        response_header_mode=mode.SKIP,
+        response_body_mode=mode.STREAMED,
+        response_trailer_mode=mode.SKIP,
+    )
+    return _ext_proc_filter(
+        SAFETY_FILTER,
+        SAFETY_CLUSTER,
+        modes,
+        spec.ext_proc_timeout_seconds,
+        fail_open=safety.fail_open,
+    )
 
 
 def _listener(spec: MeshSpec) -> Any:
@@ -420,7 +478,8 @@ def _listener(spec: MeshSpec) -> Any:
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
         stream_idle_timeout=_duration(STREAM_IDLE_TIMEOUT_SECONDS),
         http_filters=[
-            _ext_proc_filter(spec),
+            _router_filter(spec),
+            *([_safety_filter(spec, spec.safety)] if spec.safety is not None else []),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
             ),

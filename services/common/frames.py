@@ -1,9 +1,10 @@
-"""gRPC message framing over a streamed HTTP/2 body, for filters that rewrite messages.
+"""gRPC message framing over HTTP/2 bodies, for the ext_proc filters that read and rewrite them.
 
 Envoy's ext_proc STREAMED mode hands the filter the response body in arbitrary chunks: a gRPC
 message (1-byte compressed flag, 4-byte big-endian length, payload) may be split across chunks
 or several may share one. `FrameDecoder` reassembles whole messages from chunks; `encode_frame`
 writes one back (lengths change when text is scrubbed, so every frame is re-encoded).
+`single_message` unframes a unary request body (Envoy's BUFFERED mode hands over all of it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 def encode_frame(message: bytes) -> bytes:
     """One uncompressed gRPC frame around a serialized message."""
     return _PREFIX.pack(0, len(message)) + message
+
+
+def single_message(body: bytes) -> bytes:
+    """The one message of a unary gRPC request body."""
+    if len(body) < _PREFIX.size:
+        raise InvalidArgument("request body is not a gRPC message")
+    compressed, length = _PREFIX.unpack_from(body)
+    if compressed:
+        raise Unimplemented("compressed requests are not supported; send uncompressed")
+    if len(body) != _PREFIX.size + length:
+        raise InvalidArgument("request body must hold exactly one GenerateRequest")
+    return body[_PREFIX.size :]
 
 
 class FrameDecoder:

@@ -1,0 +1,39 @@
+"""Pieces every Envoy ext_proc server of the mesh shares (the router's and the safety filter's):
+reading Envoy's header message, setting headers, and answering a turn with a gRPC error that
+Envoy sends to the client itself, without reaching an engine."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from envoy.type.v3 import http_status_pb2
+
+from services.common.errors import SwitchyardError
+
+# The one method the mesh serves.
+GENERATE_PATH = "/switchyard.v1.Inference/Generate"
+
+
+def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
+    """Envoy's header message as a dict (Envoy sends raw_value; older versions value)."""
+    return {x.key: (x.raw_value.decode(errors="replace") or x.value) for x in msg.headers.headers}
+
+
+def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def immediate_error(err: SwitchyardError, source: str) -> ext.ProcessingResponse:
+    """A gRPC error for the client; `source` ("router", "safety") names who refused the turn in
+    Envoy's response-code details (access logs, stats)."""
+    return ext.ProcessingResponse(
+        immediate_response=ext.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=http_status_pb2.OK),
+            grpc_status=ext.GrpcStatus(status=err.code.value[0]),
+            body=err.message.encode(),
+            details=f"switchyard_{source}_{err.code.name.lower()}",
+        )
+    )

@@ -1,0 +1,145 @@
+"""Envoy's ext_proc for the safety filter: the prompt policy on the buffered request body, and
+the scrub of the STREAMED response body, chunk by chunk.
+
+Envoy calls it after the router's filter, so the request body names the served model the router
+resolved. Per turn: request headers (the tenant) → the buffered request body (the prompt policy:
+pass, rewrite with the redacted prompt, or an immediate INVALID_ARGUMENT / PERMISSION_DENIED) →
+every response body chunk (rewritten by `ResponseFilter`: text held back only while it could
+still begin an entity, the Final gains the SafetyReport, a blocked entity ends the turn with a
+FINISH_REASON_BLOCKED Final and drops the rest). If this service is down or fails, Envoy fails
+the turn (see the filter's config in the xDS builder); it never passes text unscrubbed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+
+from services.common import headers as h
+from services.common.errors import Internal, InvalidArgument, PermissionDenied, SwitchyardError
+from services.common.extproc import header_map, immediate_error
+from services.common.frames import encode_frame, single_message
+from services.common.protoutil import decode_request
+from services.safety import metrics as m
+from services.safety.config import SafetyConfig
+from services.safety.prompt import check_prompt
+from services.safety.response import ResponseFilter
+from services.safety.scrubber import Policy
+from switchyard.v1 import inference_pb2
+
+log = logging.getLogger(__name__)
+
+
+def _body(data: bytes | None, *, request: bool) -> ext.ProcessingResponse:
+    """Continue with the body, replaced by `data` when it is not None."""
+    mutation = ext.BodyMutation(body=data) if data is not None else None
+    common = ext.BodyResponse(response=ext.CommonResponse(body_mutation=mutation))
+    if request:
+        return ext.ProcessingResponse(request_body=common)
+    return ext.ProcessingResponse(response_body=common)
+
+
+class _Turn:
+    """What the filter knows about one turn."""
+
+    def __init__(self) -> None:
+        self.tenant = "anonymous"
+        self.model = ""
+        self.policy: Policy | None = None
+        self.filter: ResponseFilter | None = None
+        self.outcome = "passed"
+
+
+class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, config: SafetyConfig) -> None:
+        self._config = config
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        ext_grpc.add_ExternalProcessorServicer_to_server(self, server)
+
+    def _policy(self, turn: _Turn) -> Policy:
+        if turn.policy is None:
+            turn.policy = self._config.policy(turn.tenant, turn.model)
+        return turn.policy
+
+    def request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
+        """The prompt policy on the whole request body."""
+        started = time.perf_counter()
+        try:
+            req = decode_request(inference_pb2.GenerateRequest, single_message(body))
+            turn.model = req.model
+            policy = self._policy(turn)
+            mode = self._config.prompt_mode(turn.tenant, turn.model)
+            result = check_prompt(req, policy, mode, self._config.recognizers)
+        except SwitchyardError as e:
+            turn.outcome = {
+                InvalidArgument: "prompt_rejected",
+                PermissionDenied: "prompt_denied",
+            }.get(type(e), "error")
+            return immediate_error(e, "safety")
+        finally:
+            m.CHUNKS_SCANNED.labels("prompt").inc()
+            m.SCAN_SECONDS.labels("prompt").observe(time.perf_counter() - started)
+        for entity_type, n in result.findings.items():
+            m.FINDINGS.labels("prompt", entity_type, policy.action(entity_type)).inc(n)
+        if not result.changed:
+            return _body(None, request=True)
+        turn.outcome = "prompt_redacted"
+        return _body(encode_frame(req.SerializeToString()), request=True)
+
+    def response_body(self, turn: _Turn, body: ext.HttpBody) -> ext.ProcessingResponse:
+        """One streamed response chunk, rewritten."""
+        started = time.perf_counter()
+        if turn.filter is None:
+            turn.filter = ResponseFilter(self._policy(turn), self._config.recognizers)
+        try:
+            out = turn.filter.feed(body.body, body.end_of_stream)
+        except SwitchyardError as e:
+            # The stream cannot be scrubbed: fail it rather than pass anything on unread.
+            log.error("response of a %s turn cannot be filtered: %s", turn.model, e.message)
+            turn.outcome = "error"
+            return immediate_error(Internal(f"safety filter: {e.message}"), "safety")
+        finally:
+            m.CHUNKS_SCANNED.labels("response").inc()
+            m.SCAN_SECONDS.labels("response").observe(time.perf_counter() - started)
+        m.HELD_BACK_BYTES.observe(turn.filter.held_back)
+        if turn.filter.blocked:
+            turn.outcome = "blocked"
+        return _body(out, request=False)
+
+    def _record(self, turn: _Turn) -> None:
+        m.TURNS.labels(turn.outcome).inc()
+        f = turn.filter
+        if f is not None and turn.policy is not None:
+            for entity_type, n in f.findings.items():
+                m.FINDINGS.labels("response", entity_type, turn.policy.action(entity_type)).inc(n)
+
+    async def Process(
+        self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ext.ProcessingResponse]:
+        turn = _Turn()
+        m.ACTIVE_STREAMS.inc()
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("request")
+                if kind == "request_headers":
+                    turn.tenant = header_map(msg.request_headers).get(h.TENANT) or "anonymous"
+                    yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
+                elif kind == "request_body":
+                    yield self.request_body(turn, msg.request_body.body)
+                elif kind == "response_body":
+                    yield self.response_body(turn, msg.response_body)
+                elif kind == "request_trailers":
+                    yield ext.ProcessingResponse(request_trailers=ext.TrailersResponse())
+                elif kind == "response_headers":
+                    yield ext.ProcessingResponse(response_headers=ext.HeadersResponse())
+                elif kind == "response_trailers":
+                    yield ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
+        finally:
+            m.ACTIVE_STREAMS.dec()
+            self._record(turn)

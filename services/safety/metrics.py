@@ -1,0 +1,42 @@
+"""The safety filter's Prometheus metrics: `switchyard_safety_<what>_<unit>`.
+
+`path` is `prompt` (the request body: one scan per turn) or `response` (the streamed body: one
+scan per body chunk Envoy hands over).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Added latency per scan: 10 µs to 100 ms.
+SCAN_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+HELD_BACK_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384)
+
+CHUNKS_SCANNED = Counter(
+    "switchyard_safety_chunks_scanned_total",
+    "Body chunks scanned: one per prompt, one per streamed response chunk.",
+    ["path"],
+)
+SCAN_SECONDS = Histogram(
+    "switchyard_safety_scan_seconds",
+    "Latency the filter adds to each scanned chunk (decode, scan, rewrite).",
+    ["path"],
+    buckets=SCAN_BUCKETS,
+)
+HELD_BACK_BYTES = Histogram(
+    "switchyard_safety_held_back_bytes",
+    "Bytes held back after each response chunk, while they could still begin an entity.",
+    buckets=HELD_BACK_BUCKETS,
+)
+FINDINGS = Counter(
+    "switchyard_safety_findings_total",
+    "Entities found, by type and the action the policy took (redact, mask, hash, block, allow).",
+    ["path", "type", "action"],
+)
+TURNS = Counter(
+    "switchyard_safety_turns_total",
+    "Turns through the filter by outcome: passed, prompt_redacted, prompt_rejected, "
+    "prompt_denied, blocked, error.",
+    ["outcome"],
+)
+ACTIVE_STREAMS = Gauge("switchyard_safety_active_streams", "Turns the filter is processing now.")

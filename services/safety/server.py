@@ -1,0 +1,61 @@
+"""Run the safety service: Envoy's ext_proc (prompt policy, streamed response scrub) and the
+`switchyard.v1.Safety` API on one gRPC address, plus `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from services.common.metrics import start_metrics_server
+from services.common.progress import Progress
+from services.common.server import (
+    create_server,
+    host_port,
+    install_signal_handlers,
+    write_ready_file,
+)
+from services.safety import service
+from services.safety.config import SafetyConfig
+from services.safety.extproc import SafetyExtProc
+
+SERVICE_NAMES = [service.SERVICE_NAME, "envoy.service.ext_proc.v3.ExternalProcessor"]
+
+
+async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    progress = Progress("safety")
+    with progress.phase("compiling recognizers"):
+        recognizers = cfg.recognizers
+    server = await create_server(
+        cfg.listen,
+        [service.SafetyService(cfg).add_to_server, SafetyExtProc(cfg).add_to_server],
+        SERVICE_NAMES,
+    )
+    host, _ = host_port(cfg.listen)
+    address = f"{host}:{server.port}"
+    metrics_host, metrics_port = host_port(cfg.metrics_listen)
+    metrics_port = start_metrics_server(metrics_host, metrics_port)
+    await server.start()
+    await server.set_serving(True)
+    if ready_file is not None:
+        write_ready_file(
+            ready_file,
+            {
+                "address": address,
+                "grpc_port": server.port,
+                "metrics_port": metrics_port,
+                "pid": os.getpid(),
+            },
+        )
+    categories = ", ".join(sorted(cfg.categories)) or "none"
+    progress.say(
+        f"serving on {address} (ext_proc, Safety API); "
+        f"metrics on http://{metrics_host}:{metrics_port}/metrics; "
+        f"{len(recognizers)} recognizers, categories: {categories}"
+    )
+    await stop.wait()
+    progress.say("stopping")
+    await server.stop(2.0)
+    progress.say("stopped")
