@@ -1,18 +1,22 @@
 """Which turns the engine takes, and the turns it has in flight: the state behind drain.
 
 Draining stops new turns (UNAVAILABLE) while in-flight streams finish; when the grace period
-runs out the remaining turns are aborted and end with FINISH_REASON_ABORTED.
+runs out the remaining turns are stopped (each turn registers how: its handler stops waiting for
+vLLM, which aborts the request inside vLLM) and end with FINISH_REASON_ABORTED.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from services.common.errors import Unavailable
 from services.engine.load import LoadTracker
 from services.engine.metrics import EngineMetrics
+
+log = logging.getLogger(__name__)
 
 
 class Admission:
@@ -22,11 +26,10 @@ class Admission:
         self._metrics = metrics
         self.loading = True  # until the runtime is built and warmed up
         self.draining = False
-        self.in_flight: set[str] = set()
+        self.in_flight: dict[str, Callable[[], None]] = {}  # request id → stops the turn
         self._idle = asyncio.Event()
         self._idle.set()
         self._grace_timer: asyncio.TimerHandle | None = None
-        self._aborts: set[asyncio.Future[None]] = set()  # keeps abort tasks alive until done
 
     def check(self) -> None:
         """Raise UNAVAILABLE unless a new turn may start now."""
@@ -36,23 +39,23 @@ class Admission:
             raise Unavailable(f"engine {self.engine_id} is draining and takes no new turns")
 
     @contextmanager
-    def turn(self, request_id: str) -> Iterator[None]:
-        """Count a turn as in flight for the duration of the block."""
-        self.in_flight.add(request_id)
+    def turn(self, request_id: str, stop: Callable[[], None]) -> Iterator[None]:
+        """Count a turn as in flight for the duration of the block; `stop` ends it early."""
+        self.in_flight[request_id] = stop
         self._idle.clear()
         self._metrics.in_flight.inc()
         self._tracker.add_in_flight(1)
         try:
             yield
         finally:
-            self.in_flight.discard(request_id)
+            self.in_flight.pop(request_id, None)
             self._metrics.in_flight.dec()
             self._tracker.add_in_flight(-1)
             if not self.in_flight:
                 self._idle.set()
 
-    def drain(self, grace: float, abort: Callable[[str], Awaitable[None]]) -> int:
-        """Stop taking turns; abort what is still running after `grace` seconds."""
+    def drain(self, grace: float) -> int:
+        """Stop taking turns; stop what is still running after `grace` seconds."""
         self.draining = True
         self._metrics.draining.set(1)
         self._tracker.set_flags(draining=True)
@@ -61,10 +64,10 @@ class Admission:
 
         def expire() -> None:
             self._grace_timer = None
-            for rid in list(self.in_flight):
-                task = asyncio.ensure_future(abort(rid))
-                self._aborts.add(task)
-                task.add_done_callback(self._aborts.discard)
+            if self.in_flight:
+                log.warning("drain grace ran out: stopping %d turn(s)", len(self.in_flight))
+            for stop in list(self.in_flight.values()):
+                stop()
 
         self._grace_timer = asyncio.get_running_loop().call_later(grace, expire)
         return len(self.in_flight)

@@ -91,9 +91,4 @@ class EngineControlService(engine_pb2_grpc.EngineControlServicer):
         return engine_pb2.ResumeResponse()
 
     def drain(self, grace: float) -> int:
-        async def abort(rid: str) -> None:
-            runtime = self._runtime_ref[0]
-            if runtime is not None:
-                await runtime.abort(rid)
-
-        return self._admission.drain(grace, abort)
+        return self._admission.drain(grace)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +34,30 @@ SERVICE_NAME = "switchyard.v1.Inference"
 
 def deadline_margin(remaining: float) -> float:
     """How long before the call's deadline to stop generating, leaving time for the Final."""
-    return min(0.25, max(0.01, 0.05 * remaining))
+    return min(0.25, max(0.02, 0.1 * remaining))
 
 
 def _duration(seconds: float) -> Duration:
     d = Duration()
     d.FromNanoseconds(int(max(0.0, seconds) * 1e9))
     return d
+
+
+class _Stopper:
+    """When to stop waiting for a turn's next output (None: not before it ends)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.at: float | None = None
+        self.timeout: asyncio.Timeout | None = None  # the wait in progress
+        self.drain_expired = False
+
+    def drained(self) -> None:
+        """The drain's grace ran out: stop now."""
+        self.drain_expired = True
+        self.at = self._loop.time()
+        if self.timeout is not None:
+            self.timeout.reschedule(self.at)
 
 
 @dataclass
@@ -69,7 +86,6 @@ class InferenceService:
         self._admission = admission
         self._metrics = metrics
         self._served_by = served_by
-        self._aborts: set[asyncio.Future[None]] = set()  # deadline aborts in progress
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.unary_stream_rpc_method_handler(
@@ -111,36 +127,45 @@ class InferenceService:
             raise Unavailable("the vLLM engine has died; this engine is being replaced")
         turn = _Turn(prepare(request, runtime.tokenizer, runtime.limits), arrived)
 
-        timer: asyncio.TimerHandle | None = None
+        # The wait for vLLM's next output is cut short at the call's deadline (shortly before
+        # it, so the Final still reaches the client) or when a drain's grace runs out: cutting it
+        # aborts the request inside vLLM, and the Final goes out at once.
+        loop = asyncio.get_running_loop()
+        stopper = _Stopper(loop)
         remaining = context.time_remaining()
         if remaining is not None:
-            budget = remaining - deadline_margin(remaining)
-            timer = asyncio.get_running_loop().call_later(
-                max(0.0, budget), self._expire, runtime, turn
-            )
+            stopper.at = loop.time() + remaining - deadline_margin(remaining)
 
-        with self._admission.turn(turn.req.request_id):
-            try:
-                pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
-                async for out in self._outputs(runtime, turn):
-                    c = out.outputs[0]
-                    turn.completion_tokens += len(c.token_ids)
-                    pending += len(c.token_ids)
-                    if c.text:
-                        if turn.first_text_at is None:
-                            turn.first_text_at = time.monotonic()
-                            self._metrics.ttft.observe(turn.first_text_at - arrived)
-                        yield inference_pb2.GenerateResponse(
-                            delta=inference_pb2.Delta(text=c.text, token_count=pending)
-                        )
-                        pending = 0
-                    turn.last = out
-            finally:
-                if timer is not None:
-                    timer.cancel()
+        with self._admission.turn(turn.req.request_id, stopper.drained):
+            pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
+            outputs = self._outputs(runtime, turn)
+            while True:
+                try:
+                    async with asyncio.timeout_at(stopper.at) as stopper.timeout:
+                        out = await anext(outputs)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    turn.deadline_hit = not stopper.drain_expired
+                    await outputs.aclose()
+                    break
+                finally:
+                    stopper.timeout = None
+                c = out.outputs[0]
+                turn.completion_tokens += len(c.token_ids)
+                pending += len(c.token_ids)
+                if c.text:
+                    if turn.first_text_at is None:
+                        turn.first_text_at = time.monotonic()
+                        self._metrics.ttft.observe(turn.first_text_at - arrived)
+                    yield inference_pb2.GenerateResponse(
+                        delta=inference_pb2.Delta(text=c.text, token_count=pending)
+                    )
+                    pending = 0
+                turn.last = out
         yield inference_pb2.GenerateResponse(final=self._final(turn))
 
-    async def _outputs(self, runtime: Runtime, turn: _Turn) -> AsyncIterator[Any]:
+    async def _outputs(self, runtime: Runtime, turn: _Turn) -> AsyncGenerator[Any, None]:
         """vLLM's outputs, with its exceptions turned into gRPC-aware errors."""
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
@@ -155,12 +180,6 @@ class InferenceService:
         except EngineGenerateError as e:
             log.error("turn %s failed: %r", turn.req.anon_repr(), e.__cause__)
             raise Internal(f"generation failed: {e.__cause__!r}") from None
-
-    def _expire(self, runtime: Runtime, turn: _Turn) -> None:
-        turn.deadline_hit = True
-        task = asyncio.ensure_future(runtime.abort(turn.req.request_id))
-        self._aborts.add(task)
-        task.add_done_callback(self._aborts.discard)
 
     def _final(self, turn: _Turn) -> inference_pb2.Final:
         now = time.monotonic()

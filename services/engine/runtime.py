@@ -81,10 +81,6 @@ class Runtime:
         )
         return gen
 
-    async def abort(self, request_id: str) -> None:
-        """Abort a turn; its stream ends with an 'abort' finish reason."""
-        await self.llm.abort(request_id)
-
     async def warmup(self) -> None:
         """One short generation, so the first real turn does not pay for lazy initialisation."""
         from vllm.sampling_params import RequestOutputKind, SamplingParams

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import urllib.request
@@ -89,13 +90,18 @@ async def test_structured_output_emits_the_exact_text(inference):
     req.structured_output.choice.choices.extend(["approve", "reject"])
     assert (await generate(inference, req)).text in {"approve", "reject"}
 
-    req = make_request("JSON:", max_tokens=60)
+    req = make_request("JSON:", max_tokens=200)
     req.structured_output.json_schema = (
         '{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"],'
         '"additionalProperties":false}'
     )
-    text = (await generate(inference, req)).text
-    assert re.fullmatch(r'\{\s*"ok"\s*:\s*(true|false)\s*\}', text), text
+    reply = await generate(inference, req)
+    # A random-weight model may wander through the whitespace JSON allows and run out of tokens;
+    # every character it emits must still follow the schema, and a finished reply must match it.
+    compact = re.sub(r"\s", "", reply.text)
+    assert '{"ok":true}'.startswith(compact) or '{"ok":false}'.startswith(compact), reply.text
+    if reply.final.finish_reason == FR.FINISH_REASON_STOP:
+        assert json.loads(reply.text) in ({"ok": True}, {"ok": False}), reply.text
 
 
 async def test_stop_sequence_ends_the_reply(inference):
@@ -130,7 +136,7 @@ async def test_cancellation_aborts_inside_vllm(inference, control, engine):
 
 async def test_deadline_returns_partial_output_with_finish_reason(inference):
     msgs = await collect(
-        inference, make_request("Keep going", max_tokens=1900, ignore_eos=True), timeout=1.0
+        inference, make_request("Keep going", max_tokens=1900, ignore_eos=True), timeout=2.0
     )
     final = msgs[-1].final
     assert final.finish_reason == FR.FINISH_REASON_DEADLINE
