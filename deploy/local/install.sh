@@ -34,6 +34,10 @@ else
     # here; nothing in Switchyard needs them.
     $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   fi
+  # xds-protos ships an old copy of opentelemetry/proto/* over opentelemetry-proto's
+  # (grpc/grpc#42926): put opentelemetry-proto's own files back, or the OTLP exporter breaks.
+  $pip install -q --force-reinstall --no-deps "$($venv/bin/python -c \
+    'import importlib.metadata as m; print("opentelemetry-proto==" + m.version("opentelemetry-proto"))')"
   echo "$want" > "$stamp"
   echo "[install] done"
 fi
