@@ -21,96 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
+from services.mesh.otlp_sink import SpanRecord, decode
 
-@dataclass(frozen=True)
-class SpanRecord:
-    """One received span, decoded. Keys match a line of a local trace file (`to_json`)."""
-
-    trace_id: str  # 32 hex digits
-    span_id: str  # 16 hex digits
-    parent_span_id: str  # 16 hex digits, "" for a root span
-    name: str
-    service: str  # the resource's service.name
-    kind: str  # "SERVER", "CLIENT", "INTERNAL", ...
-    start_ns: int
-    end_ns: int
-    status: str  # "UNSET", "OK", "ERROR"
-    status_message: str = ""
-    attributes: dict[str, Any] = field(default_factory=dict)
-    resource: dict[str, Any] = field(default_factory=dict)
-    scope: str = ""  # instrumentation scope (the tracer's name)
-
-    @property
-    def duration_ms(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e6
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-            "parent_span_id": self.parent_span_id,
-            "name": self.name,
-            "service": self.service,
-            "instance": str(self.resource.get("service.instance.id", "")),
-            "kind": self.kind,
-            "start_ns": self.start_ns,
-            "end_ns": self.end_ns,
-            "status": self.status,
-            "status_message": self.status_message,
-            "attributes": self.attributes,
-            "events": [],
-        }
-
-
-def any_value(v: common_pb2.AnyValue) -> Any:
-    which = v.WhichOneof("value")
-    if which is None:
-        return None
-    if which == "array_value":
-        return [any_value(x) for x in v.array_value.values]
-    if which == "kvlist_value":
-        return key_values(v.kvlist_value.values)
-    return getattr(v, which)
-
-
-def key_values(kvs: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in kvs}
-
-
-def decode(request: trace_service_pb2.ExportTraceServiceRequest) -> list[SpanRecord]:
-    out = []
-    for rs in request.resource_spans:
-        resource = key_values(rs.resource.attributes)
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                out.append(
-                    SpanRecord(
-                        trace_id=s.trace_id.hex(),
-                        span_id=s.span_id.hex(),
-                        parent_span_id=s.parent_span_id.hex(),
-                        name=s.name,
-                        service=str(resource.get("service.name", "")),
-                        kind=trace_pb2.Span.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_"),
-                        start_ns=s.start_time_unix_nano,
-                        end_ns=s.end_time_unix_nano,
-                        status=trace_pb2.Status.StatusCode.Name(s.status.code).removeprefix(
-                            "STATUS_CODE_"
-                        ),
-                        status_message=s.status.message,
-                        attributes=key_values(s.attributes),
-                        resource=resource,
-                        scope=ss.scope.name,
-                    )
-                )
-    return out
+__all__ = ["OtlpCollector", "SpanRecord", "unused_endpoint"]
 
 
 class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):

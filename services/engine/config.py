@@ -24,6 +24,7 @@ import pydantic
 
 from services.common.config import StrictModel, load_config
 from services.common.errors import ConfigError
+from services.common.tracing import TracingConfig
 
 # vLLM arguments the engine sets itself; a config may not override them.
 RESERVED_VLLM_ARGS = frozenset(
@@ -61,6 +62,9 @@ class EngineConfig(StrictModel):
     load_report_min_interval_seconds: float = pydantic.Field(0.02, ge=0)  # coalescing window
     kv_events: bool = True  # forward vLLM KV-cache events on EngineControl.WatchEvents
     warmup: bool = True  # run a short generation before reporting SERVING
+    tracing: TracingConfig = pydantic.Field(  # the turn's engine spans (queue, prefill, decode)
+        default_factory=lambda: TracingConfig.model_validate({})
+    )
     # Environment set before vLLM loads (e.g. VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND).
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     vllm: dict[str, Any] = pydantic.Field(default_factory=dict)  # AsyncEngineArgs, passed through

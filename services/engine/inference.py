@@ -17,9 +17,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.common import headers
 from services.common.errors import Internal, InvalidArgument, SwitchyardError, Unavailable
 from services.common.protoutil import Malformed, lenient_deserializer
+from services.common.tracing import extract, trace_id_hex
+from services.engine import spans
 from services.engine.admission import Admission
 from services.engine.metrics import EngineMetrics
 from services.engine.params import PreparedRequest, prepare
@@ -71,6 +76,8 @@ class _Turn:
     cached_tokens: int = 0
     deadline_hit: bool = False
     last: Any = None  # the last RequestOutput
+    span: trace.Span = trace.INVALID_SPAN  # switchyard.engine.generate
+    arrived_ns: int = 0  # time.time_ns() at the handler's start
 
 
 class InferenceService:
@@ -80,12 +87,14 @@ class InferenceService:
         admission: Admission,
         metrics: EngineMetrics,
         served_by: inference_pb2.ServedBy,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         # runtime_ref[0] is None while the engine loads; the server answers health meanwhile.
         self._runtime_ref = runtime_ref
         self._admission = admission
         self._metrics = metrics
         self._served_by = served_by
+        self._tracer = tracer or trace.NoOpTracer()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.unary_stream_rpc_method_handler(
@@ -101,21 +110,37 @@ class InferenceService:
         self, request: inference_pb2.GenerateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         arrived = time.monotonic()
+        arrived_ns = time.time_ns()
+        span = self._tracer.start_span(
+            spans.GENERATE_SPAN,
+            context=extract(context.invocation_metadata() or ()),
+            kind=SpanKind.SERVER,
+            start_time=arrived_ns,
+        )
+        trace_id = trace_id_hex(span)
+        if trace_id:
+            await context.send_initial_metadata(((headers.TRACE_ID, trace_id),))
         try:
-            async for msg in self._generate(request, context, arrived):
+            async for msg in self._generate(request, context, arrived, span, arrived_ns):
                 yield msg
         except asyncio.CancelledError:
             self._metrics.finished("CANCELLED")
+            span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
             raise
         except SwitchyardError as e:
             self._metrics.finished(e.code.name)
+            span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
             raise
+        finally:
+            span.end()
 
     async def _generate(
         self,
         request: inference_pb2.GenerateRequest | Malformed,
         context: grpc.aio.ServicerContext,
         arrived: float,
+        span: trace.Span,
+        arrived_ns: int,
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         if isinstance(request, Malformed):
             raise request.error
@@ -126,6 +151,9 @@ class InferenceService:
         if runtime.dead:
             raise Unavailable("the vLLM engine has died; this engine is being replaced")
         turn = _Turn(prepare(request, runtime.tokenizer, runtime.limits), arrived)
+        turn.span, turn.arrived_ns = span, arrived_ns
+        if span.is_recording():
+            self._annotate_request(span, request, turn)
 
         # The wait for vLLM's next output is cut short at the call's deadline (shortly before
         # it, so the Final still reaches the client) or when a drain's grace runs out: cutting it
@@ -181,6 +209,22 @@ class InferenceService:
             log.error("turn %s failed: %r", turn.req.anon_repr(), e.__cause__)
             raise Internal(f"generation failed: {e.__cause__!r}") from None
 
+    def _annotate_request(
+        self, span: trace.Span, request: inference_pb2.GenerateRequest, turn: _Turn
+    ) -> None:
+        sb = self._served_by
+        chat = request.WhichOneof("input") == "conversation"
+        span.set_attribute("gen_ai.system", "vllm")
+        span.set_attribute("gen_ai.operation.name", "chat" if chat else "text_completion")
+        span.set_attribute("gen_ai.request.model", request.model or sb.model)
+        span.set_attribute("gen_ai.response.model", sb.model)
+        span.set_attribute("gen_ai.response.id", turn.req.request_id)
+        span.set_attribute("gen_ai.request.max_tokens", turn.req.sampling.max_tokens or 0)
+        span.set_attribute("gen_ai.request.temperature", turn.req.sampling.temperature)
+        span.set_attribute("switchyard.pool", sb.pool)
+        span.set_attribute("switchyard.engine", sb.engine)
+        span.set_attribute("switchyard.priority", request.priority)
+
     def _final(self, turn: _Turn) -> inference_pb2.Final:
         now = time.monotonic()
         out = turn.last
@@ -220,6 +264,23 @@ class InferenceService:
                 decode = now - first
             if turn.completion_tokens > 1:
                 m.inter_token.observe(decode / (turn.completion_tokens - 1))
+        if turn.span.is_recording():
+            reason_name = FinishReason.Name(finish).removeprefix("FINISH_REASON_").lower()
+            turn.span.set_attribute("gen_ai.response.finish_reasons", [reason_name])
+            turn.span.set_attribute("gen_ai.usage.input_tokens", prompt)
+            turn.span.set_attribute("gen_ai.usage.output_tokens", turn.completion_tokens)
+            turn.span.set_attribute("switchyard.cached_tokens", cached)
+            spans.record_phases(
+                self._tracer,
+                turn.span,
+                arrived_ns=turn.arrived_ns,
+                end_ns=turn.arrived_ns + int((now - turn.arrived) * 1e9),
+                queue_s=queue,
+                ttft_s=ttft,
+                prompt_tokens=prompt,
+                cached_tokens=cached,
+                completion_tokens=turn.completion_tokens,
+            )
         return inference_pb2.Final(
             finish_reason=finish,
             usage=inference_pb2.Usage(

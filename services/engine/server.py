@@ -25,6 +25,7 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
+from services.common.tracing import Tracing, setup_tracing
 from services.engine import control, inference
 from services.engine.admission import Admission
 from services.engine.config import EngineConfig
@@ -54,6 +55,7 @@ class EngineService:
     admission: Admission
     control: control.EngineControlService
     kv_task: asyncio.Task[None] | None
+    tracing: Tracing
     registrar_task: asyncio.Task[None] | None = None
 
     @property
@@ -76,6 +78,7 @@ class EngineService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.runtime.shutdown()
+        await asyncio.to_thread(self.tracing.shutdown)
 
 
 async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> EngineService:
@@ -96,7 +99,14 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         model_version=cfg.model_version(),
         accelerator=cfg.accelerator,
     )
-    inference_svc = inference.InferenceService(runtime_ref, admission, metrics, served_by)
+    tracing = setup_tracing(
+        "switchyard-engine",
+        cfg.tracing,
+        resource_attributes={"service.instance.id": engine_id, "switchyard.pool": cfg.pool},
+    )
+    inference_svc = inference.InferenceService(
+        runtime_ref, admission, metrics, served_by, tracing.tracer(__name__)
+    )
     control_svc = control.EngineControlService(
         cfg, engine_id, runtime_ref, tracker, admission, server.set_serving
     )
@@ -137,7 +147,16 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         f"{host}:{server.port}, metrics on http://{metrics_host}:{metrics_port}/metrics"
     )
     svc = EngineService(
-        cfg, engine_id, server, metrics_port, runtime, tracker, admission, control_svc, kv_task
+        cfg,
+        engine_id,
+        server,
+        metrics_port,
+        runtime,
+        tracker,
+        admission,
+        control_svc,
+        kv_task,
+        tracing,
     )
     if cfg.router:
         registrar = Registrar(

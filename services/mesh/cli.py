@@ -108,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             except grpc.aio.AioRpcError as e:
                 print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
                 return 1
-            client.print_final(reply.final)
+            client.print_final(reply.final, trace_id=reply.trace_id)
             return 0
 
     return asyncio.run(run())
@@ -135,7 +135,10 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 
 def cmd_safety(args: argparse.Namespace) -> int:
+    import pydantic
+
     from services.common.errors import ConfigError
+    from services.common.tracing import TracingConfig
     from services.safety.config import SafetyConfig, load_safety_config
 
     try:
@@ -146,7 +149,14 @@ def cmd_safety(args: argparse.Namespace) -> int:
         )
         if args.listen:
             cfg = cfg.model_copy(update={"listen": args.listen})
-    except ConfigError as e:
+        if args.otlp_endpoint is not None or args.trace_sampling is not None:
+            tracing = cfg.tracing.model_dump()
+            if args.otlp_endpoint is not None:
+                tracing["otlp_endpoint"] = args.otlp_endpoint
+            if args.trace_sampling is not None:
+                tracing["sampling_ratio"] = args.trace_sampling
+            cfg = cfg.model_copy(update={"tracing": TracingConfig.model_validate(tracing)})
+    except (ConfigError, pydantic.ValidationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from services.safety.server import serve
@@ -194,7 +204,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     models = _models_dir(args.models_dir)
     init_models(models, progress=lambda m: print(f"[models] {m}", file=sys.stderr))
     _use_models_dir(models)
-    mesh = Mesh(Path(args.config), free_ports=args.free_ports)
+    mesh = Mesh(
+        Path(args.config),
+        free_ports=args.free_ports,
+        otlp_endpoint=args.otlp_endpoint,
+        tracing_enabled=not args.no_tracing,
+        trace_sampling=args.trace_sampling,
+        traces_dir=Path(args.traces_dir).expanduser() if args.traces_dir else None,
+        metrics_targets=Path(args.metrics_targets) if args.metrics_targets else None,
+    )
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the mesh the way Ctrl-C does
@@ -313,6 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--exit", action="store_true", help="stop the mesh after --chat")
     u.add_argument("--free-ports", action="store_true", help="use free ports, not the config's")
     u.add_argument("--models-dir", help="where the test models live")
+    u.add_argument(
+        "--otlp-endpoint",
+        metavar="HOST:PORT",
+        help="export traces over OTLP/gRPC here (Jaeger: 4317); default: keep them locally",
+    )
+    u.add_argument(
+        "--trace-sampling", type=float, default=1.0, help="fraction of turns traced (default 1)"
+    )
+    u.add_argument("--no-tracing", action="store_true", help="trace nothing")
+    u.add_argument(
+        "--traces-dir", help="where local traces go (default ~/.cache/switchyard/traces)"
+    )
+    u.add_argument(
+        "--metrics-targets", metavar="FILE", help="write a Prometheus file_sd list of /metrics"
+    )
     u.set_defaults(func=cmd_up)
 
     c = sub.add_parser("chat", help="stream a reply through the mesh")
@@ -356,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--config", help="safety policy (YAML); built-in defaults when omitted")
     sf.add_argument("--listen", help="override the config's listen address (HOST:PORT)")
     sf.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
+    sf.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="export spans over OTLP/gRPC")
+    sf.add_argument("--trace-sampling", type=float, help="fraction of turns traced")
     sf.set_defaults(func=cmd_safety)
 
     e = sub.add_parser("engine", help="run one engine of a pool")

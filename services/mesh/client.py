@@ -9,6 +9,7 @@ from typing import TextIO
 
 import grpc
 
+from services.common import headers
 from services.common.server import MAX_MESSAGE_BYTES
 from switchyard.v1 import inference_pb2, inference_pb2_grpc
 
@@ -62,6 +63,7 @@ class Reply:
     text: str = ""
     deltas: list[str] = field(default_factory=list)
     final: inference_pb2.Final | None = None
+    trace_id: str = ""  # the turn's trace (response metadata), when it was traced
 
 
 async def generate(
@@ -74,7 +76,8 @@ async def generate(
 ) -> Reply:
     """Stream one turn; write deltas to `out` as they arrive; return the collected reply."""
     reply = Reply()
-    async for msg in stream(stub, request, timeout=timeout, metadata=metadata):
+    call = stub.Generate(request, timeout=timeout, metadata=tuple(metadata))
+    async for msg in call:
         if msg.HasField("delta"):
             reply.deltas.append(msg.delta.text)
             if out is not None:
@@ -84,6 +87,8 @@ async def generate(
             if reply.final is not None:
                 raise RuntimeError("stream carried more than one Final")
             reply.final = msg.final
+    initial = await call.initial_metadata()
+    reply.trace_id = str((initial and initial.get(headers.TRACE_ID)) or "")
     reply.text = "".join(reply.deltas)
     return reply
 
@@ -113,6 +118,13 @@ def describe_final(final: inference_pb2.Final) -> str:
     )
 
 
-def print_final(final: inference_pb2.Final | None, err: TextIO = sys.stderr) -> None:
+def print_final(
+    final: inference_pb2.Final | None, err: TextIO = sys.stderr, trace_id: str = ""
+) -> None:
     print(file=err)
     print(describe_final(final) if final is not None else "(no Final received)", file=err)
+    if final is not None and final.HasField("safety") and final.safety.findings:
+        found = ", ".join(f"{f.type} {f.action} x{f.count}" for f in final.safety.findings)
+        print(f"safety: {found}", file=err)
+    if trace_id:
+        print(f"trace {trace_id}  (switchyard trace {trace_id[:12]})", file=err)

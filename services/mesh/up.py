@@ -27,6 +27,7 @@ import yaml
 
 from services.common.server import host_port
 from services.mesh import procs
+from services.mesh.otlp_sink import OtlpFileSink
 from services.router.config import MeshConfig, load_mesh_config
 from services.router.xds import envoy_proc
 
@@ -37,6 +38,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _reachable(host: str) -> str:
+    """A wildcard listen address (0.0.0.0, ::) as a local client dials it."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 @dataclass
 class Mesh:
     """A running local mesh and its processes."""
@@ -45,6 +51,15 @@ class Mesh:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="switchyard-up-")))
     free_ports: bool = False  # pick free ports instead of the config's (tests, parallel meshes)
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+    # Traces: exported over OTLP/gRPC to this HOST:PORT (Jaeger, a collector); when None, to a
+    # local sink that keeps them in `traces_dir` for `switchyard trace`.
+    otlp_endpoint: str | None = None
+    tracing_enabled: bool = True  # False: no tracer anywhere (no Envoy tracer, no spans)
+    trace_sampling: float = 1.0
+    traces_dir: Path | None = None
+    # Write a Prometheus file_sd target list of every /metrics endpoint here once up.
+    metrics_targets: Path | None = None
+    sink: OtlpFileSink | None = None
     cfg: MeshConfig | None = None
     router: procs.ServiceProcess | None = None
     safety: procs.ServiceProcess | None = None
@@ -54,8 +69,10 @@ class Mesh:
 
     @property
     def endpoint(self) -> str:
+        """The mesh's gRPC endpoint as a client on this machine reaches it."""
         assert self.cfg is not None
-        return self.cfg.envoy.listen
+        host, port = host_port(self.cfg.envoy.listen)
+        return f"{_reachable(host)}:{port}"
 
     @property
     def router_address(self) -> str:
@@ -65,11 +82,21 @@ class Mesh:
     @property
     def envoy_admin(self) -> str:
         assert self.cfg is not None
-        return f"http://{self.cfg.envoy.admin}"
+        host, port = host_port(self.cfg.envoy.admin)
+        return f"http://{_reachable(host)}:{port}"
+
+    @property
+    def tracing(self) -> dict[str, Any]:
+        """The `tracing` config every service (and, through the router, Envoy) runs with."""
+        endpoint = self.otlp_endpoint or (self.sink.endpoint if self.sink else "")
+        if not self.tracing_enabled:
+            endpoint = ""
+        return {"otlp_endpoint": endpoint, "sampling_ratio": self.trace_sampling}
 
     def _effective_config(self) -> Path:
-        """The config actually run: ports made free if asked, engine paths absolute."""
+        """The config actually run: ports made free if asked, engine paths absolute, tracing."""
         data: dict[str, Any] = yaml.safe_load(self.config_path.read_text())
+        data["tracing"] = {**(data.get("tracing") or {}), **self.tracing}
         if self.free_ports:
             data.setdefault("router", {})["listen"] = f"127.0.0.1:{free_port()}"
             envoy = data.setdefault("envoy", {})
@@ -94,12 +121,23 @@ class Mesh:
 
     def start(self, timeout: float = 600.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.tracing_enabled:
+            self.say("[up] tracing off")
+        elif self.otlp_endpoint is None:
+            from services.mesh.trace import default_traces_dir
+
+            self.sink = OtlpFileSink(self.traces_dir or default_traces_dir()).start()
+            self.say(f"[up] keeping traces in {self.sink.directory} (switchyard trace)")
+        else:
+            self.say(f"[up] exporting traces to {self.otlp_endpoint} (OTLP/gRPC)")
         cfg_path = self._effective_config()
         self.cfg = load_mesh_config(cfg_path)
         cfg = self.cfg
         if cfg.safety.enabled:
             self.say(f"[up] starting the safety filter on {cfg.safety.listen}")
             args = ["safety", "--listen", cfg.safety.listen]
+            args += ["--otlp-endpoint", self.tracing["otlp_endpoint"]]
+            args += ["--trace-sampling", str(self.trace_sampling)]
             if cfg.safety.config is not None:
                 args += ["--config", str(cfg.safety.config)]
             self.safety = procs.start_service(args, name="safety", workdir=self.workdir)
@@ -127,13 +165,14 @@ class Mesh:
                                 "engine_id": name,
                                 "pool": pool.name,
                                 "router": self.router_address,
+                                "tracing": self.tracing,
                             },
                         )
                     )
         for engine in self.engines:
             engine.wait_ready(timeout=timeout, on_progress=self.say)
 
-        _, admin_port = host_port(cfg.envoy.admin)
+        admin_host, admin_port = host_port(cfg.envoy.admin)
         router_host, router_port = host_port(self.router_address)
         self.envoy_log = self.workdir / "envoy.log"
         self.say(f"[up] starting Envoy (admin http://{cfg.envoy.admin})")
@@ -141,16 +180,45 @@ class Mesh:
             self.workdir,
             node_id=cfg.envoy.node_id,
             admin_port=admin_port,
+            admin_host=admin_host,
             xds_host=router_host,
             xds_port=router_port,
             log_path=self.envoy_log,
         )
         envoy_proc.wait_listener(admin_port, "switchyard_ingress", timeout=60)
         self.wait_routable(timeout=60)
+        if self.metrics_targets is not None:
+            self.write_metrics_targets(self.metrics_targets)
         self.say(
             f"[up] mesh ready: gRPC endpoint {cfg.envoy.listen} "
             f"({len(self.engines)} engines in {len(cfg.pools)} pools)"
         )
+
+    def write_metrics_targets(self, path: Path) -> None:
+        """Every /metrics endpoint as a Prometheus file_sd target list."""
+        assert self.cfg is not None
+        groups: list[dict[str, Any]] = []
+
+        def add(proc: procs.ServiceProcess | None, job: str, **labels: str) -> None:
+            if proc is not None and proc.ready.get("metrics_port"):
+                target = f"127.0.0.1:{proc.ready['metrics_port']}"
+                groups.append({"targets": [target], "labels": {"job": job, **labels}})
+
+        add(self.router, "switchyard-router")
+        add(self.safety, "switchyard-safety")
+        for e in self.engines:
+            pool = e.name.rsplit("-", 1)[0]
+            add(e, "switchyard-engine", pool=pool, engine=e.name)
+        _, admin_port = host_port(self.cfg.envoy.admin)
+        groups.append(
+            {
+                "targets": [f"127.0.0.1:{admin_port}"],
+                "labels": {"job": "envoy", "__metrics_path__": "/stats/prometheus"},
+            }
+        )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups, indent=2))
+        tmp.replace(path)  # Prometheus never reads a half-written file
 
     def wait_routable(self, timeout: float) -> None:
         """Until Envoy has a healthy endpoint for every running engine."""
@@ -193,4 +261,6 @@ class Mesh:
             self.router.stop()
         if self.safety is not None:
             self.safety.stop()
+        if self.sink is not None:
+            self.sink.stop()
         self.say("[up] stopped")

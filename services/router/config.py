@@ -22,6 +22,7 @@ import pydantic
 
 from services.common.config import StrictModel, load_config
 from services.common.errors import InvalidArgument
+from services.common.tracing import TracingConfig
 
 
 class ModelEntry(StrictModel):
@@ -72,6 +73,11 @@ class MeshConfig(StrictModel):
     router: RouterSection = pydantic.Field(default_factory=lambda: RouterSection.model_validate({}))
     envoy: EnvoySection = pydantic.Field(default_factory=lambda: EnvoySection.model_validate({}))
     safety: SafetySection = pydantic.Field(default_factory=lambda: SafetySection.model_validate({}))
+    # The router's spans, and Envoy's tracer (which starts every turn's trace) when
+    # `otlp_endpoint` is set; `switchyard up` sets it to its local sink or --otlp-endpoint.
+    tracing: TracingConfig = pydantic.Field(
+        default_factory=lambda: TracingConfig.model_validate({})
+    )
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     default_model: str = ""  # what "" and "auto" resolve to; defaults to the first pool's model
     aliases: dict[str, str] = pydantic.Field(default_factory=dict)  # alias -> model name

@@ -15,13 +15,18 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from services.common import headers as h
 from services.common.errors import InvalidArgument, SwitchyardError, Unimplemented
 from services.common.extproc import GENERATE_PATH, header_map, immediate_error, set_header
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
+from services.common.tracing import extract
 from services.router.routing import RoutingService
+from services.router.scheduling.interfaces import RoutingRequest
+from services.router.scheduling.scheduler import Decision
 from switchyard.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -32,25 +37,60 @@ def tenant_of(headers: dict[str, str]) -> str:
     return headers.get(h.TENANT, "") or "anonymous"
 
 
+PICK_SPAN = "switchyard.router.pick"
+
+
+def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> None:
+    """The pick's outcome and every candidate's scores, on the span."""
+    span.set_attribute("switchyard.pool", decision.pool)
+    span.set_attribute("switchyard.engine", decision.engine.engine_id)
+    span.set_attribute("switchyard.endpoint", decision.engine.address)
+    span.set_attribute("switchyard.decision.reason", decision.reason)
+    span.set_attribute("switchyard.fallbacks", [f.engine_id for f in decision.fallbacks])
+    span.set_attribute("gen_ai.response.model", routed.model)
+    span.set_attribute("gen_ai.usage.input_tokens", decision.prompt_tokens)
+    for c in decision.candidates:
+        prefix = f"switchyard.candidate.{c.engine_id}"
+        if c.filtered_by:
+            span.set_attribute(f"{prefix}.filtered_by", c.filtered_by)
+            continue
+        span.set_attribute(f"{prefix}.score", round(c.score, 4))
+        for scorer, value in c.scores.items():
+            span.set_attribute(f"{prefix}.{scorer}", round(value, 4))
+
+
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, routing: RoutingService) -> None:
+    def __init__(self, routing: RoutingService, tracer: trace.Tracer | None = None) -> None:
         self._routing = routing
+        self._tracer = tracer or trace.NoOpTracer()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         ext_grpc.add_ExternalProcessorServicer_to_server(self, server)
 
-    def decide(self, headers: dict[str, str], body: bytes) -> ext.ProcessingResponse:
+    def decide(
+        self, headers: dict[str, str], body: bytes, span: trace.Span | None = None
+    ) -> ext.ProcessingResponse:
         """The answer to a turn's buffered body: route headers, or an immediate error."""
+        span = span or trace.INVALID_SPAN
+        tenant = tenant_of(headers)
+        if span.is_recording():
+            span.set_attribute("switchyard.tenant", tenant)
+            span.set_attribute("switchyard.auth", "none")  # auth and quotas: the tenant work
         try:
             path = headers.get(":path", "")
             if path != GENERATE_PATH:
                 raise Unimplemented(f"{path or 'this method'} is not served by the mesh")
             req = decode_request(inference_pb2.GenerateRequest, single_message(body))
+            if span.is_recording():
+                span.set_attribute("gen_ai.request.model", req.model or "auto")
             decision, routed = self._routing.route(
-                req, tenant=tenant_of(headers), session_id=headers.get(h.SESSION_ID, "")
+                req, tenant=tenant, session_id=headers.get(h.SESSION_ID, "")
             )
         except SwitchyardError as e:
+            span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
             return immediate_error(e, "router")
+        if span.is_recording():
+            _annotate(span, decision, routed)
         body_mutation = None
         if req.model != routed.model:
             # An alias or "auto": the engine sees the served model name it answers to.
@@ -85,7 +125,10 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     return
                 yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
             elif kind == "request_body":
-                yield self.decide(headers, msg.request_body.body)
+                parent = extract(context.invocation_metadata() or ()) if context else None
+                with self._tracer.start_as_current_span(PICK_SPAN, context=parent) as span:
+                    answer = self.decide(headers, msg.request_body.body, span)
+                yield answer
             elif kind == "request_trailers":
                 yield ext.ProcessingResponse(request_trailers=ext.TrailersResponse())
             elif kind == "response_headers":

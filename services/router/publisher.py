@@ -13,7 +13,14 @@ import logging
 from services.common.server import host_port
 from services.router.config import MeshConfig
 from services.router.registry import Registry
-from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, SafetySpec, build_snapshot
+from services.router.xds.builder import (
+    Endpoint,
+    MeshSpec,
+    PoolSpec,
+    SafetySpec,
+    TracingSpec,
+    build_snapshot,
+)
 from services.router.xds.cache import SnapshotCache
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,10 @@ class XdsPublisher:
         if self._cfg.safety.enabled:
             safety_host, safety_port = host_port(self._cfg.safety.listen)
             safety = SafetySpec(safety_host, safety_port, fail_open=self._cfg.safety.fail_open)
+        tracing = None
+        if self._cfg.tracing.otlp_endpoint:
+            otlp_host, otlp_port = host_port(self._cfg.tracing.otlp_endpoint)
+            tracing = TracingSpec(otlp_host, otlp_port, self._cfg.tracing.sampling_ratio)
         return MeshSpec(
             listener_address=listen_host,
             listener_port=listen_port,
@@ -53,6 +64,7 @@ class XdsPublisher:
             router_port=self._router_port,
             pools=tuple(pools),
             safety=safety,
+            tracing=tracing,
         )
 
     def publish(self) -> None:

@@ -18,7 +18,9 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
+from services.common.tracing import setup_tracing
 from services.router import api, extproc, registry_service
+from services.router import metrics as router_metrics
 from services.router.config import MeshConfig, ModelResolver
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
@@ -53,9 +55,11 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     resolver = ModelResolver(cfg)
     index = KvIndex()
     registry = Registry(index=index, stale_after=cfg.router.stale_after_seconds)
+    router_metrics.register(registry)
     scheduler = Scheduler(registry, index, SessionTable(), load_profile(cfg.router.profile))
     routing = RoutingService(resolver, tokenizers, scheduler)
 
+    tracing = setup_tracing("switchyard-router", cfg.tracing)
     server = await create_server(cfg.router.listen, [], SERVICE_NAMES)
     host, _ = host_port(cfg.router.listen)
     address = f"{host}:{server.port}"
@@ -67,7 +71,7 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
         registry, cfg.router.heartbeat_seconds, {p.name for p in cfg.pools}
     )
     reg.add_to_server(server.grpc)
-    extproc.ExtProcService(routing).add_to_server(server.grpc)
+    extproc.ExtProcService(routing, tracing.tracer(__name__)).add_to_server(server.grpc)
     api.RouterService(routing).add_to_server(server.grpc)
     api.AdminService(cfg, resolver, registry, cache, reg.router_id).add_to_server(server.grpc)
     xds_server.add_to_server(server.grpc, cache)
@@ -106,4 +110,5 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await server.stop(2.0)
+    await asyncio.to_thread(tracing.shutdown)
     progress.say("stopped")

@@ -30,6 +30,7 @@ from typing import Literal
 import pydantic
 
 from services.common.config import StrictModel, load_config
+from services.common.tracing import TracingConfig
 from services.safety.recognizers import StreamingRecognizer, shared_default_recognizers
 from services.safety.scrubber import Action, Policy
 from services.safety.terms import TermListRecognizer
@@ -55,6 +56,9 @@ class SafetyConfig(StrictModel):
     tenants: dict[str, PolicySection] = pydantic.Field(default_factory=dict)
     categories: dict[str, list[str]] = pydantic.Field(default_factory=dict)
     hash_secret: str = pydantic.Field(default="switchyard-local", repr=False)  # set in production
+    tracing: TracingConfig = pydantic.Field(  # the switchyard.safety.scan spans
+        default_factory=lambda: TracingConfig.model_validate({})
+    )
 
     @pydantic.field_validator("categories")
     @classmethod

@@ -19,12 +19,16 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Status, StatusCode
 
 from services.common import headers as h
 from services.common.errors import Internal, InvalidArgument, PermissionDenied, SwitchyardError
 from services.common.extproc import header_map, immediate_error
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
+from services.common.tracing import extract
 from services.safety import metrics as m
 from services.safety.config import SafetyConfig
 from services.safety.prompt import check_prompt
@@ -33,6 +37,8 @@ from services.safety.scrubber import Policy
 from switchyard.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
+
+SCAN_SPAN = "switchyard.safety.scan"
 
 
 def _body(data: bytes | None, *, request: bool) -> ext.ProcessingResponse:
@@ -53,11 +59,24 @@ class _Turn:
         self.policy: Policy | None = None
         self.filter: ResponseFilter | None = None
         self.outcome = "passed"
+        self.parent: Context | None = None  # the trace context Envoy sent
+        self.response_span: trace.Span | None = None  # from the first response chunk to the end
+        self.response_chunks = 0
+        self.response_scan_s = 0.0  # time spent scanning the response
+        self.max_held_back = 0
+        self.prompt_findings: dict[str, int] = {}
+
+
+def _set_findings(span: trace.Span, findings: dict[str, int], policy: Policy) -> None:
+    for entity_type, n in sorted(findings.items()):
+        span.set_attribute(f"switchyard.safety.findings.{entity_type}", n)
+        span.set_attribute(f"switchyard.safety.action.{entity_type}", policy.action(entity_type))
 
 
 class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, config: SafetyConfig) -> None:
+    def __init__(self, config: SafetyConfig, tracer: trace.Tracer | None = None) -> None:
         self._config = config
+        self._tracer = tracer or trace.NoOpTracer()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         ext_grpc.add_ExternalProcessorServicer_to_server(self, server)
@@ -68,7 +87,21 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return turn.policy
 
     def request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
-        """The prompt policy on the whole request body."""
+        """The prompt policy on the whole request body, in its own span."""
+        with self._tracer.start_as_current_span(SCAN_SPAN, context=turn.parent) as span:
+            answer = self._request_body(turn, body)
+            if span.is_recording():
+                span.set_attribute("switchyard.safety.path", "prompt")
+                span.set_attribute("switchyard.tenant", turn.tenant)
+                span.set_attribute("gen_ai.request.model", turn.model)
+                span.set_attribute("switchyard.safety.outcome", turn.outcome)
+                if turn.prompt_findings and turn.policy is not None:
+                    _set_findings(span, turn.prompt_findings, turn.policy)
+                if answer.HasField("immediate_response"):
+                    span.set_status(Status(StatusCode.ERROR, turn.outcome))
+        return answer
+
+    def _request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
         started = time.perf_counter()
         try:
             req = decode_request(inference_pb2.GenerateRequest, single_message(body))
@@ -85,6 +118,7 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         finally:
             m.CHUNKS_SCANNED.labels("prompt").inc()
             m.SCAN_SECONDS.labels("prompt").observe(time.perf_counter() - started)
+        turn.prompt_findings = dict(result.findings)
         for entity_type, n in result.findings.items():
             m.FINDINGS.labels("prompt", entity_type, policy.action(entity_type)).inc(n)
         if not result.changed:
@@ -97,6 +131,7 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         started = time.perf_counter()
         if turn.filter is None:
             turn.filter = ResponseFilter(self._policy(turn), self._config.recognizers)
+            turn.response_span = self._tracer.start_span(SCAN_SPAN, context=turn.parent)
         try:
             out = turn.filter.feed(body.body, body.end_of_stream)
         except SwitchyardError as e:
@@ -105,9 +140,13 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             turn.outcome = "error"
             return immediate_error(Internal(f"safety filter: {e.message}"), "safety")
         finally:
+            elapsed = time.perf_counter() - started
             m.CHUNKS_SCANNED.labels("response").inc()
-            m.SCAN_SECONDS.labels("response").observe(time.perf_counter() - started)
+            m.SCAN_SECONDS.labels("response").observe(elapsed)
+            turn.response_chunks += 1
+            turn.response_scan_s += elapsed
         m.HELD_BACK_BYTES.observe(turn.filter.held_back)
+        turn.max_held_back = max(turn.max_held_back, turn.filter.held_back)
         if turn.filter.blocked:
             turn.outcome = "blocked"
         return _body(out, request=False)
@@ -118,11 +157,28 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if f is not None and turn.policy is not None:
             for entity_type, n in f.findings.items():
                 m.FINDINGS.labels("response", entity_type, turn.policy.action(entity_type)).inc(n)
+        span = turn.response_span
+        if span is not None:
+            if span.is_recording() and f is not None and turn.policy is not None:
+                span.set_attribute("switchyard.safety.path", "response")
+                span.set_attribute("switchyard.tenant", turn.tenant)
+                span.set_attribute("gen_ai.response.model", turn.model)
+                span.set_attribute("switchyard.safety.outcome", turn.outcome)
+                span.set_attribute("switchyard.safety.chunks", turn.response_chunks)
+                span.set_attribute(
+                    "switchyard.safety.scan_ms", round(turn.response_scan_s * 1e3, 3)
+                )
+                span.set_attribute("switchyard.safety.max_held_back", turn.max_held_back)
+                span.set_attribute("switchyard.safety.blocked", f.blocked)
+                _set_findings(span, dict(f.findings), turn.policy)
+            span.end()
 
     async def Process(
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ext.ProcessingResponse]:
         turn = _Turn()
+        if context is not None:
+            turn.parent = extract(context.invocation_metadata() or ())
         m.ACTIVE_STREAMS.inc()
         try:
             async for msg in requests:

@@ -15,6 +15,7 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
+from services.common.tracing import setup_tracing
 from services.safety import service
 from services.safety.config import SafetyConfig
 from services.safety.extproc import SafetyExtProc
@@ -28,9 +29,11 @@ async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
     progress = Progress("safety")
     with progress.phase("compiling recognizers"):
         recognizers = cfg.recognizers
+    tracing = setup_tracing("switchyard-safety", cfg.tracing)
+    extproc = SafetyExtProc(cfg, tracing.tracer(__name__))
     server = await create_server(
         cfg.listen,
-        [service.SafetyService(cfg).add_to_server, SafetyExtProc(cfg).add_to_server],
+        [service.SafetyService(cfg).add_to_server, extproc.add_to_server],
         SERVICE_NAMES,
     )
     host, _ = host_port(cfg.listen)
@@ -58,4 +61,5 @@ async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
     await stop.wait()
     progress.say("stopping")
     await server.stop(2.0)
+    await asyncio.to_thread(tracing.shutdown)
     progress.say("stopped")

@@ -23,17 +23,28 @@ from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.integration.conftest import ROOT
 from tests.integration.test_engine import long_text
+from tests.otlp_collector import OtlpCollector, SpanRecord
 
 MESH_CONFIG = Path(__file__).with_name("mesh.yaml")
 
 
 @pytest.fixture(scope="module")
-def mesh(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def collector() -> Iterator[OtlpCollector]:
+    """Where every service of the test mesh, and Envoy, export their spans (OTLP/gRPC)."""
+    with OtlpCollector() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, collector: OtlpCollector
+) -> Iterator[Mesh]:
     m = Mesh(
         MESH_CONFIG,
         workdir=tmp_path_factory.mktemp("mesh"),
         free_ports=True,
         say=lambda line: print(line, file=sys.stderr),
+        otlp_endpoint=collector.endpoint,
     )
     try:
         m.start()
@@ -358,6 +369,116 @@ def safety_metric(mesh: Mesh, name: str) -> dict[tuple[tuple[str, str], ...], fl
     }
 
 
+# -- tracing and metrics ------------------------------------------------------------------------
+
+PHASES = {
+    "switchyard.router.pick",
+    "switchyard.engine.generate",
+    "switchyard.engine.queue",
+    "switchyard.engine.prefill",
+    "switchyard.engine.decode",
+}
+
+
+async def test_one_trace_per_turn_with_every_phase(envoy, collector: OtlpCollector):
+    req = make_request("Mail:", max_tokens=60, regex=r"Write to bob@example\.com today\.")
+    reply = await generate(envoy, req)
+    trace_id = reply.trace_id
+    assert len(trace_id) == 32, "the engine returns the trace id in response metadata"
+    await collector.wait_for_async(
+        lambda s: s.trace_id == trace_id and s.name == "switchyard.safety.scan", count=2
+    )
+    await collector.wait_for_async(
+        lambda s: s.trace_id == trace_id and s.name == "switchyard.engine.decode"
+    )
+    spans = collector.by_trace(trace_id)
+    by_id = {s.span_id: s for s in spans}
+    names = [s.name for s in spans]
+    assert PHASES <= set(names), names
+    # One trace: a single root, Envoy's gateway span; every other span hangs below it.
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [r.service for r in roots] == ["switchyard-envoy"], [(r.service, r.name) for r in roots]
+
+    def ancestors(s: SpanRecord) -> list[SpanRecord]:
+        out = []
+        while s.parent_span_id in by_id:
+            s = by_id[s.parent_span_id]
+            out.append(s)
+        return out
+
+    for s in spans:
+        if s is not roots[0]:
+            assert ancestors(s) and ancestors(s)[-1] is roots[0], f"{s.name} is not in the tree"
+    one = {s.name: s for s in spans}
+    generate_span = one["switchyard.engine.generate"]
+    for phase in ("queue", "prefill", "decode"):
+        assert one[f"switchyard.engine.{phase}"].parent_span_id == generate_span.span_id
+    assert by_id[generate_span.parent_span_id].service == "switchyard-envoy"
+
+    pick = one["switchyard.router.pick"].attributes
+    assert pick["switchyard.pool"] == "l4-small" and pick["gen_ai.response.model"] == "small"
+    engine = pick["switchyard.engine"]
+    assert f"switchyard.candidate.{engine}.score" in pick
+    assert pick["switchyard.tenant"] == "anonymous"
+
+    g = generate_span.attributes
+    assert g["gen_ai.response.model"] == "small" and g["gen_ai.system"] == "vllm"
+    assert g["gen_ai.usage.output_tokens"] == reply.final.usage.completion_tokens
+    assert g["gen_ai.response.finish_reasons"] == ["stop"]
+    assert g["switchyard.engine"] == engine == reply.final.served_by.engine
+
+    scans = {s.attributes["switchyard.safety.path"]: s for s in spans if s.name.endswith("scan")}
+    assert set(scans) == {"prompt", "response"}
+    assert scans["response"].attributes["switchyard.safety.findings.EMAIL"] == 1
+    assert reply.text == "Write to [EMAIL] today."
+
+
+def _parse(url: str) -> dict[str, set[str]]:
+    """metric family → sample names, from a /metrics page (raises if it does not parse)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {f.name: {s.name for s in f.samples} for f in text_string_to_metric_families(text)}
+
+
+def test_every_service_serves_its_metrics(mesh: Mesh):
+    engine = _parse(mesh.engines[0].metrics_url)
+    for name in (
+        "switchyard_engine_ttft_seconds",
+        "switchyard_engine_inter_token_latency_seconds",
+        "switchyard_engine_request_duration_seconds",
+        "switchyard_engine_generated_tokens",
+        "switchyard_engine_in_flight_requests",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_waiting",
+    ):
+        assert name in engine, name
+    assert mesh.router is not None and mesh.safety is not None
+    router = _parse(mesh.router.metrics_url)
+    for name in (
+        "switchyard_router_decisions",
+        "switchyard_router_pick_duration_seconds",
+        "switchyard_router_xds_pushes",
+        "switchyard_router_xds_nacks",
+        "switchyard_router_engine_queue_depth",
+        "switchyard_router_engine_kv_cache_usage_ratio",
+        "switchyard_router_engine_prefix_cache_hit_ratio",
+    ):
+        assert name in router, name
+    safety = _parse(mesh.safety.metrics_url)
+    for name in (
+        "switchyard_safety_findings",
+        "switchyard_safety_scan_seconds",
+        "switchyard_safety_held_back_bytes",
+        "switchyard_safety_chunks_scanned",
+    ):
+        assert name in safety, name
+    envoy = _parse(f"{mesh.envoy_admin}/stats/prometheus")
+    # Counter families are named without their `_total` suffix.
+    assert "envoy_cluster_upstream_rq_total" in envoy["envoy_cluster_upstream_rq"]
+    assert "envoy_http_downstream_rq_total" in envoy["envoy_http_downstream_rq"]
+
+
 async def test_safety_down_fails_turns_closed_with_unavailable(mesh: Mesh, envoy):
     """Last in this module: it stops the safety service, then brings it back."""
     assert mesh.safety is not None and mesh.cfg is not None
@@ -378,3 +499,27 @@ async def test_safety_down_fails_turns_closed_with_unavailable(mesh: Mesh, envoy
         mesh.safety.wait_ready(timeout=60)
     reply = await generate(envoy, make_request("back again", max_tokens=4))
     assert reply.final.safety is not None and reply.final.usage.completion_tokens == 4
+
+
+async def test_a_slow_or_dead_collector_never_slows_a_turn(envoy, collector: OtlpCollector):
+    """Last in this module: it stops the collector."""
+
+    async def ttft_ms() -> float:
+        """Time to the first delta as the client sees it (every hop of the mesh included)."""
+        start = time.monotonic()
+        first = None
+        async for msg in stream(envoy, make_request("Ping", max_tokens=4)):
+            first = first or time.monotonic()
+            if msg.HasField("final"):
+                assert msg.final.usage.completion_tokens == 4
+        assert first is not None
+        return (first - start) * 1e3
+
+    baseline = sorted([await ttft_ms() for _ in range(5)])[2]
+    collector.delay_seconds = 5.0  # every export now hangs past the exporters' timeouts
+    slow = sorted([await ttft_ms() for _ in range(5)])[2]
+    collector.stop()
+    down = sorted([await ttft_ms() for _ in range(5)])[2]
+    # Exporting is off the request path: a blocking exporter would add seconds, not noise.
+    assert slow < 2 * baseline + 250, (baseline, slow)
+    assert down < 2 * baseline + 250, (baseline, down)

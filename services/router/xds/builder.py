@@ -56,6 +56,10 @@ from envoy.config.route.v3 import (  # type: ignore[import-untyped,unused-ignore
     route_components_pb2,
     route_pb2,
 )
+from envoy.config.trace.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    http_tracer_pb2,
+    opentelemetry_pb2,
+)
 from envoy.extensions.filters.http.ext_proc.v3 import (  # type: ignore[import-untyped,unused-ignore]
     ext_proc_pb2,
     processing_mode_pb2,
@@ -92,6 +96,8 @@ LISTENER_NAME = "switchyard_ingress"
 ROUTE_CONFIG_NAME = "switchyard_routes"
 ROUTER_CLUSTER = "switchyard_router"
 SAFETY_CLUSTER = "switchyard_safety"
+OTLP_CLUSTER = "switchyard_otlp"
+ENVOY_SERVICE_NAME = "switchyard-envoy"
 ROUTER_FILTER = "switchyard.router"
 SAFETY_FILTER = "switchyard.safety"
 VIRTUAL_HOST_NAME = "switchyard"
@@ -146,6 +152,15 @@ class SafetySpec:
 
 
 @dataclass(frozen=True)
+class TracingSpec:
+    """Envoy's OpenTelemetry tracer: it starts each turn's trace and exports over OTLP/gRPC."""
+
+    host: str  # the collector (Jaeger, an OpenTelemetry Collector, `up`'s local sink)
+    port: int
+    sampling_ratio: float = 1.0  # fraction of turns traced, [0, 1]
+
+
+@dataclass(frozen=True)
 class MeshSpec:
     """Everything Envoy's dynamic config is built from."""
 
@@ -160,6 +175,8 @@ class MeshSpec:
     ext_proc_timeout_seconds: float = 2.0
     # The safety filter; None runs the mesh without one (tests of routing alone).
     safety: SafetySpec | None = None
+    # Tracing; None traces nothing.
+    tracing: TracingSpec | None = None
 
 
 def pool_cluster_name(pool: str) -> str:
@@ -177,6 +194,11 @@ def build_snapshot(spec: MeshSpec) -> Snapshot:
             *(
                 [_service_cluster(SAFETY_CLUSTER, spec.safety.host, spec.safety.port)]
                 if spec.safety is not None
+                else []
+            ),
+            *(
+                [_service_cluster(OTLP_CLUSTER, spec.tracing.host, spec.tracing.port)]
+                if spec.tracing is not None
                 else []
             ),
             *(_pool_cluster(p.name) for p in pools),
@@ -201,6 +223,14 @@ def _validate(spec: MeshSpec) -> None:
         if not spec.safety.host:
             raise ValueError("safety.host is empty")
         _check_port("safety.port", spec.safety.port)
+    if spec.tracing is not None:
+        if not spec.tracing.host:
+            raise ValueError("tracing.host is empty")
+        _check_port("tracing.port", spec.tracing.port)
+        if not 0.0 <= spec.tracing.sampling_ratio <= 1.0:
+            raise ValueError(
+                f"tracing.sampling_ratio must be in [0, 1], got {spec.tracing.sampling_ratio}"
+            )
     if not spec.ext_proc_timeout_seconds > 0:
         raise ValueError(
             f"ext_proc_timeout_seconds must be > 0, got {spec.ext_proc_timeout_seconds}"
@@ -470,6 +500,23 @@ def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
     )
 
 
+def _tracing(tracing: TracingSpec) -> Any:
+    """Envoy starts each turn's trace (W3C traceparent to the ext_proc calls and the engine)."""
+    otel = opentelemetry_pb2.OpenTelemetryConfig(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=OTLP_CLUSTER),
+            timeout=_duration(1.0),
+        ),
+        service_name=ENVOY_SERVICE_NAME,
+    )
+    return hcm_pb2.HttpConnectionManager.Tracing(
+        random_sampling=percent_pb2.Percent(value=100.0 * tracing.sampling_ratio),
+        provider=http_tracer_pb2.Tracing.Http(
+            name="envoy.tracers.opentelemetry", typed_config=_any(otel)
+        ),
+    )
+
+
 def _listener(spec: MeshSpec) -> Any:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
@@ -484,6 +531,7 @@ def _listener(spec: MeshSpec) -> Any:
                 name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
             ),
         ],
+        tracing=_tracing(spec.tracing) if spec.tracing is not None else None,
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,

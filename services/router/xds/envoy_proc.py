@@ -31,6 +31,7 @@ ENVOY_ENV = "SWITCHYARD_ENVOY"
 
 _PLACEHOLDERS = (
     "${SWITCHYARD_NODE_ID}",
+    "${SWITCHYARD_ADMIN_HOST}",
     "${SWITCHYARD_ADMIN_PORT}",
     "${SWITCHYARD_XDS_HOST}",
     "${SWITCHYARD_XDS_PORT}",
@@ -60,13 +61,18 @@ def find_envoy_binary() -> Path:
 
 
 def render_bootstrap(
-    node_id: str, admin_port: int, xds_host: str, xds_port: int, template: Path | None = None
+    node_id: str,
+    admin_port: int,
+    xds_host: str,
+    xds_port: int,
+    template: Path | None = None,
+    admin_host: str = "127.0.0.1",
 ) -> str:
     """`envoy/bootstrap.yaml` with its placeholders filled in."""
     if not node_id or any(c in node_id for c in " \n:{}[]#'\""):
         raise ValueError(f"node_id {node_id!r} must be non-empty, without spaces or YAML syntax")
     text = (template or BOOTSTRAP_TEMPLATE).read_text()
-    values = (node_id, str(admin_port), xds_host, str(xds_port))
+    values = (node_id, admin_host, str(admin_port), xds_host, str(xds_port))
     for placeholder, value in zip(_PLACEHOLDERS, values, strict=True):
         text = text.replace(placeholder, value)
     if "${" in text:
@@ -82,6 +88,7 @@ def start_envoy(
     xds_port: int,
     *,
     xds_host: str = "127.0.0.1",
+    admin_host: str = "127.0.0.1",
     log_level: str = "info",
     concurrency: int = 1,
     log_path: Path | None = None,
@@ -91,7 +98,9 @@ def start_envoy(
     to `log_path` (default `workdir/<node_id>.log`). Stop it with `stop_envoy`."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{node_id}.yaml"
-    config.write_text(render_bootstrap(node_id, admin_port, xds_host, xds_port))
+    config.write_text(
+        render_bootstrap(node_id, admin_port, xds_host, xds_port, admin_host=admin_host)
+    )
     log_path = log_path or workdir / f"{node_id}.log"
     args = [
         str(find_envoy_binary()),

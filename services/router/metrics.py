@@ -1,0 +1,58 @@
+"""Per-engine gauges from the router's registry, read at scrape time: what the router believes of
+each engine (queue depth including its own in-flight count, KV-cache usage, prefix-cache hit
+ratio), labelled by pool and engine so dashboards can aggregate per pool.
+
+Counters and histograms of the router's own work live next to the code they count
+(`scheduling.scheduler`: decisions and plugin timings; `xds.server`: pushes and NACKs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+from services.router.registry import Registry
+
+LABELS = ["pool", "engine"]
+
+
+class RegistryCollector(Collector):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "switchyard_router_engine_queue_depth",
+            "Turns an engine has or is about to get (its latest report plus turns routed since).",
+            labels=LABELS,
+        )
+        kv = GaugeMetricFamily(
+            "switchyard_router_engine_kv_cache_usage_ratio",
+            "Fraction of an engine's KV-cache blocks in use, from its latest load report.",
+            labels=LABELS,
+        )
+        hits = GaugeMetricFamily(
+            "switchyard_router_engine_prefix_cache_hit_ratio",
+            "Prefix-cache hit ratio of an engine (cached / queried prompt tokens, cumulative).",
+            labels=LABELS,
+        )
+        serving = GaugeMetricFamily(
+            "switchyard_router_engine_serving",
+            "1 when the engine takes new turns, 0 while draining or not serving.",
+            labels=LABELS,
+        )
+        for e in self._registry.engines():
+            labels = [e.pool, e.engine_id]
+            depth.add_metric(labels, e.queue_depth)
+            kv.add_metric(labels, e.kv_usage)
+            hits.add_metric(labels, e.cache_hit_rate)
+            serving.add_metric(labels, 1.0 if e.serving else 0.0)
+        yield from (depth, kv, hits, serving)
+
+
+def register(registry: Registry, into: CollectorRegistry = REGISTRY) -> RegistryCollector:
+    collector = RegistryCollector(registry)
+    into.register(collector)
+    return collector
