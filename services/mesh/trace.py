@@ -7,7 +7,7 @@ the parent/child tree and renders one line per span:
 
     service  span (indented by depth)   start ms  dur ms  |   ████████        | key attributes
 
-A span whose parent is not in the files (Envoy's gateway span goes over OTLP only) is drawn as a
+A span whose parent is not in the files (not exported yet, or sent elsewhere) is drawn as a
 root marked `⋯`. `list_traces` summarises the most recent traces for `switchyard trace` alone.
 """
 
@@ -228,8 +228,8 @@ def format_waterfall(spans: list[Span], width: int | None = None) -> str:
     if any(s.orphan for s, _ in rows):
         lines += [
             "",
-            f"{_ORPHAN.strip()} parent span not in the local files (Envoy's gateway span is "
-            "exported over OTLP only; see it in Jaeger)",
+            f"{_ORPHAN.strip()} parent span not in the local files (not exported yet, or sent "
+            "to another collector)",
         ]
     return "\n".join(lines)
 

@@ -248,6 +248,8 @@ class Mesh:
 
     def stop(self) -> None:
         if self.envoy is not None and self.envoy.poll() is None:
+            if self.tracing_enabled:
+                time.sleep(1.2)  # Envoy exports its spans every second (envoy/bootstrap.yaml)
             self.envoy.terminate()
             try:
                 self.envoy.wait(10)
