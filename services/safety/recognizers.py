@@ -9,10 +9,11 @@ Streaming support (used by :mod:`services.safety.scrubber`): a
 :class:`StreamingRecognizer` can also say, for a text known only up to ``n``,
 the earliest position whose match attempt is *not settled* yet, i.e. could give
 a different result once more text arrives (``pending_start``). A regex attempt
-at ``s`` reads at most the character before ``s`` (lookbehind), the maximal run
-of characters from ``run_chars`` starting at ``s``, and one character after that
-run; and never more than ``window`` characters from ``s``. So the attempt is
-settled once that run has ended inside the known text, or ``s + window <= n``.
+at ``s`` reads at most two characters before ``s`` (lookbehind; the scrubber keeps
+more as context), the maximal run of characters from ``run_chars`` starting at
+``s``, and one character after that run; and never more than ``window`` characters
+from ``s``. So the attempt is settled once that run has ended inside the known
+text, or ``s + window <= n``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "IBAN_LENGTHS",
+    "SECRET_TYPES",
     "NerBackend",
     "PrivateKeyRecognizer",
     "Recognizer",
@@ -110,8 +112,16 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _card_valid(value: str) -> bool:
+    """Luhn over 13-19 digits; 12 digits (short Maestro) only with a Maestro IIN: 50, 56-69, or
+    the old 0604 range."""
     digits = value.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    if not luhn_valid(digits):
+        return False
+    if 13 <= len(digits) <= 19:
+        return True
+    return len(digits) == 12 and (
+        digits[:2] == "50" or "56" <= digits[:2] <= "69" or digits[:4] == "0604"
+    )
 
 
 def ssn_valid(value: str) -> bool:
@@ -126,13 +136,18 @@ def ssn_valid(value: str) -> bool:
 
 
 IBAN_LENGTHS: dict[str, int] = {
-    "AD": 24, "AE": 23, "AT": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "CH": 21,
-    "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "EE": 20, "ES": 24, "FI": 18, "FR": 27,
-    "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27,
-    "KW": 30, "KZ": 20, "LB": 28, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27,
-    "MT": 31, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PT": 25, "QA": 29, "RO": 24,
-    "RS": 22, "SA": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26, "UA": 29,
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
+    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }  # fmt: skip
+"""IBAN length by country, from the SWIFT IBAN registry."""
 
 
 def iban_valid(value: str) -> bool:
@@ -179,13 +194,42 @@ def jwt_valid(value: str) -> bool:
     return isinstance(header, dict) and "alg" in header
 
 
+_PHONE_EXT = re.compile(r" ?x\d+$")
+_DIGIT_GROUPS = re.compile(r"\d+")
+_PL_MOBILE = frozenset("45 50 51 53 57 60 66 69 72 73 78 79 88".split())  # Polish mobile prefixes
+
+
 def _phone_valid(value: str) -> bool:
-    digits = sum(ch.isdigit() for ch in value)
-    if value.startswith("+"):
-        return 8 <= digits <= 15
-    if value.startswith("0"):
-        return 10 <= digits <= 12
-    return digits == 10
+    """A plausible phone number, judged by its digit groups (an "x123" extension aside).
+
+    International (``+``): 8 to 15 digits (E.164). National with a trunk ``0`` (Europe, Japan,
+    Australia, ``00``/``001`` dialling): 9 to 13 digits in at most five groups, or four pairs
+    (Swedish ``08-60 42 30``); never the SSN layout ``3-2-4`` nor ZIP+4 ``5-4``. Otherwise only
+    known layouts:
+    North American ``3-3-4`` (optionally after ``1``), ``2-4-4`` (Japan, Brazil, Australia),
+    Polish ``2-3-2-2`` and mobile ``3-3-3``, and eight-digit local ``4 4`` that is not a year
+    range. A bare run of digits is never a phone number here (the regex needs a separator).
+    """
+    main = _PHONE_EXT.sub("", value)
+    groups = _DIGIT_GROUPS.findall(main)
+    digits = "".join(groups)
+    n = len(digits)
+    if main.lstrip("(").startswith("+"):
+        return digits[0] != "0" and 8 <= n <= 15
+    shape = tuple(len(g) for g in groups)
+    if shape == (4, 4):
+        return groups[0][:2] not in ("19", "20")  # not "1950-2000"
+    if digits[0] == "0":
+        if len(groups) > 5 or (shape == (3, 2, 4) and "-" in main) or shape == (5, 4):
+            return False
+        return 9 <= n <= 13 or shape == (2, 2, 2, 2)
+    if shape in ((3, 3, 4), (2, 4, 4), (2, 3, 2, 2)):
+        return True
+    if shape == (1, 3, 3, 4):
+        return digits[0] == "1"
+    if shape == (3, 3, 3):
+        return digits[:2] in _PL_MOBILE
+    return False
 
 
 def _always(_: str) -> bool:
@@ -273,16 +317,17 @@ _PK_HEADER = re.compile(r"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY-----")
 
 
 class PrivateKeyRecognizer:
-    """PEM private keys, ``-----BEGIN ... PRIVATE KEY-----`` through the matching END line."""
+    r"""PEM private keys, ``-----BEGIN ... PRIVATE KEY-----`` through the matching END line.
+
+    The same matches as ``-----BEGIN (H)PRIVATE KEY-----[\s\S]{0,max}?-----END \1PRIVATE KEY-----``
+    (H: up to 40 of ``[A-Z0-9 ]``), but the END line is looked for with ``str.find``: a block still
+    open in a stream costs a memchr-speed look per chunk, not a regex walk over the key.
+    """
 
     window = 16 * 1024
 
     def __init__(self, max_length: int = 12 * 1024) -> None:
         self._max_length = max_length
-        self._re = re.compile(
-            r"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY-----"
-            rf"[\s\S]{{0,{max_length}}}?-----END \1PRIVATE KEY-----"
-        )
 
     @property
     def entity_type(self) -> str:
@@ -295,8 +340,27 @@ class PrivateKeyRecognizer:
     def find(self, text: str) -> list[Span]:
         return [Span(s, e, "PRIVATE_KEY") for s, e, ok in self.scan(text, 0, len(text)) if ok]
 
+    def _block_end(self, buf: str, s: int, n: int) -> int:
+        """End of the key block opening at ``s`` within ``buf[:n]``, or -1."""
+        header = _PK_HEADER.match(buf, s, n)
+        if header is None:
+            return -1
+        end_line = f"-----END {header.group(1)}PRIVATE KEY-----"
+        body = header.end()
+        e = buf.find(end_line, body, min(n, body + self._max_length + len(end_line)))
+        return -1 if e < 0 else e + len(end_line)
+
     def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
-        return [(m.start(), m.end(), True) for m in self._re.finditer(buf, lo, n)]
+        out: list[tuple[int, int, bool]] = []
+        pos = lo
+        while (s := buf.find(_PK_BEGIN, pos, n)) >= 0:
+            e = self._block_end(buf, s, n)
+            if e < 0:
+                pos = s + 1
+            else:
+                out.append((s, e, True))
+                pos = e
+        return out
 
     def analyze(self, buf: str, lo: int, n: int) -> tuple[list[tuple[int, int, bool]], int | None]:
         if buf.find("-", lo, n) < 0:
@@ -306,17 +370,14 @@ class PrivateKeyRecognizer:
     def _settled(self, buf: str, s: int, n: int) -> bool:
         if s + self.window <= n:
             return True
-        if self._re.match(buf, s, n) is not None:
-            return True  # lazy: the first END line is already known
+        if self._block_end(buf, s, n) >= 0:
+            return True  # the first END line is already known
         # Header impossible with what is known -> dead attempt.
         return s + 80 <= n and _PK_HEADER.match(buf, s, n) is None
 
     def pending_start(self, buf: str, lo: int, n: int) -> int | None:
         pos = max(lo, n - self.window + 1)
-        while True:
-            s = buf.find(_PK_BEGIN, pos, n)
-            if s < 0:
-                break
+        while (s := buf.find(_PK_BEGIN, pos, n)) >= 0:
             if not self._settled(buf, s, n):
                 return s
             pos = s + 1
@@ -331,38 +392,78 @@ class PrivateKeyRecognizer:
 
 
 _LOCAL = r"A-Za-z0-9._%+\-"
+# An apostrophe joins local-part characters (o'brien@, d'angelo@), and a match never starts
+# inside such a word; a quote around an address ('bob@x.io') stays outside the match. The
+# local-part runs are possessive (what follows them, ' or @, is never one of their characters),
+# so a plain word fails at once instead of backtracking through itself.
+_EMAIL = (
+    rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
+    r"@(?:[A-Za-z0-9\-]{1,63}\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
+)
+# A whole run of digit groups (never a piece of one: not after or before "digit separator
+# digit"): a first group ("+44", "(0114)", "020"), up to six more joined by one separator or a
+# bracketed group ("+33 (0)2 35 55 54 98"), and an optional extension ("x492", " x124").
+# `_phone_valid` decides whether the groups form a phone number.
+_PHONE = (
+    r"(?=[+(0-9])(?<![\w+\-./)])(?<!\d[ .\-/])"
+    r"(?:\+\d{1,14}|\(\+?\d{1,5}\)|\d{1,5})"
+    r"(?:[ .\-/]\d{1,11}|(?<=\))\d{1,11}|[ .\-]?\(\d{1,5}\)){0,6}"
+    r"(?: ?x\d{1,6})?"
+    r"(?!\w|[ .\-/]\d)"
+)
+# 13-19 digits plain or in groups of four (4-4-4-4-3 for 19), Amex 4-6-5 and Diners 4-6-4, and
+# 12-digit Maestro; not inside a longer token (letters, digits or "-" around it).
+_CARD = (
+    r"(?=\d)(?<![\w\-])(?<!\d )(?:\d{12,19}"
+    r"|\d{4}(?P<sep>[ \-])\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,4}(?:(?P=sep)\d{3})?)?"
+    r"|\d{4}(?P<sep6>[ \-])\d{6}(?P=sep6)\d{4,5})"
+    r"(?!\w|-\w)"
+)
+
+
+def _iban_pattern() -> str:
+    """IBANs of the known countries, each exactly as long as its country's (plain or in groups
+    of four), so a word after it ("BIC", "Need") is never taken in."""
+    by_length: dict[int, list[str]] = {}
+    for country, length in IBAN_LENGTHS.items():
+        by_length.setdefault(length, []).append(country)
+    alternatives = []
+    for length, countries in sorted(by_length.items()):
+        groups, rest = divmod(length - 4, 4)
+        bban = rf"(?: ?[A-Z0-9]{{4}}){{{groups}}}" + (rf" ?[A-Z0-9]{{{rest}}}" if rest else "")
+        alternatives.append(rf"(?:{'|'.join(sorted(countries))})\d\d{bban}")
+    return rf"(?=[A-Z]{{2}}\d\d)(?<![A-Z0-9])(?:{'|'.join(alternatives)})(?![A-Z0-9])"
 
 
 def default_recognizers() -> list[StreamingRecognizer]:
-    """The built-in recognizers, most specific first."""
+    """The built-in recognizers, most specific first.
+
+    Each pattern and start opens with a lookahead on its first character(s), redundant with what
+    follows: ``re`` then dismisses most positions before it evaluates the lookbehinds (whole-text
+    scans 1.5-3x faster).
+    """
     return [
         RegexRecognizer(
             "EMAIL",
-            rf"(?<![{_LOCAL}])[{_LOCAL}]{{1,64}}@(?:[A-Za-z0-9\-]{{1,63}}\.){{1,8}}"
-            r"[A-Za-z]{2,24}(?![A-Za-z0-9\-])",
-            start=rf"(?<![{_LOCAL}])[{_LOCAL}]",
-            run_chars=rf"{_LOCAL}@",
+            _EMAIL,
+            start=rf"(?=[{_LOCAL}])(?<![{_LOCAL}])[{_LOCAL}]",
+            run_chars=rf"{_LOCAL}'@",
             max_length=254,
-            window=700,
+            window=740,
         ),
         RegexRecognizer(
             "PHONE",
-            r"(?<![\w+])(?<!\d[ .\-/])(?:"
-            r"\+[1-9]\d{0,2}(?:[ .\-]?\(?\d{1,4}\)?){2,5}"
-            r"|(?:\(\d{3}\) ?|\d{3}[\-. ])\d{3}[\-. ]\d{4}"
-            r"|0\d{2,4}(?:[ /\-]\d{3,8}){1,2}"
-            r")(?![\w]|[\-./ ]\d)",
-            start=r"(?<![\w+])[+(0-9]",
-            run_chars=r"0-9 ().+/\-",
+            _PHONE,
+            start=r"(?=[+(0-9])(?<![\w+\-./)])(?<!\d[ .\-/])[+(0-9]",
+            run_chars=r"0-9 ().+/\-x",
             max_length=40,
-            window=64,
+            window=100,
             validator=_phone_valid,
         ),
         RegexRecognizer(
             "CREDIT_CARD",
-            r"(?<![\d])(?:\d{4}(?P<sep>[ \-]?)\d{4}(?P=sep)\d{4}(?P=sep)\d{1,4}"
-            r"(?:(?P=sep)\d{3})?|\d{4}[ \-]\d{6}[ \-]\d{5})(?!\d)",
-            start=r"(?<!\d)\d",
+            _CARD,
+            start=r"(?=\d)(?<![\w\-])(?<!\d )\d",
             run_chars=r"0-9 \-",
             max_length=23,
             window=32,
@@ -370,8 +471,8 @@ def default_recognizers() -> list[StreamingRecognizer]:
         ),
         RegexRecognizer(
             "US_SSN",
-            r"(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d]|-\d)",
-            start=r"(?<![\d\-])\d",
+            r"(?=\d)(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d]|-\d)",
+            start=r"(?=\d)(?<![\d\-])\d",
             run_chars=r"0-9\-",
             max_length=11,
             window=16,
@@ -379,17 +480,17 @@ def default_recognizers() -> list[StreamingRecognizer]:
         ),
         RegexRecognizer(
             "IBAN",
-            r"(?<![A-Z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Z0-9])",
-            start=r"(?<![A-Z0-9])[A-Z]",
+            _iban_pattern(),
+            start=r"(?=[A-Z])(?<![A-Z0-9])[A-Z]",
             run_chars=r"A-Z0-9 ",
-            max_length=43,
+            max_length=42,
             window=48,
             validator=iban_valid,
         ),
         RegexRecognizer(
             "IPV4",
-            r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)",
-            start=r"(?<![\d.])\d",
+            r"(?=\d)(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)",
+            start=r"(?=\d)(?<![\d.])\d",
             run_chars=r"0-9.",
             max_length=15,
             window=20,
@@ -397,8 +498,9 @@ def default_recognizers() -> list[StreamingRecognizer]:
         ),
         RegexRecognizer(
             "IPV6",
-            r"(?<![\w:.])[0-9A-Fa-f:.]{2,45}(?![\w:.])",
-            start=r"(?<![\w:.])[0-9A-Fa-f:.]",
+            # Never ends on a ".": "fe80::1." at the end of a sentence is the address.
+            r"(?=[0-9A-Fa-f:.])(?<![\w:.])[0-9A-Fa-f:.]{1,44}[0-9A-Fa-f:](?![\w:]|\.[\w:])",
+            start=r"(?=[0-9A-Fa-f:.])(?<![\w:.])[0-9A-Fa-f:.]",
             run_chars=r"0-9A-Fa-f:.",
             max_length=45,
             window=50,
@@ -406,34 +508,36 @@ def default_recognizers() -> list[StreamingRecognizer]:
         ),
         RegexRecognizer(
             "AWS_ACCESS_KEY",
-            r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-            start=r"(?<![A-Za-z0-9])A",
+            r"(?=A)(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
+            start=r"(?=A)(?<![A-Za-z0-9])A",
             run_chars=r"A-Za-z0-9",
             max_length=20,
             window=24,
         ),
         RegexRecognizer(
             "GITHUB_TOKEN",
-            r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})"
+            r"(?=g)(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})"
             r"(?![A-Za-z0-9_])",
-            start=r"(?<![A-Za-z0-9_])g",
+            start=r"(?=g)(?<![A-Za-z0-9_])g",
             run_chars=r"A-Za-z0-9_",
             max_length=266,
             window=270,
         ),
         RegexRecognizer(
             "SLACK_TOKEN",
-            r"(?<![A-Za-z0-9\-])xox[abprs]-[A-Za-z0-9\-]{10,250}(?![A-Za-z0-9\-])",
-            start=r"(?<![A-Za-z0-9\-])x",
-            run_chars=r"A-Za-z0-9\-",
-            max_length=255,
-            window=260,
+            # Bot/user/app/refresh tokens, app-level "xapp-1-…" and rotated "xoxe.xoxp-1-…".
+            r"(?=x)(?<![A-Za-z0-9\-])(?:xox[abeprs]|xoxe\.xox[abprs]|xapp)-[A-Za-z0-9\-]{10,250}"
+            r"(?![A-Za-z0-9\-])",
+            start=r"(?=x)(?<![A-Za-z0-9\-])x",
+            run_chars=r"A-Za-z0-9\-.",
+            max_length=260,
+            window=270,
         ),
         RegexRecognizer(
             "JWT",
-            r"(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{2,2000}\.[A-Za-z0-9_\-]{2,4000}"
+            r"(?=e)(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{2,2000}\.[A-Za-z0-9_\-]{2,4000}"
             r"\.[A-Za-z0-9_\-]{0,2000}(?![A-Za-z0-9_\-])",
-            start=r"(?<![A-Za-z0-9_\-.])e",
+            start=r"(?=e)(?<![A-Za-z0-9_\-.])e",
             run_chars=r"A-Za-z0-9_\-.",
             max_length=8010,
             window=8020,
@@ -446,14 +550,28 @@ def default_recognizers() -> list[StreamingRecognizer]:
 # --------------------------------------------------------------------------- merging
 
 
+SECRET_TYPES = frozenset({"AWS_ACCESS_KEY", "GITHUB_TOKEN", "SLACK_TOKEN", "JWT", "PRIVATE_KEY"})
+"""Credentials: they outrank other entities in `merge_spans`."""
+
+
 def merge_spans(spans: Sequence[Span]) -> list[Span]:
-    """Resolve overlaps greedily: longest first (ties: earliest, then type name)."""
+    """Resolve overlaps greedily: secrets first, then longest (ties: earliest, then type name).
+
+    A secret is kept whole wherever it overlaps other entities: a token in a URL's user part
+    (``https://ghp_…@github.com``) is a GITHUB_TOKEN even though an EMAIL pattern covers more.
+    The order depends on each span alone, so spans on either side of a cut no candidate
+    straddles are chosen the same way together or apart (the stream scrubber relies on this).
+    """
     chosen: list[Span] = []
-    for sp in sorted(spans, key=lambda x: (x.start - x.end, x.start, x.type)):
+    for sp in sorted(spans, key=_merge_rank):
         if all(sp.end <= c.start or sp.start >= c.end for c in chosen):
             chosen.append(sp)
     chosen.sort()
     return chosen
+
+
+def _merge_rank(sp: Span) -> tuple[bool, int, int, str]:
+    return (sp.type not in SECRET_TYPES, sp.start - sp.end, sp.start, sp.type)
 
 
 _DEFAULT: list[StreamingRecognizer] | None = None

@@ -21,6 +21,26 @@ from services.safety.scrubber import BlockedError, Policy, StreamScrubber
 from switchyard.v1 import inference_pb2
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _delta_frame(text: str, token_count: int) -> bytes:
+    """The framed ``GenerateResponse{delta: Delta{text, token_count}}``, encoded by hand: the
+    bytes ``SerializeToString`` writes (fields in number order, zero left out), without building
+    two messages per chunk on the hot path."""
+    data = text.encode()
+    delta = b"\x0a" + _varint(len(data)) + data  # Delta.text = 1
+    if token_count:
+        delta += b"\x10" + _varint(token_count)  # Delta.token_count = 2
+    return encode_frame(b"\x0a" + _varint(len(delta)) + delta)  # GenerateResponse.delta = 1
+
+
 class ResponseFilter:
     def __init__(
         self, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
@@ -35,37 +55,41 @@ class ResponseFilter:
         """Body bytes to forward for this chunk (possibly empty while text is held back)."""
         if self.done:
             return b""
-        out = bytearray()
+        out: list[bytes] = []
         for raw in self._frames.feed(chunk):
             msg = inference_pb2.GenerateResponse.FromString(raw)
-            for rewritten in self._message(msg):
-                out += encode_frame(rewritten.SerializeToString())
-            if self.done:
-                break
+            if msg.HasField("delta"):  # the hot path: one per token
+                delta = msg.delta
+                self._tokens += delta.token_count
+                try:
+                    text = self._scrubber.feed(delta.text)
+                except BlockedError as e:
+                    out.append(encode_frame(self._blocked(e.entity_type, msg).SerializeToString()))
+                    break
+                if text:
+                    out.append(self._delta(text))
+                continue
+            out += self._final(msg)
+            break
         if end_of_stream and not self.done:
             self._frames.finish()
-        return bytes(out)
+        return b"".join(out)
 
-    def _message(self, msg: inference_pb2.GenerateResponse) -> list[inference_pb2.GenerateResponse]:
+    def _final(self, msg: inference_pb2.GenerateResponse) -> list[bytes]:
+        """Frames for the engine's Final: the held-back tail, then the Final with the report."""
         try:
-            if msg.HasField("delta"):
-                self._tokens += msg.delta.token_count
-                text = self._scrubber.feed(msg.delta.text)
-                return [self._delta(text)] if text else []
             tail = self._scrubber.finish()
         except BlockedError as e:
-            return [self._blocked(e.entity_type, msg)]
+            return [encode_frame(self._blocked(e.entity_type, msg).SerializeToString())]
         self.done = True
         final = inference_pb2.GenerateResponse()
         final.CopyFrom(msg)
         final.final.safety.CopyFrom(self.report())
-        return ([self._delta(tail)] if tail else []) + [final]
+        return ([self._delta(tail)] if tail else []) + [encode_frame(final.SerializeToString())]
 
-    def _delta(self, text: str) -> inference_pb2.GenerateResponse:
+    def _delta(self, text: str) -> bytes:
         tokens, self._tokens = self._tokens, 0
-        return inference_pb2.GenerateResponse(
-            delta=inference_pb2.Delta(text=text, token_count=tokens)
-        )
+        return _delta_frame(text, tokens)
 
     def _blocked(
         self, entity_type: str, msg: inference_pb2.GenerateResponse

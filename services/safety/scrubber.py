@@ -20,9 +20,14 @@ within the recognizer's ``window`` of it). Everything before the minimum of thes
 final, except that a final raw match straddling the cut moves the cut back to that
 match's start. Since no raw candidate of any recognizer straddles the cut, regex
 scanning restarted at the cut finds exactly the matches the whole-text scan finds
-after it, and overlap merging (longest wins) never crosses it; so scrubbing the
-prefix now and the rest later equals scrubbing the whole. Held-back text is bounded
-by the largest recognizer window; on clean prose usually only the last word is held.
+after it, and overlap merging never crosses it; so scrubbing the prefix now and the
+rest later equals scrubbing the whole. Held-back text is bounded by the largest
+recognizer window; on clean prose usually only the last word is held.
+
+A drain first asks only the recognizer that set the cut last time (the "holder"): if
+its attempt at the first held-back character is still unsettled, the cut would be the
+same again and nothing can go out, so no other recognizer is asked. That is the usual
+case mid-word, and for every chunk while a long entity (a PEM block, a JWT) is open.
 """
 
 from __future__ import annotations
@@ -146,6 +151,8 @@ class StreamScrubber:
         )
         self._buf = ""  # context + pending text
         self._lo = 0  # start of pending text in _buf
+        # The recognizer whose unsettled attempt at _lo held the rest back at the last drain.
+        self._holder: StreamingRecognizer | None = None
         self.findings: Counter[str] = Counter()
         self.blocked: str | None = None
         self._finished = False
@@ -174,8 +181,14 @@ class StreamScrubber:
 
     def _drain(self, *, final: bool) -> str:
         buf, lo, n = self._buf, self._lo, len(self._buf)
+        holder = self._holder
+        if not final and holder is not None and holder.pending_start(buf, lo, n) == lo:
+            # What held the text back last time still holds it from its first character, so the
+            # cut below would be `lo` again: nothing can go out, no need to ask the others.
+            return ""
         raw: list[tuple[int, int, bool, str]] = []
         cut = n
+        holder = None
         for r in self._recs:
             found, pending = r.analyze(buf, lo, n)
             if found:
@@ -183,30 +196,32 @@ class StreamScrubber:
                 raw.extend((s, e, ok, t) for s, e, ok in found)
             if pending is not None and pending < cut:
                 cut = pending
+                holder = r
         if final:
-            cut = n
+            cut, holder = n, None
         else:
             # Move the cut back before any (final) raw candidate straddling it.
-            moved = cut > lo
+            moved = cut > lo and bool(raw)
             while moved:
                 moved = False
                 for s, e, _, _ in raw:
                     if s < cut < e:
                         cut = s
                         moved = True
+                        holder = None
+        self._holder = holder
         if cut == lo:
             return ""
-        spans = [
-            sp
-            for sp in merge_spans([Span(s, e, t) for s, e, ok, t in raw if ok and s < cut])
-            if sp.end <= cut
-        ]
+        spans: list[Span] = []
+        if raw:
+            merged = merge_spans([Span(s, e, t) for s, e, ok, t in raw if ok and s < cut])
+            spans = [sp for sp in merged if sp.end <= cut]
         blocked = _first_blocked(spans, self.policy)
         if blocked is not None:
             self.blocked = blocked
             self.findings[blocked] += 1
             raise BlockedError(blocked)
-        out = _apply(buf, lo, cut, spans, self.policy, self.findings)
+        out = _apply(buf, lo, cut, spans, self.policy, self.findings) if spans else buf[lo:cut]
         keep = max(0, cut - _CONTEXT)
         self._buf = buf[keep:]
         self._lo = cut - keep

@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.safety.recognizers import (
     NerBackend,
@@ -73,6 +75,46 @@ def only(text: str, value: str, etype: str) -> None:
         ("xoxb-123456789012-abcdefABCDEF", "SLACK_TOKEN"),
         (JWT, "JWT"),
         (PEM, "PRIVATE_KEY"),
+        # apostrophes in the local part
+        ("edelmira.d'angelo@gmail.com", "EMAIL"),
+        ("o'neill@example.ie", "EMAIL"),
+        # extensions, NANP with 1/001, two-digit and bracketed area codes, European layouts
+        ("339-880-2080x492", "PHONE"),
+        ("+1-921-899-2452x979", "PHONE"),
+        ("(235) 337-4068 x124", "PHONE"),
+        ("1-605-640-1161", "PHONE"),
+        ("1 (635) 163-8141", "PHONE"),
+        ("001-680-730-4395", "PHONE"),
+        ("06-8914-7693", "PHONE"),
+        ("(03)-2666-1570", "PHONE"),
+        ("(07).6548.3039", "PHONE"),
+        ("04 89 56 86 92", "PHONE"),
+        ("+33 (0)2 35 55 54 98", "PHONE"),
+        ("+44(0)121 496 0000", "PHONE"),
+        ("(0114) 496 0163", "PHONE"),
+        ("(07786) 751252", "PHONE"),
+        ("(050)-5353843", "PHONE"),
+        ("738 412 417", "PHONE"),
+        ("32 372 55 28", "PHONE"),
+        ("11 8305-6596", "PHONE"),
+        ("08-680 87 36", "PHONE"),
+        ("08-60 42 30", "PHONE"),
+        ("4656 3414", "PHONE"),
+        # Diners 4-6-4, 12-digit Maestro
+        ("3004 076565 2268", "CREDIT_CARD"),
+        ("503885116106", "CREDIT_CARD"),
+        ("5604-0831-9492", "CREDIT_CARD"),
+        # countries from the SWIFT registry beyond the EU
+        ("AZ21NABZ00000000137010001944", "IBAN"),
+        ("AL47 2121 1009 0000 0002 3569 8741", "IBAN"),
+        ("MK07250120000058984", "IBAN"),
+        ("MU17BOMM0101101030300200000MUR", "IBAN"),
+        ("XK051212012345678906", "IBAN"),
+        ("::ffff:192.0.2.128", "IPV6"),
+        # newer Slack formats
+        ("xapp-1-A5XMVCIQ6SU-7199352948130-609517585d2fc903faa7629dec948b92", "SLACK_TOKEN"),
+        ("xoxe-1-" + "Ab9" * 30, "SLACK_TOKEN"),
+        ("xoxe.xoxp-1-" + "Ab9" * 30, "SLACK_TOKEN"),
     ],
 )
 def test_valid_entities_found(value: str, etype: str) -> None:
@@ -104,6 +146,26 @@ def test_valid_entities_found(value: str, etype: str) -> None:
         "call 555 1234",  # too few digits
         "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END EC PRIVATE KEY-----",  # mismatched
         "foo@bar",  # no TLD
+        # dates, versions, times, order numbers, amounts: not phone numbers
+        "2023-01-05",
+        "05.03.2021",
+        "03/15/2021",
+        "v1.2.3.4.1",
+        "ORD-2020-123456",
+        "PO-1234-5678",
+        "INV/2020/12345",
+        "$123,456.78",
+        "12 345 678",
+        "ISBN 978-3-16-148410-0",
+        "ZIP 02134-1234",
+        "1950-2000",
+        "1920x1080",
+        "10:30-11:45",
+        "000-12-3456",  # the SSN layout, not a phone
+        "503885116107",  # 12 digits, Luhn fails
+        "411111111116",  # 12 digits, Luhn ok, not a Maestro IIN
+        "DK9471518442582559",  # digits after letters: no card
+        "fe80::1.5",
     ],
 )
 def test_invalid_rejected(text: str) -> None:
@@ -129,12 +191,42 @@ def test_offsets_and_merge_longest_wins() -> None:
     assert spans == [Span(3, 21, "IPV6")]  # the embedded IPv4 loses to the longer IPv6
     merged = merge_spans([Span(0, 5, "A"), Span(3, 10, "B"), Span(9, 12, "C"), Span(20, 22, "D")])
     assert merged == [Span(3, 10, "B"), Span(20, 22, "D")]
+    # A secret outranks a longer overlapping entity; among secrets the longest wins.
+    merged = merge_spans([Span(0, 30, "EMAIL"), Span(0, 20, "GITHUB_TOKEN"), Span(25, 40, "JWT")])
+    assert merged == [Span(0, 20, "GITHUB_TOKEN"), Span(25, 40, "JWT")]
 
 
 def test_adjacent_punctuation() -> None:
     assert types("mail me: bob@example.org.") == [("EMAIL", "bob@example.org")]
     assert types("(ip=10.0.0.1)") == [("IPV4", "10.0.0.1")]
     assert types("card:4111111111111111;") == [("CREDIT_CARD", "4111111111111111")]
+    assert types("host bdce::1.") == [("IPV6", "bdce::1")]
+    assert types("peer ::ffff:1.2.3.4.") == [("IPV6", "::ffff:1.2.3.4")]
+    assert types("(fax (0118) 496 0219)") == [("PHONE", "(0118) 496 0219")]
+
+
+def test_apostrophes_around_an_email_stay_outside() -> None:
+    assert types("it's bob@x.com") == [("EMAIL", "bob@x.com")]
+    assert types("'bob@x.com'") == [("EMAIL", "bob@x.com")]
+    assert types("O'Brien's: o'brien@x.ie.") == [("EMAIL", "o'brien@x.ie")]
+
+
+def test_iban_ends_at_its_country_length() -> None:
+    text = "IBAN AT35 8399 5611 9696 3430 BIC XKDJGBC5. IBAN: AT596108727854473981 Need it"
+    assert types(text) == [("IBAN", "AT35 8399 5611 9696 3430"), ("IBAN", "AT596108727854473981")]
+
+
+def test_card_not_inside_a_token() -> None:
+    assert types("xapp-1-A5XMVCIQ6SU-7199352948130-609517585d2fc903") == [
+        ("SLACK_TOKEN", "xapp-1-A5XMVCIQ6SU-7199352948130-609517585d2fc903")
+    ]
+    assert types("id IE15EADJ21930105684024 or 4111111111111111abc") == []
+
+
+def test_secret_wins_over_email() -> None:
+    token = "ghp_" + "A1b2" * 9
+    assert types(f"git clone https://{token}@github.com/acme/app.git") == [("GITHUB_TOKEN", token)]
+    assert types(f"{token}@github.com") == [("GITHUB_TOKEN", token)]
 
 
 def test_no_match_inside_longer_numbers() -> None:
@@ -158,3 +250,36 @@ def test_protocols_and_max_length() -> None:
 def test_ner_backend_optional() -> None:
     backend = load_ner_backend()
     assert backend is None or isinstance(backend, NerBackend)
+
+
+# Characters and fragments each recognizer cares about, to probe its stream contract.
+_PROBES: dict[str, tuple[str, list[str]]] = {
+    "EMAIL": ("ab.'@-_ 1%+", ["o'brien@x.io", "a@b.co", ".com", "it's "]),
+    "PHONE": ("0123 ()+.-/x\n", ["+33 (0)2 35 55", "555-123-4567", "x12", "(0114) 496"]),
+    "CREDIT_CARD": ("0145 -a", ["4111 1111 1111 1111", "3004 076565 2268", "503885116106"]),
+    "US_SSN": ("0123-5 ", ["123-45-6789"]),
+    "IBAN": ("ATZ0189 BIC", ["AT35 8399 5611 9696 3430", "AT596108727854473981"]),
+    "IPV4": ("0129. :", ["10.0.0.1", "255."]),
+    "IPV6": ("0af:.1 g", ["::ffff:1.2.3.4", "fe80::1", "07b4:b6b9:005c:baa0:2234:3942:e6eb"]),
+    "AWS_ACCESS_KEY": ("AKIS0Z a", ["AKIAIOSFODNN7EXAMPLE"]),
+    "GITHUB_TOKEN": ("ghp_0aZ ", ["ghp_" + "a1" * 18, "github_pat_"]),
+    "SLACK_TOKEN": ("xoxbe.-1aA ", ["xoxe.xoxp-1-", "xapp-1-", "xoxb-", "a" * 10]),
+    "JWT": ("eyJ.-_aZ0 ", [JWT, "eyJhbGciOiJI"]),
+    "PRIVATE_KEY": ("-BEGIN PRVATKYD\n", [PEM, "-----BEGIN ", "-----END RSA PRIVATE KEY-----"]),
+}
+_RECS = {r.entity_type: r for r in default_recognizers()}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), etype=st.sampled_from(sorted(_PROBES)))
+def test_pending_start_is_truthful(data: st.DataObject, etype: str) -> None:
+    """Whatever follows, candidates starting before ``pending_start`` never change."""
+    alphabet, fragments = _PROBES[etype]
+    piece = st.text(alphabet=alphabet, max_size=10) | st.sampled_from(fragments)
+    text = "".join(data.draw(st.lists(piece, max_size=8)))
+    rec = _RECS[etype]
+    whole = rec.scan(text, 0, len(text))
+    for n in range(len(text) + 1):
+        found, pending = rec.analyze(text, 0, n)
+        cut = n if pending is None else pending
+        assert [c for c in found if c[0] < cut] == [c for c in whole if c[0] < cut], (text, n)
