@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.common.server import create_server
 from services.safety.config import SafetyConfig
 from services.safety.scrubber import scrub
 from services.safety.service import SERVICE_NAME, SafetyService
 from switchyard.v1 import safety_pb2, safety_pb2_grpc
+from tests.unit.test_scrubber import documents
 
 TEXT = (
     "Reach alice@example.com; card 4111 1111 1111 1111; from 192.168.1.7 with AKIAIOSFODNN7EXAMPLE."
@@ -79,3 +82,39 @@ async def test_filter_block_ends_the_stream_with_the_reason(safety):
     out = [m async for m in safety.Filter(iter(reqs))]
     assert out[-1].report.blocked and "CREDIT_CARD" in out[-1].report.reason
     assert "4111" not in "".join(m.text for m in out)
+
+
+# -- the streaming property, through the gRPC Filter -------------------------------------------
+
+STREAM_CONFIG = SafetyConfig.model_validate({"default": {"default_action": "redact"}})
+
+
+@pytest.fixture(scope="module")
+async def redacting_filter():
+    server = await create_server("127.0.0.1:0", [], [SERVICE_NAME])
+    SafetyService(STREAM_CONFIG).add_to_server(server.grpc)
+    await server.start()
+    await server.set_serving(True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield safety_pb2_grpc.SafetyStub(ch)
+    await server.stop(None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(doc=documents(), data=st.data())
+async def test_filter_output_equals_whole_text_scrub_for_any_chunking(redacting_filter, doc, data):
+    """Random text with PII of every type inserted (and multi-byte characters), cut into random
+    chunks from one character to the whole text, streamed through Filter."""
+    text, inserted = doc
+    text = "héllo ✓ " + text + " — fin"
+    n = len(text)
+    size = data.draw(st.integers(1, n))
+    chunks = [text[i : i + size] for i in range(0, n, size)]
+    out = [
+        m async for m in redacting_filter.Filter(safety_pb2.FilterRequest(text=c) for c in chunks)
+    ]
+    emitted = [m.text for m in out]
+    assert "".join(emitted) == scrub(text, STREAM_CONFIG.policy()).text
+    for value in inserted:
+        assert value not in "".join(emitted)
+        assert all(value not in chunk for chunk in emitted)
