@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,15 +32,22 @@ CONFIG = SafetyConfig.model_validate(
 )
 
 
-@pytest.fixture
-async def safety():
+@contextlib.asynccontextmanager
+async def serving(config: SafetyConfig) -> AsyncIterator[safety_pb2_grpc.SafetyStub]:
+    """The Safety API on a real gRPC server on loopback, and a client of it."""
     server = await create_server("127.0.0.1:0", [], [SERVICE_NAME])
-    SafetyService(CONFIG).add_to_server(server.grpc)
+    SafetyService(config).add_to_server(server.grpc)
     await server.start()
     await server.set_serving(True)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         yield safety_pb2_grpc.SafetyStub(ch)
     await server.stop(None)
+
+
+@pytest.fixture
+async def safety():
+    async with serving(CONFIG) as stub:
+        yield stub
 
 
 def findings(report) -> dict[tuple[str, str], int]:
@@ -91,13 +101,8 @@ STREAM_CONFIG = SafetyConfig.model_validate({"default": {"default_action": "reda
 
 @pytest.fixture(scope="module")
 async def redacting_filter():
-    server = await create_server("127.0.0.1:0", [], [SERVICE_NAME])
-    SafetyService(STREAM_CONFIG).add_to_server(server.grpc)
-    await server.start()
-    await server.set_serving(True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-        yield safety_pb2_grpc.SafetyStub(ch)
-    await server.stop(None)
+    async with serving(STREAM_CONFIG) as stub:
+        yield stub
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

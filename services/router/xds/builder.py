@@ -464,37 +464,33 @@ def _ext_proc_filter(
     return hcm_pb2.HttpFilter(name=name, typed_config=_any(ext_proc))
 
 
-def _router_filter(spec: MeshSpec) -> Any:
-    """The router's ext_proc: request headers and the buffered body, once per turn; it never
-    sees the response."""
+def _modes(response_body: Any) -> Any:
+    """Request headers and the buffered request body; the response body as given."""
     mode = processing_mode_pb2.ProcessingMode
-    modes = mode(
+    return mode(
         request_header_mode=mode.SEND,
         request_body_mode=mode.BUFFERED,
         request_trailer_mode=mode.SKIP,
         response_header_mode=mode.SKIP,
-        response_body_mode=mode.NONE,
+        response_body_mode=response_body,
         response_trailer_mode=mode.SKIP,
     )
+
+
+def _router_filter(spec: MeshSpec) -> Any:
+    """The router's ext_proc: request headers and the buffered body, once per turn; it never
+    sees the response."""
+    modes = _modes(processing_mode_pb2.ProcessingMode.NONE)
     return _ext_proc_filter(ROUTER_FILTER, ROUTER_CLUSTER, modes, spec.ext_proc_timeout_seconds)
 
 
 def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
     """The safety ext_proc, after the router's (it sees the served model the router chose):
     the buffered request body (prompt policy) and every chunk of the streamed response body."""
-    mode = processing_mode_pb2.ProcessingMode
-    modes = mode(
-        request_header_mode=mode.SEND,
-        request_body_mode=mode.BUFFERED,
-        request_trailer_mode=mode.SKIP,
-        response_header_mode=mode.SKIP,
-        response_body_mode=mode.STREAMED,
-        response_trailer_mode=mode.SKIP,
-    )
     return _ext_proc_filter(
         SAFETY_FILTER,
         SAFETY_CLUSTER,
-        modes,
+        _modes(processing_mode_pb2.ProcessingMode.STREAMED),
         spec.ext_proc_timeout_seconds,
         fail_open=safety.fail_open,
     )
