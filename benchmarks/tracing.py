@@ -96,8 +96,8 @@ async def turn(
                     ttft = time.perf_counter() - start
             elif msg.HasField("final"):
                 engine_ttft = msg.final.timing.ttft.ToNanoseconds() / 1e9
-        initial = await call.initial_metadata()
-        trace_id = str((initial and initial.get(headers.TRACE_ID)) or "")
+        trailing = await call.trailing_metadata()
+        trace_id = str((trailing and trailing.get(headers.TRACE_ID)) or "")
         tally.ok += 1
         tally.traced += bool(trace_id)
     except grpc.aio.AioRpcError as e:

@@ -25,7 +25,7 @@ TENANT = "x-switchyard-tenant"
 SESSION_ID = "x-session-id"
 # Client metadata carrying the API key: "Bearer <key>".
 AUTHORIZATION = "authorization"
-# Response metadata (sent by the engine) carrying the turn's trace id, for `switchyard trace`.
+# Trailing metadata (set by the engine) carrying the turn's trace id, for `switchyard trace`.
 TRACE_ID = "x-switchyard-trace-id"
 
 # Separator of the fallback list in `ENDPOINT` (Envoy splits on it and trims whitespace).

@@ -119,7 +119,9 @@ class InferenceService:
         )
         trace_id = trace_id_hex(span)
         if trace_id:
-            await context.send_initial_metadata(((headers.TRACE_ID, trace_id),))
+            # In the trailers: they go out with the status anyway, so the id costs no extra
+            # write before the first token (initial metadata would).
+            context.set_trailing_metadata(((headers.TRACE_ID, trace_id),))
         try:
             async for msg in self._generate(request, context, arrived, span, arrived_ns):
                 yield msg
@@ -214,16 +216,20 @@ class InferenceService:
     ) -> None:
         sb = self._served_by
         chat = request.WhichOneof("input") == "conversation"
-        span.set_attribute("gen_ai.system", "vllm")
-        span.set_attribute("gen_ai.operation.name", "chat" if chat else "text_completion")
-        span.set_attribute("gen_ai.request.model", request.model or sb.model)
-        span.set_attribute("gen_ai.response.model", sb.model)
-        span.set_attribute("gen_ai.response.id", turn.req.request_id)
-        span.set_attribute("gen_ai.request.max_tokens", turn.req.sampling.max_tokens or 0)
-        span.set_attribute("gen_ai.request.temperature", turn.req.sampling.temperature)
-        span.set_attribute("switchyard.pool", sb.pool)
-        span.set_attribute("switchyard.engine", sb.engine)
-        span.set_attribute("switchyard.priority", request.priority)
+        span.set_attributes(
+            {
+                "gen_ai.system": "vllm",
+                "gen_ai.operation.name": "chat" if chat else "text_completion",
+                "gen_ai.request.model": request.model or sb.model,
+                "gen_ai.response.model": sb.model,
+                "gen_ai.response.id": turn.req.request_id,
+                "gen_ai.request.max_tokens": turn.req.sampling.max_tokens or 0,
+                "gen_ai.request.temperature": turn.req.sampling.temperature,
+                "switchyard.pool": sb.pool,
+                "switchyard.engine": sb.engine,
+                "switchyard.priority": request.priority,
+            }
+        )
 
     def _final(self, turn: _Turn) -> inference_pb2.Final:
         now = time.monotonic()
@@ -266,10 +272,14 @@ class InferenceService:
                 m.inter_token.observe(decode / (turn.completion_tokens - 1))
         if turn.span.is_recording():
             reason_name = FinishReason.Name(finish).removeprefix("FINISH_REASON_").lower()
-            turn.span.set_attribute("gen_ai.response.finish_reasons", [reason_name])
-            turn.span.set_attribute("gen_ai.usage.input_tokens", prompt)
-            turn.span.set_attribute("gen_ai.usage.output_tokens", turn.completion_tokens)
-            turn.span.set_attribute("switchyard.cached_tokens", cached)
+            turn.span.set_attributes(
+                {
+                    "gen_ai.response.finish_reasons": [reason_name],
+                    "gen_ai.usage.input_tokens": prompt,
+                    "gen_ai.usage.output_tokens": turn.completion_tokens,
+                    "switchyard.cached_tokens": cached,
+                }
+            )
             spans.record_phases(
                 self._tracer,
                 turn.span,

@@ -87,8 +87,8 @@ async def generate(
             if reply.final is not None:
                 raise RuntimeError("stream carried more than one Final")
             reply.final = msg.final
-    initial = await call.initial_metadata()
-    reply.trace_id = str((initial and initial.get(headers.TRACE_ID)) or "")
+    trailing = await call.trailing_metadata()
+    reply.trace_id = str((trailing and trailing.get(headers.TRACE_ID)) or "")
     reply.text = "".join(reply.deltas)
     return reply
 

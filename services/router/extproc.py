@@ -41,22 +41,19 @@ PICK_SPAN = "switchyard.router.pick"
 
 
 def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> None:
-    """The pick's outcome and every candidate's scores, on the span."""
-    span.set_attribute("switchyard.pool", decision.pool)
-    span.set_attribute("switchyard.engine", decision.engine.engine_id)
-    span.set_attribute("switchyard.endpoint", decision.engine.address)
-    span.set_attribute("switchyard.decision.reason", decision.reason)
-    span.set_attribute("switchyard.fallbacks", [f.engine_id for f in decision.fallbacks])
-    span.set_attribute("gen_ai.response.model", routed.model)
-    span.set_attribute("gen_ai.usage.input_tokens", decision.prompt_tokens)
-    for c in decision.candidates:
-        prefix = f"switchyard.candidate.{c.engine_id}"
-        if c.filtered_by:
-            span.set_attribute(f"{prefix}.filtered_by", c.filtered_by)
-            continue
-        span.set_attribute(f"{prefix}.score", round(c.score, 4))
-        for scorer, value in c.scores.items():
-            span.set_attribute(f"{prefix}.{scorer}", round(value, 4))
+    """The pick's outcome and every candidate's scores, on the span (one call: cheaper)."""
+    span.set_attributes(
+        {
+            "switchyard.pool": decision.pool,
+            "switchyard.engine": decision.engine.engine_id,
+            "switchyard.endpoint": decision.engine.address,
+            "switchyard.decision.reason": decision.reason,
+            "switchyard.fallbacks": [f.engine_id for f in decision.fallbacks],
+            "gen_ai.response.model": routed.model,
+            "gen_ai.usage.input_tokens": decision.prompt_tokens,
+            **decision.candidate_attributes(),
+        }
+    )
 
 
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]

@@ -120,6 +120,19 @@ class Decision:
             out.append(CandidateScore(eid, e.address, "", totals[eid], scores))
         return out
 
+    def candidate_attributes(self) -> dict[str, str | float]:
+        """The candidates as flat span attributes (`switchyard.candidate.<engine>.<score>`),
+        built straight from the raw scores: this runs for every traced turn."""
+        out: dict[str, str | float] = {}
+        for eid, total in zip(self._ids, self._acc, strict=True):
+            out[f"switchyard.candidate.{eid}.score"] = round(total, 4)
+        for name, scores in self._scores:
+            for eid in self._ids:
+                out[f"switchyard.candidate.{eid}.{name}"] = round(scores.get(eid, 0.0), 4)
+        for eid, by in self._filtered.items():
+            out[f"switchyard.candidate.{eid}.filtered_by"] = by
+        return out
+
     def to_proto(self) -> router_pb2.PickResponse:
         return router_pb2.PickResponse(
             pool=self.pool,
