@@ -385,11 +385,14 @@ async def test_one_trace_per_turn_with_every_phase(envoy, collector: OtlpCollect
     reply = await generate(envoy, req)
     trace_id = reply.trace_id
     assert len(trace_id) == 32, "the engine returns the trace id in response metadata"
+    # Each process exports in its own batches (Envoy every second): wait for all of them.
     await collector.wait_for_async(
         lambda s: s.trace_id == trace_id and s.name == "switchyard.safety.scan", count=2
     )
+    for name in sorted(PHASES):
+        await collector.wait_for_async(lambda s, n=name: s.trace_id == trace_id and s.name == n)
     await collector.wait_for_async(
-        lambda s: s.trace_id == trace_id and s.name == "switchyard.engine.decode"
+        lambda s: s.trace_id == trace_id and s.service == "switchyard-envoy", count=3
     )
     spans = collector.by_trace(trace_id)
     by_id = {s.span_id: s for s in spans}
@@ -515,11 +518,19 @@ async def test_a_slow_or_dead_collector_never_slows_a_turn(envoy, collector: Otl
         assert first is not None
         return (first - start) * 1e3
 
-    baseline = sorted([await ttft_ms() for _ in range(5)])[2]
+    async def typical(n: int = 8) -> tuple[float, list[float]]:
+        # vLLM's CPU worker sometimes stalls a turn for up to a second on this 2-core machine;
+        # a blocking exporter would delay every turn by at least its 1 s export timeout. So
+        # compare the second-fastest of n turns, which a stall of one turn cannot move.
+        samples = [await ttft_ms() for _ in range(n)]
+        return sorted(samples)[1], samples
+
+    baseline, base_samples = await typical()
     collector.delay_seconds = 5.0  # every export now hangs past the exporters' timeouts
-    slow = sorted([await ttft_ms() for _ in range(5)])[2]
+    slow, slow_samples = await typical()
     collector.stop()
-    down = sorted([await ttft_ms() for _ in range(5)])[2]
-    # Exporting is off the request path: a blocking exporter would add seconds, not noise.
-    assert slow < 2 * baseline + 250, (baseline, slow)
-    assert down < 2 * baseline + 250, (baseline, down)
+    down, down_samples = await typical()
+    # Exporting is off the request path: a blocking exporter would add a second, not noise.
+    why = f"baseline {base_samples}, slow {slow_samples}, down {down_samples}"
+    assert slow < 2 * baseline + 250, why
+    assert down < 2 * baseline + 250, why
