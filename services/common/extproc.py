@@ -8,6 +8,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.type.v3 import http_status_pb2
 
+from services.common import headers as h
 from services.common.errors import SwitchyardError
 
 # The one method the mesh serves.
@@ -17,6 +18,11 @@ GENERATE_PATH = "/switchyard.v1.Inference/Generate"
 def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
     """Envoy's header message as a dict (Envoy sends raw_value; older versions value)."""
     return {x.key: (x.raw_value.decode(errors="replace") or x.value) for x in msg.headers.headers}
+
+
+def tenant_of(headers: dict[str, str]) -> str:
+    """The tenant a turn belongs to (auth and quotas come with the tenant work)."""
+    return headers.get(h.TENANT, "") or "anonymous"
 
 
 def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:

@@ -177,6 +177,7 @@ async def serve(cfg: EngineConfig, ready_file: Path | None = None) -> None:
             ready_file,
             {
                 "engine_id": svc.engine_id,
+                "pool": cfg.pool,
                 "pid": os.getpid(),
                 "address": svc.address,
                 "grpc_port": svc.server.port,

@@ -207,8 +207,7 @@ class Mesh:
         add(self.router, "switchyard-router")
         add(self.safety, "switchyard-safety")
         for e in self.engines:
-            pool = e.name.rsplit("-", 1)[0]
-            add(e, "switchyard-engine", pool=pool, engine=e.name)
+            add(e, "switchyard-engine", pool=e.ready["pool"], engine=e.ready["engine_id"])
         _, admin_port = host_port(self.cfg.envoy.admin)
         groups.append(
             {

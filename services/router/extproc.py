@@ -20,7 +20,13 @@ from opentelemetry.trace import Status, StatusCode
 
 from services.common import headers as h
 from services.common.errors import InvalidArgument, SwitchyardError, Unimplemented
-from services.common.extproc import GENERATE_PATH, header_map, immediate_error, set_header
+from services.common.extproc import (
+    GENERATE_PATH,
+    header_map,
+    immediate_error,
+    set_header,
+    tenant_of,
+)
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
 from services.common.tracing import extract
@@ -30,11 +36,6 @@ from services.router.scheduling.scheduler import Decision
 from switchyard.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
-
-
-def tenant_of(headers: dict[str, str]) -> str:
-    """The tenant a turn belongs to (auth and quotas come with the tenant work)."""
-    return headers.get(h.TENANT, "") or "anonymous"
 
 
 PICK_SPAN = "switchyard.router.pick"
@@ -59,7 +60,7 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, routing: RoutingService, tracer: trace.Tracer | None = None) -> None:
         self._routing = routing
-        self._tracer = tracer or trace.NoOpTracer()
+        self._tracer = tracer  # None: tracing off, nothing extracted or recorded per turn
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         ext_grpc.add_ExternalProcessorServicer_to_server(self, server)
@@ -122,6 +123,9 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     return
                 yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
             elif kind == "request_body":
+                if self._tracer is None:
+                    yield self.decide(headers, msg.request_body.body)
+                    continue
                 parent = extract(context.invocation_metadata() or ()) if context else None
                 with self._tracer.start_as_current_span(PICK_SPAN, context=parent) as span:
                     answer = self.decide(headers, msg.request_body.body, span)

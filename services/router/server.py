@@ -71,7 +71,9 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
         registry, cfg.router.heartbeat_seconds, {p.name for p in cfg.pools}
     )
     reg.add_to_server(server.grpc)
-    extproc.ExtProcService(routing, tracing.tracer(__name__)).add_to_server(server.grpc)
+    extproc.ExtProcService(
+        routing, tracing.tracer(__name__) if tracing.enabled else None
+    ).add_to_server(server.grpc)
     api.RouterService(routing).add_to_server(server.grpc)
     api.AdminService(cfg, resolver, registry, cache, reg.router_id).add_to_server(server.grpc)
     xds_server.add_to_server(server.grpc, cache)

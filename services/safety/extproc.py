@@ -23,9 +23,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
-from services.common import headers as h
 from services.common.errors import Internal, InvalidArgument, PermissionDenied, SwitchyardError
-from services.common.extproc import header_map, immediate_error
+from services.common.extproc import header_map, immediate_error, tenant_of
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
 from services.common.tracing import extract
@@ -67,15 +66,19 @@ class _Turn:
         self.prompt_findings: dict[str, int] = {}
 
 
-def _set_findings(span: trace.Span, findings: dict[str, int], policy: Policy) -> None:
+def _finding_attributes(findings: dict[str, int], policy: Policy) -> dict[str, str | int]:
+    out: dict[str, str | int] = {}
     for entity_type, n in sorted(findings.items()):
-        span.set_attribute(f"switchyard.safety.findings.{entity_type}", n)
-        span.set_attribute(f"switchyard.safety.action.{entity_type}", policy.action(entity_type))
+        out[f"switchyard.safety.findings.{entity_type}"] = n
+        out[f"switchyard.safety.action.{entity_type}"] = policy.action(entity_type)
+    return out
 
 
 class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, config: SafetyConfig, tracer: trace.Tracer | None = None) -> None:
         self._config = config
+        # None: tracing off, nothing extracted per turn (spans then go to a no-op tracer).
+        self._tracing = tracer is not None
         self._tracer = tracer or trace.NoOpTracer()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -91,12 +94,15 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         with self._tracer.start_as_current_span(SCAN_SPAN, context=turn.parent) as span:
             answer = self._request_body(turn, body)
             if span.is_recording():
-                span.set_attribute("switchyard.safety.path", "prompt")
-                span.set_attribute("switchyard.tenant", turn.tenant)
-                span.set_attribute("gen_ai.request.model", turn.model)
-                span.set_attribute("switchyard.safety.outcome", turn.outcome)
-                if turn.prompt_findings and turn.policy is not None:
-                    _set_findings(span, turn.prompt_findings, turn.policy)
+                span.set_attributes(
+                    {
+                        "switchyard.safety.path": "prompt",
+                        "switchyard.tenant": turn.tenant,
+                        "gen_ai.request.model": turn.model,
+                        "switchyard.safety.outcome": turn.outcome,
+                        **_finding_attributes(turn.prompt_findings, self._policy(turn)),
+                    }
+                )
                 if answer.HasField("immediate_response"):
                     span.set_status(Status(StatusCode.ERROR, turn.outcome))
         return answer
@@ -116,8 +122,8 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             }.get(type(e), "error")
             return immediate_error(e, "safety")
         finally:
-            m.CHUNKS_SCANNED.labels("prompt").inc()
-            m.SCAN_SECONDS.labels("prompt").observe(time.perf_counter() - started)
+            m.PROMPT_CHUNKS.inc()
+            m.PROMPT_SCAN_SECONDS.observe(time.perf_counter() - started)
         turn.prompt_findings = dict(result.findings)
         for entity_type, n in result.findings.items():
             m.FINDINGS.labels("prompt", entity_type, policy.action(entity_type)).inc(n)
@@ -141,8 +147,8 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return immediate_error(Internal(f"safety filter: {e.message}"), "safety")
         finally:
             elapsed = time.perf_counter() - started
-            m.CHUNKS_SCANNED.labels("response").inc()
-            m.SCAN_SECONDS.labels("response").observe(elapsed)
+            m.RESPONSE_CHUNKS.inc()
+            m.RESPONSE_SCAN_SECONDS.observe(elapsed)
             turn.response_chunks += 1
             turn.response_scan_s += elapsed
         m.HELD_BACK_BYTES.observe(turn.filter.held_back)
@@ -160,31 +166,33 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         span = turn.response_span
         if span is not None:
             if span.is_recording() and f is not None and turn.policy is not None:
-                span.set_attribute("switchyard.safety.path", "response")
-                span.set_attribute("switchyard.tenant", turn.tenant)
-                span.set_attribute("gen_ai.response.model", turn.model)
-                span.set_attribute("switchyard.safety.outcome", turn.outcome)
-                span.set_attribute("switchyard.safety.chunks", turn.response_chunks)
-                span.set_attribute(
-                    "switchyard.safety.scan_ms", round(turn.response_scan_s * 1e3, 3)
+                span.set_attributes(
+                    {
+                        "switchyard.safety.path": "response",
+                        "switchyard.tenant": turn.tenant,
+                        "gen_ai.response.model": turn.model,
+                        "switchyard.safety.outcome": turn.outcome,
+                        "switchyard.safety.chunks": turn.response_chunks,
+                        "switchyard.safety.scan_ms": round(turn.response_scan_s * 1e3, 3),
+                        "switchyard.safety.max_held_back": turn.max_held_back,
+                        "switchyard.safety.blocked": f.blocked,
+                        **_finding_attributes(dict(f.findings), turn.policy),
+                    }
                 )
-                span.set_attribute("switchyard.safety.max_held_back", turn.max_held_back)
-                span.set_attribute("switchyard.safety.blocked", f.blocked)
-                _set_findings(span, dict(f.findings), turn.policy)
             span.end()
 
     async def Process(
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ext.ProcessingResponse]:
         turn = _Turn()
-        if context is not None:
+        if self._tracing and context is not None:
             turn.parent = extract(context.invocation_metadata() or ())
         m.ACTIVE_STREAMS.inc()
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("request")
                 if kind == "request_headers":
-                    turn.tenant = header_map(msg.request_headers).get(h.TENANT) or "anonymous"
+                    turn.tenant = tenant_of(header_map(msg.request_headers))
                     yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
                 elif kind == "request_body":
                     yield self.request_body(turn, msg.request_body.body)

@@ -40,3 +40,9 @@ TURNS = Counter(
     ["outcome"],
 )
 ACTIVE_STREAMS = Gauge("switchyard_safety_active_streams", "Turns the filter is processing now.")
+
+# Label children bound once: the response path observes them for every streamed chunk.
+PROMPT_CHUNKS = CHUNKS_SCANNED.labels("prompt")
+RESPONSE_CHUNKS = CHUNKS_SCANNED.labels("response")
+PROMPT_SCAN_SECONDS = SCAN_SECONDS.labels("prompt")
+RESPONSE_SCAN_SECONDS = SCAN_SECONDS.labels("response")

@@ -30,7 +30,7 @@ async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
     with progress.phase("compiling recognizers"):
         recognizers = cfg.recognizers
     tracing = setup_tracing("switchyard-safety", cfg.tracing)
-    extproc = SafetyExtProc(cfg, tracing.tracer(__name__))
+    extproc = SafetyExtProc(cfg, tracing.tracer(__name__) if tracing.enabled else None)
     server = await create_server(
         cfg.listen,
         [service.SafetyService(cfg).add_to_server, extproc.add_to_server],
