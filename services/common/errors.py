@@ -7,6 +7,7 @@ edge. Anything else that escapes a handler is logged with its method and becomes
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -65,6 +66,9 @@ class ConfigError(ValueError):
 def _wrap_unary(
     method: str, behavior: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
+    if not inspect.iscoroutinefunction(behavior):
+        return behavior  # a synchronous handler (e.g. a generated "unimplemented" stub)
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
@@ -82,6 +86,11 @@ def _wrap_unary(
 def _wrap_stream(
     method: str, behavior: Callable[..., AsyncIterator[Any]]
 ) -> Callable[..., AsyncIterator[Any]]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A streaming handler written as a coroutine (it writes with context.write, or only
+        # aborts) is awaited like a unary one.
+        return _wrap_unary(method, behavior)  # type: ignore[arg-type,return-value]
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for item in behavior(request, context):
@@ -98,7 +107,8 @@ def _wrap_stream(
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps `SwitchyardError` raised by unary-unary and unary-stream handlers to gRPC statuses."""
+    """Maps `SwitchyardError` raised by any handler (unary or streaming, either way) to its gRPC
+    status, and anything else to INTERNAL naming the method (logged with its traceback)."""
 
     async def intercept_service(
         self,
@@ -106,11 +116,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.request_streaming:
+        if handler is None:
             return handler
         method = details.method
+        # A unary answer (unary-unary, stream-unary) is awaited; a streamed one is iterated.
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_wrap_unary(method, handler.stream_unary))
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_wrap_stream(method, handler.stream_stream))
         return handler

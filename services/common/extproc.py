@@ -7,12 +7,19 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2
 
 from services.common import headers as h
 from services.common.errors import SwitchyardError
 
 # The one method the mesh serves.
 GENERATE_PATH = "/switchyard.v1.Inference/Generate"
+CONTENT_LENGTH = "content-length"
+# A request body this large may take longer than Envoy's per-message timeout to examine
+# (tokenize, scan): the service first asks Envoy to wait up to LONG_BODY_SECONDS for its answer
+# (within the filter's max_message_timeout, see the xDS builder).
+LONG_BODY_BYTES = 256 * 1024
+LONG_BODY_SECONDS = 20.0
 
 
 def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
@@ -30,6 +37,22 @@ def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
         header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
+
+
+def replace_request_body(body: bytes, mutation: ext.HeaderMutation) -> ext.BodyMutation:
+    """The body mutation that replaces a buffered request body with `body`, adding to
+    `mutation` the removal of `content-length`: a client may send one (gRPC allows it), and
+    Envoy fails the turn when it disagrees with the new body's length."""
+    if CONTENT_LENGTH not in mutation.remove_headers:
+        mutation.remove_headers.append(CONTENT_LENGTH)
+    return ext.BodyMutation(body=body)
+
+
+def extend_timeout(seconds: float) -> ext.ProcessingResponse:
+    """Asks Envoy to wait up to `seconds` for the answer to the message being processed."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return ext.ProcessingResponse(override_message_timeout=d)
 
 
 def immediate_error(err: SwitchyardError, source: str) -> ext.ProcessingResponse:

@@ -27,6 +27,10 @@ SESSION_ID = "x-session-id"
 AUTHORIZATION = "authorization"
 # Trailing metadata (set by the engine) carrying the turn's trace id, for `switchyard trace`.
 TRACE_ID = "x-switchyard-trace-id"
+# Response headers (set by the engine as it accepts a turn, before its first token): the
+# serialized `switchyard.v1.ServedBy` of the engine. Their arrival tells a client (and Envoy's
+# per-try timeout) that an engine took the turn; a stream that breaks after it can be resumed.
+SERVED_BY = "x-switchyard-served-by-bin"
 
 # Separator of the fallback list in `ENDPOINT` (Envoy splits on it and trims whitespace).
 ENDPOINT_SEPARATOR = ","

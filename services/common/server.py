@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # Large enough for long prompts; Envoy's default max gRPC message size is similar.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest request body Envoy buffers for the mesh's ext_proc filters (the mesh's transport
+# limit): Envoy answers a larger one RESOURCE_EXHAUSTED itself, naming the limit.
+MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -34,6 +37,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Clients (engines on their registration stream) may ping every few seconds.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.so_reuseport", 0),
 ]
 

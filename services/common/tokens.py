@@ -1,18 +1,29 @@
-"""A turn's prompt as token ids: the one definition the engine and the router share.
+"""A turn's input as token ids, and whether it fits a context: the one definition the engine and
+the router share.
 
 The router hashes the same tokens the engine will cache, so both must tokenize a request the
 same way: a raw prompt with the tokenizer's special tokens, a conversation through the model's
-chat template (which carries its own special tokens).
+chat template (which carries its own special tokens), and for a resumed turn the text the client
+already received appended without special tokens. Both also decide alike whether a prompt fits
+the context (`fit_context`), so a turn the engine would refuse is refused by the router with the
+same INVALID_ARGUMENT, and a turn the engine would truncate is routed on the truncated tokens.
+
+Long inputs never tokenize on an event loop that serves other turns: `turn_token_ids_async`
+moves them to a thread, encoding through a call that releases the GIL, and stops at a token
+limit before building a huge id list.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from services.common.errors import InvalidArgument
 from switchyard.v1 import inference_pb2
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+# Inputs of at least this many characters are tokenized off the event loop.
+OFFLOAD_CHARS = 16_384
 
 
 class Tokenizer(Protocol):
@@ -23,30 +34,145 @@ class Tokenizer(Protocol):
     def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
 
-def prompt_token_ids(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
-    """Tokenize the request's prompt or conversation; raises InvalidArgument naming the field."""
-    which = req.WhichOneof("input")
-    if which == "prompt":
-        if not req.prompt:
-            raise InvalidArgument("prompt must not be empty")
-        return list(tokenizer.encode(req.prompt, add_special_tokens=True))
-    if which == "conversation":
-        msgs = req.conversation.messages
-        if not msgs:
-            raise InvalidArgument("conversation.messages must not be empty")
-        for i, m in enumerate(msgs):
-            if m.role not in CHAT_ROLES:
-                raise InvalidArgument(
-                    f"conversation.messages[{i}].role must be one of "
-                    f"{', '.join(sorted(CHAT_ROLES))}, got {m.role!r}"
-                )
+class TooManyTokens(Exception):
+    """The input has more tokens than the caller's limit: `count` of them, or at least that
+    many when not `exact` (a long text is refused from its beginning, without reading on)."""
+
+    def __init__(self, count: int, limit: int, exact: bool = True) -> None:
+        super().__init__(f"{'' if exact else 'over '}{count} tokens, over the limit of {limit}")
+        self.count = count
+        self.limit = limit
+        self.exact = exact
+
+    def describe(self) -> str:
+        """ "1234 tokens" or "more than 2048 tokens"."""
+        return f"{self.count} tokens" if self.exact else f"more than {self.limit} tokens"
+
+
+def _render_chat(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> str:
+    msgs = req.conversation.messages
+    if not msgs:
+        raise InvalidArgument("conversation.messages must not be empty")
+    for i, m in enumerate(msgs):
+        if m.role not in CHAT_ROLES:
+            raise InvalidArgument(
+                f"conversation.messages[{i}].role must be one of "
+                f"{', '.join(sorted(CHAT_ROLES))}, got {m.role!r}"
+            )
+    try:
         text = tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in msgs],
             tokenize=False,
             add_generation_prompt=True,
         )
-        return list(tokenizer.encode(str(text), add_special_tokens=False))
+    except Exception as e:  # jinja2's TemplateError, raise_exception() in the template, ...
+        raise InvalidArgument(
+            f"conversation: the model's chat template refused it: {e or type(e).__name__}"
+        ) from None
+    return str(text)
+
+
+def _encode(
+    tokenizer: Tokenizer, text: str, add_special_tokens: bool, limit: int | None
+) -> tuple[list[int], int]:
+    """(ids, how many there are); past `limit` the ids may stop early (at least limit + 1).
+    Raises TooManyTokens (not exact) when the text's beginning alone is over `limit`."""
+    if isinstance(tokenizer, RustEncoder):
+        return tokenizer.encode_bounded(text, add_special_tokens, limit)
+    ids = list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    return ids, len(ids)
+
+
+def _prompt(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None) -> Any:
+    which = req.WhichOneof("input")
+    if which == "prompt":
+        if not req.prompt:
+            raise InvalidArgument("prompt must not be empty")
+        return _encode(tokenizer, req.prompt, True, limit)
+    if which == "conversation":
+        return _encode(tokenizer, _render_chat(req, tokenizer), False, limit)
     raise InvalidArgument("one of prompt or conversation is required")
+
+
+def prompt_token_ids(
+    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None = None
+) -> list[int]:
+    """Tokenize the request's prompt or conversation; raises InvalidArgument naming the field,
+    and TooManyTokens when there are more than `limit` tokens."""
+    ids, count = _prompt(req, tokenizer, limit)
+    if limit is not None and count > limit:
+        raise TooManyTokens(count, limit)
+    out: list[int] = ids
+    return out
+
+
+def continuation_token_ids(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
+    """A resumed turn's received text as token ids ([] when the request is not a resume)."""
+    if not req.HasField("continuation") or not req.continuation.received_text:
+        return []
+    return _encode(tokenizer, req.continuation.received_text, False, None)[0]
+
+
+def turn_token_ids(
+    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None = None
+) -> list[int]:
+    """What the engine prefills for the turn: the prompt, then any text already received.
+    Raises TooManyTokens when that is more than `limit` tokens."""
+    ids, count = _prompt(req, tokenizer, limit)
+    if req.HasField("continuation") and req.continuation.received_text:
+        more, n = _encode(tokenizer, req.continuation.received_text, False, limit)
+        ids, count = ids + more, count + n
+    if limit is not None and count > limit:
+        raise TooManyTokens(count, limit)
+    out: list[int] = ids
+    return out
+
+
+def input_chars(req: inference_pb2.GenerateRequest) -> int:
+    """Characters of input the turn carries (prompt or every message, plus resumed text)."""
+    which = req.WhichOneof("input")
+    n = len(req.prompt) if which == "prompt" else 0
+    if which == "conversation":
+        n = sum(len(m.content) for m in req.conversation.messages)
+    if req.HasField("continuation"):
+        n += len(req.continuation.received_text)
+    return n
+
+
+async def turn_token_ids_async(
+    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None = None
+) -> list[int]:
+    """`turn_token_ids`, in a worker thread when the input is long, so that the event loop
+    keeps serving everyone else meanwhile."""
+    if input_chars(req) < OFFLOAD_CHARS:
+        return turn_token_ids(req, tokenizer, limit)
+    return await asyncio.to_thread(turn_token_ids, req, tokenizer, limit)
+
+
+def fit_context(
+    prompt_tokens: int,
+    max_tokens: int | None,
+    context: int,
+    *,
+    default_max_tokens: int,
+    truncate: bool,
+) -> tuple[int, int]:
+    """(max_tokens, prompt tokens to drop from the front) for a prompt of `prompt_tokens` in a
+    `context`-token window. An unset `max_tokens` takes `default_max_tokens`, or what is left
+    of the context when less (at least 1). Raises InvalidArgument when prompt plus max_tokens
+    exceed the context and `truncate` is off (or truncating could not make room)."""
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens, max(1, context - prompt_tokens))
+    if prompt_tokens + max_tokens <= context:
+        return max_tokens, 0
+    room = context - max_tokens
+    if not truncate or room < 1:
+        raise InvalidArgument(
+            f"prompt is {prompt_tokens} tokens and sampling.max_tokens is {max_tokens}: together "
+            f"they exceed the model's context of {context} tokens (shorten the prompt, lower "
+            f"sampling.max_tokens, or set truncate_prompt)"
+        )
+    return max_tokens, prompt_tokens - room
 
 
 class RustEncoder:
@@ -56,13 +182,43 @@ class RustEncoder:
     tokens included through its post-processor) at a fraction of the Python overhead, which is
     most of the router's per-turn cost; chat templates still render through transformers."""
 
+    # Texts at least this long encode through `encode_batch`, which releases the GIL (plain
+    # `encode` holds it: seconds for megabytes, during which no other thread runs).
+    LONG_TEXT = 4096
+    # A text with a limit is first probed on its beginning, this many characters per allowed
+    # token (more than almost any tokenizer averages): if that alone is over the limit, so is
+    # the whole, and megabytes are refused at the cost of the limit.
+    PROBE_CHARS_PER_TOKEN = 8
+    # Tokens a probe must exceed the limit by (a cut may split what the whole text merges).
+    PROBE_MARGIN = 8
+
     def __init__(self, hf: Any) -> None:
         self._hf = hf
         self._backend = hf.backend_tokenizer
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
-        return ids
+        return self.encode_bounded(text, add_special_tokens, None)[0]
+
+    def encode_bounded(
+        self, text: str, add_special_tokens: bool, limit: int | None
+    ) -> tuple[list[int], int]:
+        """(ids, count) as `encode`; past `limit` only the first `limit + 1` ids are built
+        (converting millions of ids to a list holds the GIL for a tenth of a second)."""
+        if len(text) < self.LONG_TEXT:
+            ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+            return ids, len(ids)
+        if limit is not None and len(text) > (limit + 1) * self.PROBE_CHARS_PER_TOKEN:
+            cut = text.rfind(" ", 0, (limit + 1) * self.PROBE_CHARS_PER_TOKEN)  # a word boundary
+            if cut > 0:
+                probe = self._backend.encode_batch([text[:cut]], add_special_tokens=False)[0]
+                if len(probe) > limit + self.PROBE_MARGIN:
+                    raise TooManyTokens(len(probe), limit, exact=False)
+        enc = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+        count = len(enc)
+        if limit is not None and count > limit:
+            enc.truncate(limit + 1)
+        long_ids: list[int] = enc.ids
+        return long_ids, count
 
     def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
         return self._hf.apply_chat_template(conversation, **kwargs)

@@ -26,7 +26,8 @@ class Admission:
         self._metrics = metrics
         self.loading = True  # until the runtime is built and warmed up
         self.draining = False
-        self.in_flight: dict[str, Callable[[], None]] = {}  # request id → stops the turn
+        # The engine's own request id (unique per turn) → what stops the turn.
+        self.in_flight: dict[str, Callable[[], None]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -40,7 +41,8 @@ class Admission:
 
     @contextmanager
     def turn(self, request_id: str, stop: Callable[[], None]) -> Iterator[None]:
-        """Count a turn as in flight for the duration of the block; `stop` ends it early."""
+        """Count a turn as in flight for the duration of the block; `stop` ends it early.
+        `request_id` must be unique among turns in flight (the engine's, not the client's)."""
         self.in_flight[request_id] = stop
         self._idle.clear()
         self._metrics.in_flight.inc()

@@ -58,6 +58,7 @@ class EngineControlService(engine_pb2_grpc.EngineControlServicer):
             prefix_hash_algo=i.prefix_hash_algo,
             vllm_version=i.vllm_version,
             kv_events=self._cfg.kv_events,
+            max_tokens_limit=runtime.limits.max_tokens_limit,
         )
 
     async def GetLoad(

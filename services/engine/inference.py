@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.common import headers
 from services.common.errors import Internal, InvalidArgument, SwitchyardError, Unavailable
 from services.common.protoutil import Malformed, lenient_deserializer
+from services.common.tokens import OFFLOAD_CHARS, input_chars
 from services.common.tracing import extract, trace_id_hex
 from services.engine import spans
 from services.engine.admission import Admission
@@ -94,6 +95,7 @@ class InferenceService:
         self._admission = admission
         self._metrics = metrics
         self._served_by = served_by
+        self._accepted = ((headers.SERVED_BY, served_by.SerializeToString()),)
         self._tracer = tracer or trace.NoOpTracer()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -152,10 +154,21 @@ class InferenceService:
             raise Unavailable("engine is not ready")
         if runtime.dead:
             raise Unavailable("the vLLM engine has died; this engine is being replaced")
-        turn = _Turn(prepare(request, runtime.tokenizer, runtime.limits), arrived)
+        if input_chars(request) < OFFLOAD_CHARS:
+            prepared = prepare(request, runtime.tokenizer, runtime.limits)
+        else:  # a long prompt: tokenize it off the loop that streams everyone else's tokens
+            prepared = await asyncio.to_thread(prepare, request, runtime.tokenizer, runtime.limits)
+        turn = _Turn(prepared, arrived)
         turn.span, turn.arrived_ns = span, arrived_ns
         if span.is_recording():
             self._annotate_request(span, request, turn)
+        # The turn is taken: say so (and by whom) at once, before the first token. A client
+        # may resume a stream that breaks after this; Envoy retries elsewhere one that does
+        # not get this far within its per-try timeout (a frozen engine).
+        await context.send_initial_metadata(self._accepted)
+        if prepared.exhausted:  # a resumed turn that had used its whole budget already
+            yield inference_pb2.GenerateResponse(final=self._final(turn))
+            return
 
         # The wait for vLLM's next output is cut short at the call's deadline (shortly before
         # it, so the Final still reaches the client) or when a drain's grace runs out: cutting it
@@ -166,7 +179,7 @@ class InferenceService:
         if remaining is not None:
             stopper.at = loop.time() + remaining - deadline_margin(remaining)
 
-        with self._admission.turn(turn.req.request_id, stopper.drained):
+        with self._admission.turn(turn.req.engine_request_id, stopper.drained):
             pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
             outputs = self._outputs(runtime, turn)
             while True:
@@ -237,7 +250,9 @@ class InferenceService:
         c = out.outputs[0] if out is not None else None
         reason = c.finish_reason if c is not None else "abort"
         stop_sequence = ""
-        if reason == "stop":
+        if turn.req.exhausted:
+            finish = FinishReason.FINISH_REASON_LENGTH
+        elif reason == "stop":
             finish = FinishReason.FINISH_REASON_STOP
             if c is not None and isinstance(c.stop_reason, str):
                 stop_sequence = c.stop_reason
@@ -248,7 +263,7 @@ class InferenceService:
         else:
             finish = FinishReason.FINISH_REASON_ABORTED
         cached = int(out.num_cached_tokens or 0) if out is not None else 0
-        prompt = len(turn.req.prompt_token_ids)
+        prompt = len(turn.req.prompt_token_ids)  # prefilled (a resumed turn's text included)
 
         m = self._metrics
         m.finished(FinishReason.Name(finish).removeprefix("FINISH_REASON_"))
@@ -291,12 +306,13 @@ class InferenceService:
                 cached_tokens=cached,
                 completion_tokens=turn.completion_tokens,
             )
+        req = turn.req
         return inference_pb2.Final(
             finish_reason=finish,
             usage=inference_pb2.Usage(
-                prompt_tokens=prompt,
-                cached_prompt_tokens=cached,
-                completion_tokens=turn.completion_tokens,
+                prompt_tokens=req.prompt_tokens,
+                cached_prompt_tokens=min(cached, req.prompt_tokens),
+                completion_tokens=req.resumed_completion_tokens + turn.completion_tokens,
             ),
             timing=inference_pb2.Timing(
                 queue=_duration(queue),
@@ -305,8 +321,9 @@ class InferenceService:
                 total=_duration(now - turn.arrived),
             ),
             served_by=self._served_by,
-            request_id=turn.req.request_id,
+            request_id=req.request_id,
             stop_sequence=stop_sequence,
+            resumed=req.resumed,
         )
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -110,3 +112,80 @@ class KvEventForwarder:
                 )
         finally:
             self._sock.close(linger=0)
+
+
+class KvBlockLedger:
+    """The blocks this engine holds in its prefix cache, as its own KV events describe them.
+
+    Fed every forwarded batch; `replay()` turns what is held into one batch — all cleared,
+    then every held block stored, parents before children — that a new watcher (a router that
+    just restarted, or a registration stream that reconnects) receives first, so its prefix
+    index is whole at once instead of cold. Bounded like the router's view: at most
+    `max_blocks` blocks (the engine's KV capacity with some slack for lost removals), oldest
+    first out. Token ids are kept packed (4 bytes each).
+    """
+
+    def __init__(self, max_blocks: int = 200_000) -> None:
+        self.max_blocks = max(1, max_blocks)
+        # vLLM block hash → (parent hash or b"", block size, tokens), in store order.
+        self._blocks: OrderedDict[bytes, tuple[bytes, int, array[int]]] = OrderedDict()
+        self.last_sequence = 0  # of the last batch applied
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def apply(self, batch: engine_pb2.KvCacheEvents) -> None:
+        self.last_sequence = batch.sequence
+        blocks = self._blocks
+        for ev in batch.events:
+            kind = ev.WhichOneof("event")
+            if kind == "stored":
+                st = ev.stored
+                bs = st.block_size
+                parent = st.parent_block_hash
+                tokens = st.token_ids
+                for i, h in enumerate(st.block_hashes):
+                    chunk = tokens[i * bs : (i + 1) * bs]
+                    if bs <= 0 or len(chunk) != bs:
+                        break
+                    blocks[h] = (parent, bs, array("I", chunk))
+                    blocks.move_to_end(h)
+                    parent = h
+            elif kind == "removed":
+                for h in ev.removed.block_hashes:
+                    blocks.pop(h, None)
+            elif kind == "cleared":
+                blocks.clear()
+        while len(blocks) > self.max_blocks:
+            blocks.popitem(last=False)
+
+    def replay(self) -> engine_pb2.KvCacheEvents:
+        """One batch that rebuilds a receiver's view: cleared, then every held block whose
+        chain back to a prompt's start is held too, parents first. Its sequence is the last
+        applied batch's, so the next live batch follows it without a gap."""
+        events = [engine_pb2.KvCacheEvent(cleared=engine_pb2.AllBlocksCleared())]
+        emitted: set[bytes] = set()
+        pending = list(self._blocks.items())
+        while pending:
+            waiting = []
+            for h, (parent, bs, tokens) in pending:
+                if parent and parent not in emitted:
+                    waiting.append((h, (parent, bs, tokens)))
+                    continue
+                events.append(
+                    engine_pb2.KvCacheEvent(
+                        stored=engine_pb2.BlockStored(
+                            block_hashes=[h],
+                            parent_block_hash=parent,
+                            token_ids=tokens.tolist(),
+                            block_size=bs,
+                        )
+                    )
+                )
+                emitted.add(h)
+            if len(waiting) == len(pending):  # the rest chain onto blocks no longer held
+                break
+            pending = waiting
+        ts = Timestamp()
+        ts.GetCurrentTime()
+        return engine_pb2.KvCacheEvents(time=ts, sequence=self.last_sequence, events=events)

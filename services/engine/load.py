@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.engine.kv_events import KvBlockLedger
 from switchyard.v1 import engine_pb2
 
 # Per-watcher buffer of KV event batches; a watcher that falls this far behind is cut off
@@ -49,57 +51,77 @@ class LoadState:
 
 
 class Watcher:
-    """One WatchEvents stream: a queue of KV batches plus a 'load changed' flag."""
+    """One WatchEvents (or registration) stream: KV batches in order, plus a 'load changed' flag.
 
-    _LOAD = object()  # queue marker: send a fresh load report
+    A load report never waits behind KV batches: a pending one goes out first, and one goes out
+    at least every heartbeat whatever else is flowing (a router takes an engine whose reports
+    stop for silent). A watcher that falls `WATCHER_QUEUE_LIMIT` batches behind is cut off (its
+    stream ends) so that it reconnects and resynchronises from a replay instead of silently
+    missing events.
+    """
 
     def __init__(self, tracker: LoadTracker, kv_events: bool) -> None:
         self._tracker = tracker
         self.kv_events = kv_events
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: deque[engine_pb2.KvCacheEvents] = deque()
+        self._wake = asyncio.Event()
         self._load_pending = False
         self.overflowed = False
 
     def notify_load(self) -> None:
-        if not self._load_pending:
-            self._load_pending = True
-            self._queue.put_nowait(self._LOAD)
+        self._load_pending = True
+        self._wake.set()
 
     def push_kv(self, batch: engine_pb2.KvCacheEvents) -> None:
-        if self._queue.qsize() >= WATCHER_QUEUE_LIMIT:
-            self.overflowed = True
-            self._queue.put_nowait(None)
+        if self.overflowed:
             return
-        self._queue.put_nowait(batch)
+        if len(self._queue) >= WATCHER_QUEUE_LIMIT:
+            self.overflowed = True
+        else:
+            self._queue.append(batch)
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """KV batches waiting to be sent."""
+        return len(self._queue)
 
     async def events(self, heartbeat: float) -> AsyncIterator[engine_pb2.EngineEvent]:
+        self._load_pending = False
         yield engine_pb2.EngineEvent(load=self._tracker.report())
-        while True:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), heartbeat)
-            except TimeoutError:
-                item = self._LOAD
-            if item is None:  # overflow: end the stream, the watcher reconnects
-                return
-            if item is self._LOAD:
+        last_load = time.monotonic()
+        queue = self._queue
+        while not self.overflowed:
+            now = time.monotonic()
+            if self._load_pending or now - last_load >= heartbeat:
                 self._load_pending = False
+                last_load = now
                 yield engine_pb2.EngineEvent(load=self._tracker.report())
+            elif queue:
+                yield engine_pb2.EngineEvent(kv=queue.popleft())
             else:
-                yield engine_pb2.EngineEvent(kv=item)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), last_load + heartbeat - now)
+                except TimeoutError:
+                    pass
 
 
 class LoadTracker:
     """The engine's current load and the set of watchers to tell about it."""
 
-    def __init__(self, engine_id: str, min_interval: float = 0.02) -> None:
+    def __init__(
+        self, engine_id: str, min_interval: float = 0.02, ledger: KvBlockLedger | None = None
+    ) -> None:
         self.engine_id = engine_id
+        # The blocks the engine holds, replayed to every new KV watcher first.
+        self.ledger = ledger if ledger is not None else KvBlockLedger()
         self.state = LoadState()
         self._min_interval = min_interval
         self._watchers: set[Watcher] = set()
         self._last_key = self.state.key()
         self._last_sent = 0.0
         self._scheduled: asyncio.TimerHandle | None = None
-        self.kv_sequence = 0
 
     # -- producers --------------------------------------------------------------------------
 
@@ -126,6 +148,7 @@ class LoadTracker:
         self.changed()
 
     def publish_kv(self, batch: engine_pb2.KvCacheEvents) -> None:
+        self.ledger.apply(batch)
         for w in self._watchers:
             if w.kv_events:
                 w.push_kv(batch)
@@ -133,7 +156,10 @@ class LoadTracker:
     # -- watchers ---------------------------------------------------------------------------
 
     def watch(self, kv_events: bool) -> Watcher:
+        """A new watcher; with `kv_events`, its first batch replays the blocks held now."""
         w = Watcher(self, kv_events)
+        if kv_events:
+            w.push_kv(self.ledger.replay())
         self._watchers.add(w)
         return w
 

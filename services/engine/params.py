@@ -7,6 +7,7 @@ the field, so the servicer stays a thin streaming loop and these rules have unit
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +16,12 @@ from typing import Any
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 from services.common.errors import InvalidArgument
-from services.common.tokens import Tokenizer, prompt_token_ids
+from services.common.tokens import (
+    Tokenizer,
+    continuation_token_ids,
+    fit_context,
+    prompt_token_ids,
+)
 from switchyard.v1 import inference_pb2
 
 
@@ -33,19 +39,29 @@ class Limits:
 class PreparedRequest:
     """A validated turn, ready for vLLM."""
 
-    request_id: str
-    prompt_token_ids: list[int]
+    request_id: str  # the client's id (echoed in the Final), or a generated one
+    prompt_token_ids: list[int]  # what vLLM prefills: the prompt, then any resumed text
     sampling: SamplingParams
     priority: int  # vLLM priority: lower runs first (the API's priority, negated)
     truncated_tokens: int = 0  # prompt tokens dropped because truncate_prompt was set
     labels: dict[str, str] = field(default_factory=dict)
+    # vLLM's id for the turn: unique even when clients reuse a request_id.
+    engine_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Tokens of the prompt proper (usage.prompt_tokens): a resumed turn's received text is
+    # prefilled too, but it was generated, so it counts as completion.
+    prompt_tokens: int = 0
+    # A resumed turn (Continuation): completion tokens already received, and resumes so far.
+    resumed_completion_tokens: int = 0
+    resumed: int = 0
+    # The resumed turn had already used its whole budget: it ends at once (LENGTH), unrun.
+    exhausted: bool = False
 
     def anon_repr(self) -> str:
         """A log line that carries no prompt text."""
         return (
             f"PreparedRequest(id={self.request_id}, prompt_tokens={len(self.prompt_token_ids)}, "
             f"max_tokens={self.sampling.max_tokens}, priority={self.priority}, "
-            f"truncated={self.truncated_tokens})"
+            f"truncated={self.truncated_tokens}, resumed={self.resumed})"
         )
 
 
@@ -57,9 +73,11 @@ def _check_range(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> None:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number, got {value}")
     low_bad = lo is not None and (value <= lo if lo_open else value < lo)
     high_bad = hi is not None and (value >= hi if hi_open else value > hi)
-    if low_bad or high_bad or value != value:  # value != value: NaN
+    if low_bad or high_bad:
         lb = "(" if lo_open else "["
         hb = ")" if hi_open else "]"
         low = "-inf" if lo is None else f"{lo:g}"
@@ -140,24 +158,33 @@ def prepare(
         if not stop:
             raise InvalidArgument(f"sampling.stop[{i}] must not be empty")
     structured = _structured(req.structured_output)
+    resumed_tokens, resumed = _check_continuation(req)
 
-    tokens = prompt_token_ids(req, tokenizer)
+    prompt = prompt_token_ids(req, tokenizer)
+    tokens = prompt + continuation_token_ids(req, tokenizer)
     context = limits.max_model_len
-    if s.HasField("max_tokens"):
-        max_tokens = s.max_tokens
-    else:
-        max_tokens = min(limits.default_max_tokens, max(1, context - len(tokens)))
-    truncated = 0
-    if len(tokens) + max_tokens > context:
-        room = context - max_tokens
-        if not req.truncate_prompt or room < 1:
-            raise InvalidArgument(
-                f"prompt is {len(tokens)} tokens and sampling.max_tokens is {max_tokens}: together "
-                f"they exceed the model's context of {context} tokens (shorten the prompt, lower "
-                f"sampling.max_tokens, or set truncate_prompt)"
-            )
-        truncated = len(tokens) - room
-        tokens = tokens[truncated:]
+    requested = s.max_tokens if s.HasField("max_tokens") else None
+    budget = (requested or limits.default_max_tokens) - resumed_tokens
+    if budget <= 0:  # a resumed turn whose stream broke after its last token
+        return PreparedRequest(
+            request_id=req.request_id or uuid.uuid4().hex,
+            prompt_token_ids=tokens,
+            sampling=SamplingParams(max_tokens=1),
+            priority=-req.priority,
+            labels=dict(req.labels),
+            prompt_tokens=len(prompt),
+            resumed_completion_tokens=resumed_tokens,
+            resumed=resumed,
+            exhausted=True,
+        )
+    max_tokens, truncated = fit_context(
+        len(tokens),
+        budget if requested is not None else None,
+        context,
+        default_max_tokens=budget,
+        truncate=req.truncate_prompt,
+    )
+    tokens = tokens[truncated:]
 
     kwargs: dict[str, Any] = {}
     for name in (
@@ -174,16 +201,19 @@ def prepare(
             kwargs[name] = getattr(s, name)
     if kwargs.get("top_k") == 0:
         kwargs["top_k"] = -1
-    sampling = SamplingParams(
-        n=1,
-        max_tokens=max_tokens,
-        stop=list(s.stop) or None,
-        ignore_eos=s.ignore_eos,
-        structured_outputs=structured,
-        output_kind=RequestOutputKind.DELTA,
-        skip_special_tokens=True,
-        **kwargs,
-    )
+    try:
+        sampling = SamplingParams(
+            n=1,
+            max_tokens=max_tokens,
+            stop=list(s.stop) or None,
+            ignore_eos=s.ignore_eos,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+            **kwargs,
+        )
+    except ValueError as e:  # a combination vLLM refuses that the checks above let through
+        raise InvalidArgument(f"sampling: {e}") from None
     return PreparedRequest(
         request_id=req.request_id or uuid.uuid4().hex,
         prompt_token_ids=tokens,
@@ -191,4 +221,24 @@ def prepare(
         priority=-req.priority,
         truncated_tokens=truncated,
         labels=dict(req.labels),
+        prompt_tokens=max(0, len(prompt) - truncated),
+        resumed_completion_tokens=resumed_tokens,
+        resumed=resumed,
     )
+
+
+def _check_continuation(req: inference_pb2.GenerateRequest) -> tuple[int, int]:
+    """(completion tokens already received, resumes) of a resumed turn; (0, 0) otherwise."""
+    if not req.HasField("continuation"):
+        return 0, 0
+    c = req.continuation
+    kind = req.structured_output.WhichOneof("kind")
+    if kind is not None:
+        raise InvalidArgument(
+            f"continuation: a turn constrained by structured_output.{kind} cannot be resumed "
+            "exactly (the constraint would restart after the received text); send the turn "
+            "again from the start instead"
+        )
+    if c.resumed < 1:
+        raise InvalidArgument(f"continuation.resumed must be at least 1, got {c.resumed}")
+    return c.completion_tokens, c.resumed

@@ -2,14 +2,18 @@
 
 The stream opens with the engine's registration (its EngineInfo and address), then carries
 every load report (on change, and at least every heartbeat) and KV-cache event batch the engine
-produces. If the router is away or the stream breaks, the engine reconnects with backoff and
-registers again; the router drops an engine whose stream closes or falls silent.
+produces, starting with a replay of the blocks it holds (so a router that restarted knows the
+engine's cache at once). If the router is away or the stream breaks, the engine reconnects with
+jittered exponential backoff (0.2 s up to 2 s) and registers again; HTTP/2 keepalive pings find a
+router that vanished without closing the connection. The router drops an engine whose stream
+closes, and stops routing to one whose reports stop until they resume.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -20,7 +24,14 @@ from switchyard.v1 import engine_pb2, router_pb2, router_pb2_grpc
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_SECONDS = 0.2
-BACKOFF_MAX_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 2.0
+# Ping the router when the stream is quiet, and give up on it when a ping goes unanswered.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 class Registrar:
@@ -52,7 +63,7 @@ class Registrar:
             self._tracker.unwatch(watcher)
 
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self._router) as channel:
+        async with grpc.aio.insecure_channel(self._router, options=CHANNEL_OPTIONS) as channel:
             call = router_pb2_grpc.RegistryStub(channel).Connect(self._messages())
             async for reply in call:
                 if not self.registered.is_set():
@@ -78,5 +89,6 @@ class Registrar:
             if self.registered.is_set():
                 backoff = BACKOFF_INITIAL_SECONDS
             self.registered.clear()
-            await asyncio.sleep(backoff)
+            # Jitter: engines that lost the same router do not all reconnect in one instant.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)

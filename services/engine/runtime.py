@@ -76,7 +76,7 @@ class Runtime:
         gen: AsyncIterator[Any] = self.llm.generate(
             tokens_input(req.prompt_token_ids),
             req.sampling,
-            req.request_id,
+            req.engine_request_id,
             priority=req.priority,
         )
         return gen

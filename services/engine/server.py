@@ -5,6 +5,11 @@ configured), then vLLM loads and warms up while nothing is served, then health t
 On SIGTERM/SIGINT: health NOT_SERVING, new turns get UNAVAILABLE, in-flight streams get
 `drain_grace_seconds` to finish (then they are aborted with FINISH_REASON_ABORTED), and the
 process exits.
+
+If vLLM's engine core dies (its process is killed, a CUDA error), the engine cannot serve again:
+health turns NOT_SERVING, the router gets a `serving=false` report, turns in flight end with
+UNAVAILABLE, and the process exits with status `EXIT_ENGINE_DIED` so that its supervisor
+(`switchyard up`, Kubernetes) starts a fresh one.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # Extra seconds the gRPC server gives streams to flush their Final after the drain.
 STOP_GRACE_SECONDS = 5.0
+# How often the engine checks that vLLM's engine core is alive, and the exit status when not.
+CORE_CHECK_SECONDS = 0.5
+EXIT_ENGINE_DIED = 3
 
 
 @dataclass
@@ -57,6 +65,7 @@ class EngineService:
     kv_task: asyncio.Task[None] | None
     tracing: Tracing
     registrar_task: asyncio.Task[None] | None = None
+    died: bool = False  # vLLM's engine core died: this process must be replaced
 
     @property
     def address(self) -> str:
@@ -79,6 +88,17 @@ class EngineService:
                     await task
         self.runtime.shutdown()
         await asyncio.to_thread(self.tracing.shutdown)
+
+    async def watch_core(self, on_death: asyncio.Event) -> None:
+        """Until vLLM's engine core dies: then stop serving, say so, and set `on_death`."""
+        # vLLM only exposes a flag (AsyncLLM.errored), no event to wait on: poll it.
+        while not self.runtime.dead:  # noqa: ASYNC110
+            await asyncio.sleep(CORE_CHECK_SECONDS)
+        self.died = True
+        self.admission.loading = True  # refuse new turns (UNAVAILABLE) from now on
+        self.tracker.set_flags(serving=False)
+        await self.server.set_serving(False)
+        on_death.set()
 
 
 async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> EngineService:
@@ -138,6 +158,8 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         with progress.phase("warming up"):
             await runtime.warmup()
     runtime_ref[0] = runtime
+    # Replays to a router stay within what the cache can hold (lost removals aside).
+    tracker.ledger.max_blocks = int(runtime.info.kv_num_blocks * 1.25) or tracker.ledger.max_blocks
     admission.loading = False
     tracker.set_flags(serving=True)
     await server.start()
@@ -167,11 +189,13 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     return svc
 
 
-async def serve(cfg: EngineConfig, ready_file: Path | None = None) -> None:
-    """Run the engine until SIGTERM/SIGINT, then drain and exit."""
+async def serve(cfg: EngineConfig, ready_file: Path | None = None) -> int:
+    """Run the engine until SIGTERM/SIGINT, then drain and exit; returns the exit status
+    (`EXIT_ENGINE_DIED` when vLLM's engine core died)."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     svc = await start_engine(cfg)
+    watchdog = asyncio.create_task(svc.watch_core(stop), name="core-watchdog")
     if ready_file is not None:
         write_ready_file(
             ready_file,
@@ -185,10 +209,21 @@ async def serve(cfg: EngineConfig, ready_file: Path | None = None) -> None:
             },
         )
     await stop.wait()
+    watchdog.cancel()
     progress = Progress(f"engine {svc.engine_id}")
+    if svc.died:
+        log.error("vLLM's engine core died; this engine cannot serve again")
+        progress.say(
+            f"vLLM's engine core died: not serving; {len(svc.admission.in_flight)} turn(s) in "
+            f"flight end with UNAVAILABLE; exiting with status {EXIT_ENGINE_DIED} to be replaced"
+        )
+        await svc.shutdown(0.0)
+        progress.say("stopped")
+        return EXIT_ENGINE_DIED
     progress.say(
         f"draining: {len(svc.admission.in_flight)} turn(s) in flight, "
         f"grace {cfg.drain_grace_seconds:g}s"
     )
     await svc.shutdown(cfg.drain_grace_seconds)
     progress.say("stopped")
+    return 0

@@ -2,7 +2,7 @@
 
 switchyard up [--chat PROMPT]         run the whole mesh locally (router, engines, Envoy)
 switchyard chat [--session S] PROMPT  stream a reply through Envoy
-switchyard status                     pools, engines, load, cache hit rate, xDS ACK/NACK
+switchyard status                     pools, engines, load, hit rate, xDS ACK/NACK, processes
 switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
@@ -81,19 +81,16 @@ def cmd_engine(args: argparse.Namespace) -> int:
         return 2
     from services.engine.server import serve
 
-    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
-    return 0
+    return asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
     from services.mesh import client
-    from switchyard.v1 import inference_pb2_grpc
 
     async def run() -> int:
-        async with client.channel(args.target) as ch:
-            stub = inference_pb2_grpc.InferenceStub(ch)
+        async with client.MeshClient.connect(args.target) as mesh:
             req = client.make_request(
                 None if args.system else args.prompt,
                 messages=[("system", args.system), ("user", args.prompt)] if args.system else (),
@@ -104,7 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 session_id=args.session or "",
             )
             try:
-                reply = await client.generate(stub, req, timeout=args.timeout, out=sys.stdout)
+                reply = await mesh.generate(req, timeout=args.timeout, out=sys.stdout)
             except grpc.aio.AioRpcError as e:
                 print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
                 return 1
@@ -199,7 +196,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import signal
 
     from services.mesh.models import init_models
-    from services.mesh.up import Mesh
+    from services.mesh.up import Mesh, default_state_file
 
     models = _models_dir(args.models_dir)
     init_models(models, progress=lambda m: print(f"[models] {m}", file=sys.stderr))
@@ -207,6 +204,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     mesh = Mesh(
         Path(args.config),
         free_ports=args.free_ports,
+        supervise=not args.no_restart,
+        state_file=default_state_file(),
         otlp_endpoint=args.otlp_endpoint,
         tracing_enabled=not args.no_tracing,
         trace_sampling=args.trace_sampling,
@@ -282,15 +281,22 @@ def _router_call(address: str, method: str, request: object) -> object:
 def cmd_status(args: argparse.Namespace) -> int:
     import grpc
 
-    from services.mesh.status import format_status
+    from services.mesh.status import format_processes, format_status, read_up_state
+    from services.mesh.up import default_state_file
     from switchyard.v1 import router_pb2
 
+    state = read_up_state(Path(args.state) if args.state else default_state_file(), args.router)
     try:
         resp = _router_call(args.router, "Status", router_pb2.StatusRequest())
     except grpc.aio.AioRpcError as e:
         print(f"error: router {args.router}: {e.code().name}: {e.details()}", file=sys.stderr)
+        if state is not None:  # the router may be restarting: say what `up` knows
+            print(format_processes(state))
         return 1
     print(format_status(resp))  # type: ignore[arg-type]
+    if state is not None:
+        print()
+        print(format_processes(state))
     return 0
 
 
@@ -330,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--chat", metavar="PROMPT", help="stream a reply to PROMPT once the mesh is up")
     u.add_argument("--exit", action="store_true", help="stop the mesh after --chat")
     u.add_argument("--free-ports", action="store_true", help="use free ports, not the config's")
+    u.add_argument("--no-restart", action="store_true", help="do not restart processes that die")
     u.add_argument("--models-dir", help="where the test models live")
     u.add_argument(
         "--otlp-endpoint",
@@ -358,8 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, help="deadline in seconds")
     c.set_defaults(func=cmd_chat)
 
-    st = sub.add_parser("status", help="pools, engines, load, cache hit rate, xDS ACK/NACK")
+    st = sub.add_parser(
+        "status", help="pools, engines, load, cache hit rate, xDS ACK/NACK, processes"
+    )
     st.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
+    st.add_argument(
+        "--state",
+        help="switchyard up's state file (default $SWITCHYARD_STATE or "
+        "~/.cache/switchyard/up-state.json): processes, restarts, uptime",
+    )
     st.set_defaults(func=cmd_status)
 
     ad = sub.add_parser("admin", help="operate engines through the router")

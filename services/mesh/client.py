@@ -1,10 +1,36 @@
-"""A small gRPC client of `switchyard.v1.Inference`, used by the CLI, tests and benchmarks."""
+"""The Python client of `switchyard.v1.Inference`: `MeshClient` for applications (it resumes a
+turn whose engine dies mid-stream), and plain one-call helpers for tests and benchmarks.
+
+    async with MeshClient.connect("127.0.0.1:8080") as mesh:
+        reply = await mesh.generate(make_request("Hello", max_tokens=64), out=sys.stdout)
+        print(reply.final.resumed)               # times the turn moved to another engine
+
+    async for msg in mesh.stream(request):       # or message by message
+        ...
+
+How a turn resumes (the protocol any client can follow, see `Continuation` in
+protos/switchyard/v1/inference.proto): an engine sends its response headers, with
+`x-switchyard-served-by-bin`, as soon as it takes a turn. If the stream then breaks — the
+engine's process died (Envoy can only reset the stream: INTERNAL "RST_STREAM"), its vLLM core
+died (UNAVAILABLE), the safety filter or Envoy restarted — the client sends the same request
+again with `continuation` set to the text it has received and the tokens that text came from.
+The mesh routes it like any turn (prefix-aware, so onto an engine that holds the prompt's cache
+when it can) and the engine streams only what follows, so the caller reads one stream with
+nothing repeated or lost; the Final counts usage for the whole turn and says how often it was
+resumed. A continuation that finds no engine yet (the mesh is restarting one) is retried with
+backoff, up to `ResumePolicy.max_attempts` continuations per turn. A turn with structured output
+is never resumed (it could not continue exactly): its error reaches the caller as it came, as
+does any error before an engine took the turn (Envoy already retries those on other engines).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TextIO
 
 import grpc
@@ -64,6 +90,19 @@ class Reply:
     deltas: list[str] = field(default_factory=list)
     final: inference_pb2.Final | None = None
     trace_id: str = ""  # the turn's trace (response metadata), when it was traced
+    # The continuation sent after each break, in order (what was received up to it).
+    resumes: list[inference_pb2.Continuation] = field(default_factory=list)
+
+    def _add(self, msg: inference_pb2.GenerateResponse, out: TextIO | None) -> None:
+        if msg.HasField("delta"):
+            self.deltas.append(msg.delta.text)
+            if out is not None:
+                out.write(msg.delta.text)
+                out.flush()
+        else:
+            if self.final is not None:
+                raise RuntimeError("stream carried more than one Final")
+            self.final = msg.final
 
 
 async def generate(
@@ -78,19 +117,158 @@ async def generate(
     reply = Reply()
     call = stub.Generate(request, timeout=timeout, metadata=tuple(metadata))
     async for msg in call:
-        if msg.HasField("delta"):
-            reply.deltas.append(msg.delta.text)
-            if out is not None:
-                out.write(msg.delta.text)
-                out.flush()
-        else:
-            if reply.final is not None:
-                raise RuntimeError("stream carried more than one Final")
-            reply.final = msg.final
-    trailing = await call.trailing_metadata()
-    reply.trace_id = str((trailing and trailing.get(headers.TRACE_ID)) or "")
+        reply._add(msg, out)
+    reply.trace_id = await _trace_id(call)
     reply.text = "".join(reply.deltas)
     return reply
+
+
+async def _trace_id(call: grpc.aio.UnaryStreamCall) -> str:
+    trailing = await call.trailing_metadata()
+    return str((trailing and trailing.get(headers.TRACE_ID)) or "")
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """How hard `MeshClient` tries to finish a turn whose stream broke."""
+
+    max_attempts: int = 4  # continuation requests per turn, at most
+    backoff: float = 0.25  # seconds before a continuation is retried, doubling
+    max_backoff: float = 2.0
+
+
+# After an engine took the turn, these mean the stream broke (engine, Envoy or safety gone),
+# not that the request was wrong.
+BROKEN_STREAM = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,  # Envoy resets the stream: "RST_STREAM with error code 2"
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+def continuation_of(
+    request: inference_pb2.GenerateRequest, received: str, tokens: int, resumed: int
+) -> inference_pb2.GenerateRequest:
+    """`request`, resumed after `received` (the text of `tokens` completion tokens)."""
+    out = inference_pb2.GenerateRequest()
+    out.CopyFrom(request)
+    out.continuation.received_text = received
+    out.continuation.completion_tokens = tokens
+    out.continuation.resumed = resumed
+    return out
+
+
+class MeshClient:
+    """Streams turns from the mesh and resumes one whose stream breaks once an engine took it.
+
+    `resume=None` turns resuming off (errors reach the caller as they come)."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        resume: ResumePolicy | None = ResumePolicy(),
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._channel = channel
+        self._stub = inference_pb2_grpc.InferenceStub(channel)
+        self._resume = resume
+        self._metadata = tuple(metadata)
+        self._owned = False
+
+    @classmethod
+    def connect(cls, target: str, **kwargs: object) -> MeshClient:
+        """A client with a channel of its own to `target` (closed with the client)."""
+        client = cls(channel(target), **kwargs)  # type: ignore[arg-type]
+        client._owned = True
+        return client
+
+    async def close(self) -> None:
+        if self._owned:
+            await self._channel.close()
+
+    async def __aenter__(self) -> MeshClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def generate(
+        self,
+        request: inference_pb2.GenerateRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        out: TextIO | None = None,
+    ) -> Reply:
+        """Stream one turn (resuming it if it breaks); write deltas to `out` as they arrive."""
+        reply = Reply()
+        async for msg in self.stream(request, timeout=timeout, metadata=metadata, _reply=reply):
+            reply._add(msg, out)
+        reply.text = "".join(reply.deltas)
+        return reply
+
+    async def stream(
+        self,
+        request: inference_pb2.GenerateRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        _reply: Reply | None = None,
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        """The turn's messages (deltas, then one Final), as one stream across resumes."""
+        md = self._metadata + tuple(metadata)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        received: list[str] = []
+        tokens = resumed = attempts = 0
+        wait = self._resume.backoff if self._resume else 0.0
+        req = request
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            call = self._stub.Generate(req, timeout=left, metadata=md)
+            try:
+                async for msg in call:
+                    if msg.HasField("delta"):
+                        received.append(msg.delta.text)
+                        tokens += msg.delta.token_count
+                    yield msg
+                if _reply is not None:
+                    _reply.trace_id = await _trace_id(call)
+                return
+            except grpc.aio.AioRpcError as e:
+                accepted = _accepted(await call.initial_metadata())
+                policy = self._resume
+                if (
+                    policy is None
+                    or request.structured_output.WhichOneof("kind") is not None
+                    or e.code() not in BROKEN_STREAM
+                    or not (accepted or (attempts and e.code() == grpc.StatusCode.UNAVAILABLE))
+                    or attempts >= policy.max_attempts
+                    or (deadline is not None and time.monotonic() + wait >= deadline)
+                ):
+                    raise
+                if accepted:
+                    resumed += 1
+                else:  # a continuation that found no engine yet: wait, then try again
+                    await asyncio.sleep(wait)
+                    wait = min(policy.max_backoff, wait * 2)
+                attempts += 1
+                req = continuation_of(request, "".join(received), tokens, max(1, resumed))
+                if accepted and _reply is not None:
+                    _reply.resumes.append(req.continuation)
+
+
+def _accepted(initial: grpc.aio.Metadata | None) -> bool:
+    """Whether an engine took the turn (its response headers arrived)."""
+    return bool(initial) and initial.get(headers.SERVED_BY) is not None  # type: ignore[union-attr]
 
 
 async def stream(
@@ -123,6 +301,9 @@ def print_final(
 ) -> None:
     print(file=err)
     print(describe_final(final) if final is not None else "(no Final received)", file=err)
+    if final is not None and final.resumed:
+        times = "once" if final.resumed == 1 else f"{final.resumed} times"
+        print(f"resumed {times} on another engine after its stream broke", file=err)
     if final is not None and final.HasField("safety") and final.safety.findings:
         found = ", ".join(f"{f.type} {f.action} x{f.count}" for f in final.safety.findings)
         print(f"safety: {found}", file=err)

@@ -32,6 +32,8 @@ class ServiceProcess:
     log_path: Path
     ready_path: Path
     ready: dict[str, Any] = field(default_factory=dict)
+    log_start: int = 0  # where this run's output begins in the (appended) log
+    started_at: float = field(default_factory=time.time)
 
     @property
     def address(self) -> str:
@@ -40,6 +42,10 @@ class ServiceProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def poll(self) -> int | None:
+        """The exit status once the process has ended, else None."""
+        return self.proc.poll()
 
     @property
     def metrics_url(self) -> str:
@@ -51,6 +57,7 @@ class ServiceProcess:
         """Block until the service serves; relay its progress lines meanwhile."""
         deadline = time.monotonic() + timeout
         with open(self.log_path, "rb") as log:
+            log.seek(self.log_start)
             while True:
                 _relay(log, on_progress)
                 if self.ready_path.exists():
@@ -65,7 +72,7 @@ class ServiceProcess:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise TimeoutError(
-                        f"engine {self.name} not ready after {timeout:.0f}s; "
+                        f"{self.name} not ready after {timeout:.0f}s; "
                         f"last log lines:\n{tail(self.log_path)}"
                     )
                 time.sleep(0.2)
@@ -91,7 +98,7 @@ class ServiceProcess:
 def _relay(log: IO[bytes], on_progress: Callable[[str], None] | None) -> None:
     for raw in log.readlines():
         line = raw.decode(errors="replace").rstrip()
-        if on_progress is not None and line.startswith(("[engine", "[router")):
+        if on_progress is not None and line.startswith(("[engine", "[router", "[safety")):
             on_progress(line)
 
 
@@ -113,7 +120,10 @@ def start_service(
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     log_path = workdir / f"{name}.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # a restart appends: the last run's end stays readable
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+        log.flush()
+        start = log.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.mesh.cli", *args, "--ready-file", str(ready)],
             stdout=log,
@@ -122,7 +132,7 @@ def start_service(
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
-    return ServiceProcess(name, proc, log_path, ready)
+    return ServiceProcess(name, proc, log_path, ready, log_start=start)
 
 
 def start_engine(

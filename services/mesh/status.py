@@ -1,8 +1,51 @@
-"""`switchyard status`: the router's Admin.Status as tables a person can read."""
+"""`switchyard status`: the router's Admin.Status, and the processes `switchyard up` supervises,
+as tables a person can read."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
 from switchyard.v1 import router_pb2
+
+
+def read_up_state(path: Path, router: str | None = None) -> dict[str, Any] | None:
+    """The state `switchyard up` keeps (services/mesh/up.py), if an `up` that is still running
+    wrote it, for the mesh whose router is `router` when given."""
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no file, unreadable, or its `up` is gone
+    if router is not None and state.get("router") not in ("", router):
+        return None
+    return state
+
+
+def _uptime(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_processes(state: dict[str, Any], now: float | None = None) -> str:
+    """The supervised processes: state, restarts, uptime and how the last one ended."""
+    now = time.time() if now is None else now
+    lines = [f"processes (switchyard up, pid {state.get('pid')}):"]
+    for p in state.get("processes", []):
+        up = _uptime(now - float(p.get("started_at", now))) if p.get("state") == "running" else "-"
+        last = f"  last: {p['last_exit']}" if p.get("last_exit") else ""
+        lines.append(
+            f"  {p.get('name', '?'):<18} {p.get('kind', '?'):<7} {p.get('state', '?'):<10} "
+            f"pid {p.get('pid', 0):<7} restarts {p.get('restarts', 0):>2}  up {up:>7}{last}"
+        )
+    return "\n".join(lines)
 
 
 def format_status(resp: router_pb2.StatusResponse) -> str:

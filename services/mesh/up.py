@@ -5,13 +5,19 @@ Start order: the safety service (Envoy calls it for every turn), the router (eng
 with it, Envoy takes its config from it), then
 every engine of every pool in parallel (each loads vLLM, 40–70 s on a small CPU machine), then
 Envoy, which receives its listener, routes, clusters and endpoints over xDS. `Mesh.start`
-returns when Envoy's listener is up and every engine is registered; `Mesh.stop` drains and
-stops everything in reverse order. The integration tests run the same code.
+returns when Envoy's listener is up and every engine is registered; from then on a supervisor
+(`services/mesh/supervisor.py`) restarts any of them that dies, and `state_file` says what each
+is doing for `switchyard status`. `Mesh.stop` ends supervision, then drains and stops
+everything in reverse order. The integration tests run the same code.
+
+Every address a restarted process must keep (the router's, the safety service's) is fixed when
+the mesh starts: a port 0 in the config becomes a free port then, not at each start.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -25,9 +31,10 @@ from typing import Any
 
 import yaml
 
-from services.common.server import host_port
+from services.common.server import host_port, write_ready_file
 from services.mesh import procs
 from services.mesh.otlp_sink import OtlpFileSink
+from services.mesh.supervisor import Child, Process, RestartPolicy, Supervisor
 from services.router.config import MeshConfig, load_mesh_config
 from services.router.xds import envoy_proc
 
@@ -41,6 +48,18 @@ def free_port() -> int:
 def _reachable(host: str) -> str:
     """A wildcard listen address (0.0.0.0, ::) as a local client dials it."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _fixed_port(address: str) -> str:
+    """`address` with a port 0 replaced by a free port (a restart must find it again)."""
+    host, port = host_port(address)
+    return address if port else f"{host}:{free_port()}"
+
+
+def default_state_file() -> Path:
+    """Where `switchyard up` says what its processes are doing ($SWITCHYARD_STATE overrides)."""
+    env = os.environ.get("SWITCHYARD_STATE")
+    return Path(env) if env else Path.home() / ".cache" / "switchyard" / "up-state.json"
 
 
 @dataclass
@@ -59,6 +78,11 @@ class Mesh:
     traces_dir: Path | None = None
     # Write a Prometheus file_sd target list of every /metrics endpoint here once up.
     metrics_targets: Path | None = None
+    # Restart processes that die (backoff, crash-loop limit); say what each does in state_file.
+    supervise: bool = True
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    state_file: Path | None = None
+    supervisor: Supervisor | None = None
     sink: OtlpFileSink | None = None
     cfg: MeshConfig | None = None
     router: procs.ServiceProcess | None = None
@@ -103,6 +127,9 @@ class Mesh:
             envoy["listen"] = f"127.0.0.1:{free_port()}"
             envoy["admin"] = f"127.0.0.1:{free_port()}"
             data.setdefault("safety", {})["listen"] = f"127.0.0.1:{free_port()}"
+        for section, default in (("router", "127.0.0.1:50051"), ("safety", "127.0.0.1:50055")):
+            part = data.setdefault(section, {}) or {}
+            data[section] = {**part, "listen": _fixed_port(part.get("listen", default))}
         safety = data.get("safety") or {}
         if safety.get("config") and not Path(safety["config"]).is_absolute():
             safety["config"] = str((self.config_path.parent / safety["config"]).resolve())
@@ -133,21 +160,20 @@ class Mesh:
         cfg_path = self._effective_config()
         self.cfg = load_mesh_config(cfg_path)
         cfg = self.cfg
+        self.supervisor = Supervisor(
+            self.say, policy=self.restart_policy, on_change=self.write_state
+        )
         if cfg.safety.enabled:
             self.say(f"[up] starting the safety filter on {cfg.safety.listen}")
-            args = ["safety", "--listen", cfg.safety.listen]
-            args += ["--otlp-endpoint", self.tracing["otlp_endpoint"]]
-            args += ["--trace-sampling", str(self.trace_sampling)]
-            if cfg.safety.config is not None:
-                args += ["--config", str(cfg.safety.config)]
-            self.safety = procs.start_service(args, name="safety", workdir=self.workdir)
+            self.safety = self._start_safety()
             self.safety.wait_ready(timeout=60, on_progress=self.say)
+            self._supervise("safety", "safety", self.safety, self._start_safety, 60)
         self.say(f"[up] starting the router on {cfg.router.listen} (logs in {self.workdir})")
-        self.router = procs.start_service(
-            ["router", "--config", str(cfg_path)], name="router", workdir=self.workdir
-        )
+        self.router = self._start_router()
         self.router.wait_ready(timeout=120, on_progress=self.say)
+        self._supervise("router", "router", self.router, self._start_router, 120)
 
+        starters = []
         for pool in cfg.pools:
             index = 0
             for group in pool.engines:
@@ -155,44 +181,138 @@ class Mesh:
                     name = f"{pool.name}-{index}"
                     index += 1
                     self.say(f"[up] starting engine {name} ({group.config.name})")
-                    self.engines.append(
-                        procs.start_engine(
-                            group.config,
-                            name=name,
-                            workdir=self.workdir,
-                            overrides={
-                                "listen": "127.0.0.1:0",
-                                "engine_id": name,
-                                "pool": pool.name,
-                                "router": self.router_address,
-                                "tracing": self.tracing,
-                            },
-                        )
-                    )
-        for engine in self.engines:
+                    starter = self._engine_starter(name, pool.name, group.config)
+                    starters.append((name, starter))
+                    self.engines.append(starter())
+        for (name, starter), engine in zip(starters, list(self.engines), strict=True):
             engine.wait_ready(timeout=timeout, on_progress=self.say)
+            self._supervise(name, "engine", engine, starter, timeout)
 
         admin_host, admin_port = host_port(cfg.envoy.admin)
-        router_host, router_port = host_port(self.router_address)
         self.envoy_log = self.workdir / "envoy.log"
         self.say(f"[up] starting Envoy (admin http://{cfg.envoy.admin})")
+        self.envoy = self._start_envoy()
+
+        def envoy_ready(p: Process) -> None:
+            envoy_proc.wait_listener(
+                admin_port, "switchyard_ingress", timeout=60, host=_reachable(admin_host)
+            )
+
+        envoy_ready(self.envoy)
+        self._supervise(
+            "envoy", "envoy", self.envoy, self._start_envoy, 60, ready=envoy_ready,
+            log_path=self.envoy_log,
+        )  # fmt: skip
+        self.wait_routable(timeout=60)
+        if self.metrics_targets is not None:
+            self.write_metrics_targets(self.metrics_targets)
+        if self.supervise:
+            self.supervisor.start()
+        self.write_state()
+        self.say(
+            f"[up] mesh ready: gRPC endpoint {cfg.envoy.listen} "
+            f"({len(self.engines)} engines in {len(cfg.pools)} pools)"
+        )
+
+    # -- starting (and restarting) each process ---------------------------------------------
+
+    def _start_safety(self) -> procs.ServiceProcess:
+        assert self.cfg is not None
+        cfg = self.cfg
+        args = ["safety", "--listen", cfg.safety.listen]
+        args += ["--otlp-endpoint", self.tracing["otlp_endpoint"]]
+        args += ["--trace-sampling", str(self.trace_sampling)]
+        if cfg.safety.config is not None:
+            args += ["--config", str(cfg.safety.config)]
+        self.safety = procs.start_service(args, name="safety", workdir=self.workdir)
+        return self.safety
+
+    def _start_router(self) -> procs.ServiceProcess:
+        cfg_path = self.workdir / "mesh.yaml"
+        self.router = procs.start_service(
+            ["router", "--config", str(cfg_path)], name="router", workdir=self.workdir
+        )
+        return self.router
+
+    def _engine_starter(
+        self, name: str, pool: str, config: Path
+    ) -> Callable[[], procs.EngineProcess]:
+        def start() -> procs.EngineProcess:
+            engine = procs.start_engine(
+                config,
+                name=name,
+                workdir=self.workdir,
+                overrides={
+                    "listen": "127.0.0.1:0",
+                    "engine_id": name,
+                    "pool": pool,
+                    "router": self.router_address,
+                    "tracing": self.tracing,
+                },
+            )
+            for i, e in enumerate(self.engines):
+                if e.name == name:
+                    self.engines[i] = engine
+            return engine
+
+        return start
+
+    def _start_envoy(self) -> subprocess.Popen[bytes]:
+        assert self.cfg is not None and self.envoy_log is not None
+        admin_host, admin_port = host_port(self.cfg.envoy.admin)
+        router_host, router_port = host_port(self.router_address)
         self.envoy = envoy_proc.start_envoy(
             self.workdir,
-            node_id=cfg.envoy.node_id,
+            node_id=self.cfg.envoy.node_id,
             admin_port=admin_port,
             admin_host=admin_host,
             xds_host=router_host,
             xds_port=router_port,
             log_path=self.envoy_log,
         )
-        envoy_proc.wait_listener(admin_port, "switchyard_ingress", timeout=60)
-        self.wait_routable(timeout=60)
-        if self.metrics_targets is not None:
-            self.write_metrics_targets(self.metrics_targets)
-        self.say(
-            f"[up] mesh ready: gRPC endpoint {cfg.envoy.listen} "
-            f"({len(self.engines)} engines in {len(cfg.pools)} pools)"
+        return self.envoy
+
+    def _supervise(
+        self,
+        name: str,
+        kind: str,
+        proc: Process,
+        start: Callable[[], Any],
+        timeout: float,
+        *,
+        ready: Callable[[Process], None] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        def wait_ready(p: Process) -> None:
+            assert isinstance(p, procs.ServiceProcess)
+            p.wait_ready(timeout=timeout)
+
+        assert self.supervisor is not None
+        self.supervisor.add(
+            Child(
+                name=name,
+                kind=kind,
+                proc=proc,
+                start=start,
+                wait_ready=ready or wait_ready,
+                log_path=str(log_path or getattr(proc, "log_path", None) or ""),
+                started_at=getattr(proc, "started_at", time.time()),
+            )
         )
+
+    def write_state(self) -> None:
+        """What every process is doing, for `switchyard status` (atomically replaced)."""
+        if self.state_file is None or self.supervisor is None:
+            return
+        state = {
+            "pid": os.getpid(),
+            "router": self.router.ready.get("address", "") if self.router else "",
+            "endpoint": self.endpoint if self.cfg else "",
+            "updated": time.time(),
+            "processes": [c.describe() for c in self.supervisor.children()],
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        write_ready_file(self.state_file, state)
 
     def write_metrics_targets(self, path: Path) -> None:
         """Every /metrics endpoint as a Prometheus file_sd target list."""
@@ -246,6 +366,8 @@ class Mesh:
         return out
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # nothing comes back from here on
         if self.envoy is not None and self.envoy.poll() is None:
             if self.tracing_enabled:
                 time.sleep(1.2)  # Envoy exports its spans every second (envoy/bootstrap.yaml)
@@ -264,4 +386,6 @@ class Mesh:
             self.safety.stop()
         if self.sink is not None:
             self.sink.stop()
+        if self.state_file is not None:
+            self.state_file.unlink(missing_ok=True)
         self.say("[up] stopped")

@@ -9,7 +9,7 @@ import grpc
 from services.common.errors import NotFound, Unavailable
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
-from services.router.routing import RoutingService
+from services.router.routing import RoutingService, check_request_size
 from services.router.xds.cache import SnapshotCache
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -42,7 +42,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def Pick(
         self, request: router_pb2.PickRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.PickResponse:
-        decision, rr = self._routing.route(
+        check_request_size(request.request.ByteSize(), self._routing.limits)
+        decision, rr = await self._routing.route(
             request.request, tenant=request.tenant, commit=request.commit
         )
         resp: router_pb2.PickResponse = decision.to_proto()

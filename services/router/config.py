@@ -22,6 +22,7 @@ import pydantic
 
 from services.common.config import StrictModel, load_config
 from services.common.errors import InvalidArgument
+from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.common.tracing import TracingConfig
 
 
@@ -46,9 +47,18 @@ class RouterSection(StrictModel):
     # Registry, Router, Admin, Envoy's ext_proc and the xDS (ADS) server share this address.
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:0"
-    # An engine silent for this long leaves the routable set (it reports every heartbeat).
+    # An engine silent for this long leaves the routable set (it reports every heartbeat) and
+    # comes back on its next report; the router's own stalls do not count as silence.
     stale_after_seconds: float = pydantic.Field(3.0, gt=0)
     heartbeat_seconds: float = pydantic.Field(1.0, gt=0)
+    # A request body larger than this is refused with INVALID_ARGUMENT before it is decoded.
+    max_prompt_bytes: int = pydantic.Field(4 * 1024 * 1024, ge=1024, lt=MAX_REQUEST_BODY_BYTES)
+    # Tokens a turn's input may have; 0: the model's context length is the only limit.
+    max_prompt_tokens: int = pydantic.Field(0, ge=0)
+    # After the router (re)starts: how long engines get to register before Envoy is sent a
+    # config (it keeps its last one meanwhile), and how long a turn for a pool with no engines
+    # waits for one instead of failing.
+    registration_grace_seconds: float = pydantic.Field(3.0, ge=0)
     # A scheduling profile (plugins and weights); empty uses the default profile.
     profile: dict[str, Any] = pydantic.Field(default_factory=dict)
 
@@ -57,6 +67,10 @@ class EnvoySection(StrictModel):
     listen: str = "127.0.0.1:8080"  # the mesh's one gRPC endpoint
     admin: str = "127.0.0.1:9901"
     node_id: str = "switchyard-envoy-0"
+    # An engine that has not accepted a turn (sent its response headers) within this long is
+    # given up on and the turn retried on the next engine (a frozen engine); a turn that has
+    # started streaming is never retried by Envoy.
+    per_try_timeout_seconds: float = pydantic.Field(5.0, gt=0)
 
 
 class SafetySection(StrictModel):

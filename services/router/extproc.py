@@ -4,7 +4,10 @@ Envoy sends the request headers, then the whole buffered gRPC request body. The 
 the GenerateRequest, picks the engine, and answers the body with header mutations naming the
 pool (the route) and the endpoint (Envoy's override_host load balancer), clearing the route
 cache so the route is chosen again with them. Anything that cannot be routed is answered with an
-immediate gRPC error (INVALID_ARGUMENT, UNAVAILABLE…) and never reaches an engine.
+immediate gRPC error (INVALID_ARGUMENT, UNAVAILABLE…) and never reaches an engine; so is a turn
+the router fails on unexpectedly (INTERNAL, logged), never a bare reset that a client would
+retry. Nothing here blocks the event loop for long: a body over the size limit is refused before
+it is decoded, and long prompts are tokenized in a worker thread.
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common import headers as h
-from services.common.errors import InvalidArgument, SwitchyardError, Unimplemented
+from services.common.errors import Internal, InvalidArgument, SwitchyardError, Unimplemented
 from services.common.extproc import (
     GENERATE_PATH,
+    LONG_BODY_BYTES,
+    LONG_BODY_SECONDS,
+    extend_timeout,
     header_map,
     immediate_error,
+    replace_request_body,
     set_header,
     tenant_of,
 )
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
 from services.common.tracing import extract
-from services.router.routing import RoutingService
+from services.router.routing import RoutingService, check_request_size
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
 from switchyard.v1 import inference_pb2
@@ -65,7 +72,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def add_to_server(self, server: grpc.aio.Server) -> None:
         ext_grpc.add_ExternalProcessorServicer_to_server(self, server)
 
-    def decide(
+    async def decide(
         self, headers: dict[str, str], body: bytes, span: trace.Span | None = None
     ) -> ext.ProcessingResponse:
         """The answer to a turn's buffered body: route headers, or an immediate error."""
@@ -78,22 +85,24 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             path = headers.get(":path", "")
             if path != GENERATE_PATH:
                 raise Unimplemented(f"{path or 'this method'} is not served by the mesh")
+            check_request_size(len(body), self._routing.limits)
             req = decode_request(inference_pb2.GenerateRequest, single_message(body))
             if span.is_recording():
                 span.set_attribute("gen_ai.request.model", req.model or "auto")
-            decision, routed = self._routing.route(
+            decision, routed = await self._routing.route(
                 req, tenant=tenant, session_id=headers.get(h.SESSION_ID, "")
             )
         except SwitchyardError as e:
             span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
             return immediate_error(e, "router")
+        except Exception as e:
+            log.exception("routing a turn failed")
+            span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {e!r}"))
+            return immediate_error(
+                Internal(f"the router failed to route the turn ({type(e).__name__})"), "router"
+            )
         if span.is_recording():
             _annotate(span, decision, routed)
-        body_mutation = None
-        if req.model != routed.model:
-            # An alias or "auto": the engine sees the served model name it answers to.
-            req.model = routed.model
-            body_mutation = ext.BodyMutation(body=encode_frame(req.SerializeToString()))
         endpoints = [decision.engine.address, *(f.address for f in decision.fallbacks)]
         mutation = ext.HeaderMutation(
             set_headers=[
@@ -102,6 +111,11 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 set_header(h.ENGINE, decision.engine.engine_id),
             ]
         )
+        body_mutation = None
+        if req.model != routed.model:
+            # An alias or "auto": the engine sees the served model name it answers to.
+            req.model = routed.model
+            body_mutation = replace_request_body(encode_frame(req.SerializeToString()), mutation)
         return ext.ProcessingResponse(
             request_body=ext.BodyResponse(
                 response=ext.CommonResponse(
@@ -123,12 +137,14 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     return
                 yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
             elif kind == "request_body":
+                if len(msg.request_body.body) >= LONG_BODY_BYTES:
+                    yield extend_timeout(LONG_BODY_SECONDS)  # tokenizing it takes a while
                 if self._tracer is None:
-                    yield self.decide(headers, msg.request_body.body)
+                    yield await self.decide(headers, msg.request_body.body)
                     continue
                 parent = extract(context.invocation_metadata() or ()) if context else None
                 with self._tracer.start_as_current_span(PICK_SPAN, context=parent) as span:
-                    answer = self.decide(headers, msg.request_body.body, span)
+                    answer = await self.decide(headers, msg.request_body.body, span)
                 yield answer
             elif kind == "request_trailers":
                 yield ext.ProcessingResponse(request_trailers=ext.TrailersResponse())

@@ -2,13 +2,18 @@
 
 Changes are coalesced over a short window (a burst of joins at start-up is one push) and the
 snapshot cache sends Envoy only the types whose content changed — in practice one EDS update
-per membership change, well within a second.
+per membership change, well within a second. A stale (silent) engine stays in its cluster as
+UNHEALTHY and turns HEALTHY again when it reports. A snapshot that cannot be built (it should
+not happen: the registry keeps one engine per address) is logged and counted, and Envoy keeps
+the last good one; the next change tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+
+from prometheus_client import Counter
 
 from services.common.server import host_port
 from services.router.config import MeshConfig
@@ -27,6 +32,11 @@ log = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.05
 
+BUILD_ERRORS = Counter(
+    "switchyard_router_xds_build_errors_total",
+    "Registry changes whose xDS snapshot could not be built (Envoy kept the last good one).",
+)
+
 
 class XdsPublisher:
     def __init__(
@@ -37,8 +47,19 @@ class XdsPublisher:
         self._cache = cache
         self._router_host, self._router_port = host_port(router_address)
         self._pending: asyncio.TimerHandle | None = None
+        self._started = False
         self.published = 0
         registry.subscribe(self.changed)
+
+    def start(self, delay: float = 0.0) -> None:
+        """Publish the first snapshot after `delay` seconds, then on every change. Until the
+        first one, Envoy (after a router restart) keeps serving on its last good config while
+        the engines register again."""
+        self._started = True
+        if delay <= 0:
+            self.publish()
+        elif self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(delay, self.publish)
 
     def spec(self) -> MeshSpec:
         listen_host, listen_port = host_port(self._cfg.envoy.listen)
@@ -47,7 +68,9 @@ class XdsPublisher:
             endpoints = []
             for e in sorted(self._registry.engines(pool.name), key=lambda e: e.engine_id):
                 host, port = host_port(e.address)
-                endpoints.append(Endpoint(e.engine_id, host, port, draining=e.draining))
+                endpoints.append(
+                    Endpoint(e.engine_id, host, port, draining=e.draining, healthy=not e.stale)
+                )
             pools.append(PoolSpec(pool.name, tuple(endpoints)))
         safety = None
         if self._cfg.safety.enabled:
@@ -65,13 +88,19 @@ class XdsPublisher:
             pools=tuple(pools),
             safety=safety,
             tracing=tracing,
+            per_try_timeout_seconds=self._cfg.envoy.per_try_timeout_seconds,
         )
 
     def publish(self) -> None:
         self._pending = None
-        self._cache.set_snapshot(build_snapshot(self.spec()))
+        try:
+            self._cache.set_snapshot(build_snapshot(self.spec()))
+        except ValueError:
+            BUILD_ERRORS.inc()
+            log.exception("xDS snapshot not built; Envoy keeps the last good one")
+            return
         self.published += 1
 
     def changed(self) -> None:
-        if self._pending is None:
+        if self._started and self._pending is None:
             self._pending = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.publish)

@@ -6,13 +6,21 @@ subscribers (the xDS publisher) whenever membership or routability changes. Betw
 reports it counts the turns it routed to an engine itself (`pending`), so a burst spreads
 instead of landing on the engine that looked idlest in the last report.
 
-An engine is routable while its last report says serving and not draining and that report is
-younger than `stale_after`; `sweep()` (called periodically) removes engines silent for longer.
+An engine is routable while its last report says serving and not draining and it is not
+*stale*. Silence is measured by `sweep()`, which the router calls every tick of its loop
+monitor: an engine silent for longer than `stale_after` turns stale (it leaves the routable set
+and Envoy's healthy endpoints, but stays registered while its stream is open) and comes back by
+itself on its next report. Time the router itself spent stalled (its loop blocked or the process
+frozen) is handed to `sweep` and not counted as anyone's silence: a router that wakes up after
+ten seconds does not find every engine silent. Membership follows the registration stream: an
+engine leaves when its stream ends (or a new registration takes its id or its address).
+
 Not thread-safe: everything runs on the router's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +44,7 @@ class EngineState:
     model_version: str = ""  # what the engine reports as its model version
     accelerator: str = ""  # "h100", "l4", "cpu"...
     max_model_len: int = 0  # context length in tokens (prompt + output); 0: unknown
+    max_tokens_limit: int = 0  # largest sampling.max_tokens it accepts; 0: unknown
     kv_block_size: int = 16  # tokens per KV-cache block
     kv_num_blocks: int = 0  # KV-cache capacity in blocks; 0: unknown
     kv_events: bool = False  # forwards KV-cache events (precise prefix index)
@@ -49,6 +58,7 @@ class EngineState:
     draining: bool = False  # finishing what it has, taking nothing new
     kv_usage: float = 0.0  # fraction of KV-cache blocks in use, [0, 1]
     reported_depth: int = 0  # max(in_flight, running + waiting) of the latest report
+    stale: bool = False  # silent for longer than the registry's stale_after (set by sweep)
 
     def update_load(self, report: engine_pb2.LoadReport, now: float) -> None:
         """Take a new load report: derived fields, report time, and `pending` back to 0."""
@@ -92,6 +102,7 @@ class Registry:
         self._engines: dict[str, EngineState] = {}
         self._pools: dict[str, dict[str, EngineState]] = {}
         self._subscribers: list[Callable[[], None]] = []
+        self._waiters: list[asyncio.Future[None]] = []
 
     # -- membership ------------------------------------------------------------------------
 
@@ -111,6 +122,18 @@ class Registry:
         old = self._engines.get(info.engine_id)
         if old is not None:
             self._unlink(old)
+        for other in list(self._engines.values()):
+            if other.address == address and other.engine_id != info.engine_id:
+                # One address is one process: the engine that had it is gone (its stream will
+                # close too). Two endpoints on one address would be an invalid Envoy config.
+                log.warning(
+                    "engine %s registered at %s, the address of %s: replacing %s",
+                    info.engine_id,
+                    address,
+                    other.engine_id,
+                    other.engine_id,
+                )
+                self._remove(other, f"replaced by {info.engine_id} at the same address")
         state = EngineState(
             engine_id=info.engine_id,
             pool=info.pool,
@@ -119,6 +142,7 @@ class Registry:
             model_version=info.model_version,
             accelerator=info.accelerator,
             max_model_len=info.max_model_len,
+            max_tokens_limit=info.max_tokens_limit,
             kv_block_size=info.kv_block_size,
             kv_num_blocks=info.kv_num_blocks,
             kv_events=info.kv_events,
@@ -133,13 +157,16 @@ class Registry:
         return state
 
     def remove(self, engine_id: str, reason: str) -> None:
-        """Take an engine out (stream closed, silent, operator); unknown ids are ignored."""
-        state = self._engines.pop(engine_id, None)
-        if state is None:
-            return
+        """Take an engine out (stream closed, operator); unknown ids are ignored."""
+        state = self._engines.get(engine_id)
+        if state is not None:
+            self._remove(state, reason)
+
+    def _remove(self, state: EngineState, reason: str) -> None:
+        del self._engines[state.engine_id]
         self._unlink(state)
-        self.index.remove_engine(engine_id)
-        log.info("engine %s removed from pool %s: %s", engine_id, state.pool, reason)
+        self.index.remove_engine(state.engine_id)
+        log.info("engine %s removed from pool %s: %s", state.engine_id, state.pool, reason)
         self._notify()
 
     def _unlink(self, state: EngineState) -> None:
@@ -149,13 +176,24 @@ class Registry:
             if not members:
                 del self._pools[state.pool]
 
-    def sweep(self) -> list[str]:
-        """Remove engines silent for longer than `stale_after`; returns their ids."""
-        cutoff = self.clock() - self.stale_after
-        gone = [e.engine_id for e in self._engines.values() if e.last_report_at < cutoff]
-        for engine_id in gone:
-            self.remove(engine_id, f"silent for more than {self.stale_after:g}s")
-        return gone
+    def sweep(self, stalled: float = 0.0) -> tuple[list[str], list[str]]:
+        """Update who is stale; returns (engines that went stale, engines back from stale).
+
+        `stalled`: seconds the router itself was not running since the last sweep (its loop
+        lag); they are not counted as the engines' silence."""
+        now = self.clock()
+        went: list[str] = []
+        back: list[str] = []
+        for e in self._engines.values():
+            if stalled > 0.0:
+                e.last_report_at = min(now, e.last_report_at + stalled)
+            silent = now - e.last_report_at > self.stale_after
+            if silent != e.stale:
+                e.stale = silent
+                (went if silent else back).append(e.engine_id)
+        if went or back:
+            self._notify()
+        return went, back
 
     # -- events ----------------------------------------------------------------------------
 
@@ -165,7 +203,7 @@ class Registry:
         if state is None:
             return False
         was = state.serving
-        state.update_load(report, self.clock())
+        state.update_load(report, self.clock())  # a stale engine is back at the next sweep
         if state.serving != was:
             self._notify()
         return True
@@ -203,22 +241,17 @@ class Registry:
         """Pools with at least one registered engine."""
         return list(self._pools)
 
-    def is_stale(self, state: EngineState) -> bool:
-        """Silent for longer than `stale_after` (sweep will remove it)."""
-        return self.clock() - state.last_report_at > self.stale_after
-
     def is_routable(self, state: EngineState) -> bool:
         """Serving, not draining, and reporting."""
-        return state.serving and not self.is_stale(state)
+        return state.serving and not state.stale
 
     def routable(self, pool: str | None = None) -> list[EngineState]:
         """The engines new turns may go to, of one pool or all."""
-        cutoff = self.clock() - self.stale_after
-        return [e for e in self.engines(pool) if e.serving and e.last_report_at >= cutoff]
+        return [e for e in self.engines(pool) if e.serving and not e.stale]
 
     def state_of(self, state: EngineState) -> str:
         """ "serving", "draining", "stale" (silent) or "not_serving" (loading, failed)."""
-        if self.is_stale(state):
+        if state.stale:
             return "stale"
         if state.draining:
             return "draining"
@@ -242,9 +275,27 @@ class Registry:
 
         return unsubscribe
 
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the next join, leave or routability change;
+        False when none came."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+        return True
+
     def _notify(self) -> None:
         for cb in list(self._subscribers):
             try:
                 cb()
             except Exception:
                 log.exception("registry subscriber %r failed", cb)
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)

@@ -1,17 +1,33 @@
-"""One routing decision for one turn: model → pool, prompt → tokens, then the scheduler.
+"""One routing decision for one turn: model → pool, limits, prompt → tokens, then the scheduler.
 
 Shared by Envoy's ext_proc path and `Router.Pick`, so both decide exactly the same way.
+
+A turn the engines would refuse is refused here, with the engine's own INVALID_ARGUMENT, before
+it is routed: a body over `router.max_prompt_bytes` before anything is decoded, `max_tokens`
+over the engines' limit, a prompt over `router.max_prompt_tokens` or the model's context (the
+largest among the model's registered engines). A turn with `truncate_prompt` is routed on the
+tokens the engine will keep. Long prompts are tokenized in a worker thread, never on the loop
+that serves every other turn, ADS and the engines' registration streams.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.tokens import Tokenizer, load_tokenizer, prompt_token_ids
+from services.common.errors import InvalidArgument
+from services.common.tokens import (
+    Tokenizer,
+    TooManyTokens,
+    fit_context,
+    load_tokenizer,
+    turn_token_ids_async,
+)
 from services.router.config import MeshConfig, ModelResolver
+from services.router.registry import Registry
 from services.router.scheduling.interfaces import RoutingRequest
-from services.router.scheduling.scheduler import Decision, Scheduler
+from services.router.scheduling.scheduler import Decision, NoEngineAvailable, Scheduler
 from switchyard.v1 import inference_pb2
 
 
@@ -38,15 +54,53 @@ class TokenizerCache:
             self.get(model)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the router refuses before routing (see `RouterSection`)."""
+
+    max_prompt_bytes: int = 4 * 1024 * 1024
+    max_prompt_tokens: int = 0  # 0: the model's context
+    # After the router starts, a turn for a pool without engines waits this long for one to
+    # register (engines re-register within seconds of a router restart) instead of failing.
+    registration_grace_seconds: float = 0.0
+
+
+def check_request_size(size: int, limits: Limits) -> None:
+    """Refuse a request body over `max_prompt_bytes`, before it is even decoded."""
+    if size > limits.max_prompt_bytes:
+        raise InvalidArgument(
+            f"request is {size} bytes, over the mesh's limit of {limits.max_prompt_bytes} bytes "
+            "for one turn (router.max_prompt_bytes)"
+        )
+
+
 class RoutingService:
     def __init__(
-        self, resolver: ModelResolver, tokenizers: TokenizerCache, scheduler: Scheduler
+        self,
+        resolver: ModelResolver,
+        tokenizers: TokenizerCache,
+        scheduler: Scheduler,
+        registry: Registry,
+        limits: Limits | None = None,
     ) -> None:
         self.resolver = resolver
         self.tokenizers = tokenizers
         self.scheduler = scheduler
+        self.registry = registry
+        self.limits = limits or Limits()
+        self._grace_until = registry.clock() + self.limits.registration_grace_seconds
 
-    def route(
+    def _model_limits(self, pool: str, model: str) -> tuple[int, int]:
+        """(context, max_tokens limit) the model's registered engines accept, the largest of
+        each; 0 when unknown (no engine registered yet, or one that does not say)."""
+        context = limit = 0
+        for e in self.registry.engines(pool):
+            if e.model == model:
+                context = max(context, e.max_model_len)
+                limit = max(limit, e.max_tokens_limit)
+        return context, limit
+
+    async def route(
         self,
         req: inference_pb2.GenerateRequest,
         *,
@@ -56,7 +110,48 @@ class RoutingService:
     ) -> tuple[Decision, RoutingRequest]:
         """Pick an engine for `req`; raises InvalidArgument / Unavailable with a clear message."""
         pool, model = self.resolver.resolve(req.model)
-        tokens = prompt_token_ids(req, self.tokenizers.get(model))
+        context, max_tokens_limit = self._model_limits(pool, model)
+        s = req.sampling
+        requested = s.max_tokens if s.HasField("max_tokens") else None
+        if requested is not None:
+            if requested == 0:
+                raise InvalidArgument("sampling.max_tokens must be at least 1, got 0")
+            if max_tokens_limit and requested > max_tokens_limit:
+                raise InvalidArgument(
+                    f"sampling.max_tokens must be at most {max_tokens_limit}, got {requested}"
+                )
+        # Past this many tokens the turn is refused: no need to build all their ids.
+        cap = self.limits.max_prompt_tokens
+        bound = cap or None
+        if context and not req.truncate_prompt:
+            bound = min(bound or context, context)
+        tokenizer = self.tokenizers.get(model)
+        try:
+            tokens = await turn_token_ids_async(req, tokenizer, bound)
+        except TooManyTokens as e:
+            if cap and e.limit == cap:
+                raise InvalidArgument(
+                    f"prompt is {e.describe()}, over the mesh's limit of {cap} "
+                    "(router.max_prompt_tokens)"
+                ) from None
+            if e.exact:  # the engine's own message
+                fit_context(e.count, requested, context, default_max_tokens=1, truncate=False)
+            raise InvalidArgument(
+                f"prompt is {e.describe()}: it cannot fit the model's context of {context} "
+                "tokens (shorten the prompt, or set truncate_prompt)"
+            ) from None
+        max_tokens = requested or 1
+        if req.HasField("continuation"):  # a resumed turn has only what is left of its budget
+            max_tokens = max(1, max_tokens - req.continuation.completion_tokens)
+        if context:
+            max_tokens, truncated = fit_context(
+                len(tokens),
+                max_tokens,
+                context,
+                default_max_tokens=1,
+                truncate=req.truncate_prompt,
+            )
+            tokens = tokens[truncated:]
         rr = RoutingRequest(
             request_id=req.request_id,
             tenant=tenant,
@@ -64,7 +159,19 @@ class RoutingService:
             model=model,
             pool=pool,
             prompt_token_ids=tokens,
-            max_tokens=req.sampling.max_tokens if req.sampling.HasField("max_tokens") else 1,
+            max_tokens=max_tokens,
             priority=req.priority,
         )
-        return self.scheduler.pick(rr, commit=commit), rr
+        return await self._pick(rr, commit), rr
+
+    async def _pick(self, rr: RoutingRequest, commit: bool) -> Decision:
+        """The scheduler's pick; right after the router starts, a pool with no engine yet
+        waits (up to the registration grace) for engines to register again."""
+        while True:
+            try:
+                return self.scheduler.pick(rr, commit=commit)
+            except NoEngineAvailable:
+                left = self._grace_until - self.registry.clock()
+                if left <= 0 or self.registry.engines(rr.pool):
+                    raise
+                await self.registry.wait_changed(left)

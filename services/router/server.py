@@ -10,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+from services.common.looplag import watch_loop
 from services.common.metrics import start_metrics_server
 from services.common.progress import Progress
 from services.common.server import (
@@ -25,7 +26,7 @@ from services.router.config import MeshConfig, ModelResolver
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
 from services.router.registry import Registry
-from services.router.routing import RoutingService, TokenizerCache
+from services.router.routing import Limits, RoutingService, TokenizerCache
 from services.router.scheduling.profile import load_profile
 from services.router.scheduling.scheduler import Scheduler
 from services.router.sessions import SessionTable
@@ -41,7 +42,8 @@ SERVICE_NAMES = [
     "envoy.service.ext_proc.v3.ExternalProcessor",
     "envoy.service.discovery.v3.AggregatedDiscoveryService",
 ]
-SWEEP_SECONDS = 0.25
+# The loop monitor's tick: it measures the event loop's lag and sweeps the registry.
+TICK_SECONDS = 0.1
 
 
 async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
@@ -57,7 +59,13 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     registry = Registry(index=index, stale_after=cfg.router.stale_after_seconds)
     router_metrics.register(registry)
     scheduler = Scheduler(registry, index, SessionTable(), load_profile(cfg.router.profile))
-    routing = RoutingService(resolver, tokenizers, scheduler)
+    r = cfg.router
+    limits = Limits(
+        max_prompt_bytes=r.max_prompt_bytes,
+        max_prompt_tokens=r.max_prompt_tokens,
+        registration_grace_seconds=r.registration_grace_seconds,
+    )
+    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits)
 
     tracing = setup_tracing("switchyard-router", cfg.tracing)
     server = await create_server(cfg.router.listen, [], SERVICE_NAMES)
@@ -65,7 +73,6 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     address = f"{host}:{server.port}"
     cache = SnapshotCache()
     publisher = XdsPublisher(cfg, registry, cache, address)
-    publisher.publish()
 
     reg = registry_service.RegistryService(
         registry, cfg.router.heartbeat_seconds, {p.name for p in cfg.pools}
@@ -83,13 +90,26 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     await server.start()
     await server.set_serving(True)
 
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            for engine_id in registry.sweep():
-                log.warning("engine %s went silent; removed from the routable set", engine_id)
+    # Engines (re)register within the grace: until then Envoy keeps the config it has.
+    publisher.start(delay=r.registration_grace_seconds)
 
-    sweeper = asyncio.create_task(sweep(), name="registry-sweep")
+    def tick(lag: float) -> None:
+        router_metrics.LOOP_LAG.observe(lag)
+        if lag > 0.25:
+            log.warning("the router's event loop stalled for %.2fs (not counted as silence)", lag)
+        went, back = registry.sweep(stalled=lag)
+        for engine_id in went:
+            router_metrics.STALE_CHANGES.labels("went_stale").inc()
+            log.warning(
+                "engine %s silent for more than %gs; not routable until it reports",
+                engine_id,
+                registry.stale_after,
+            )
+        for engine_id in back:
+            router_metrics.STALE_CHANGES.labels("recovered").inc()
+            log.info("engine %s reports again; routable", engine_id)
+
+    sweeper = asyncio.create_task(watch_loop(TICK_SECONDS, tick), name="loop-monitor")
     if ready_file is not None:
         write_ready_file(
             ready_file,

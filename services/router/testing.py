@@ -9,6 +9,7 @@ vLLM-like KV events. Every argument has a default; pass only what the test is ab
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 
 from services.router.registry import EngineState, Registry
@@ -17,6 +18,8 @@ from switchyard.v1 import engine_pb2
 
 POOL = "pool-a"
 MODEL = "model-a"
+# Every engine made here gets an address of its own (one address is one engine).
+_ADDRESSES = itertools.count()
 
 
 def make_info(
@@ -30,8 +33,10 @@ def make_info(
     kv_block_size: int = 16,
     kv_num_blocks: int = 4096,
     kv_events: bool = False,
+    max_tokens_limit: int = 0,
 ) -> engine_pb2.EngineInfo:
     return engine_pb2.EngineInfo(
+        max_tokens_limit=max_tokens_limit,
         engine_id=engine_id,
         pool=pool,
         model=model,
@@ -99,7 +104,10 @@ def make_engine(
         kv_num_blocks=kv_num_blocks,
         kv_events=kv_events,
     )
-    state = reg.register(info, address or f"10.0.0.{len(reg.engines()) + 1}:8000")
+    n = next(_ADDRESSES)
+    state = reg.register(
+        info, address or f"10.{n // 62500 % 250}.{n // 250 % 250}.{n % 250 + 1}:8000"
+    )
     if report:
         reg.on_load(
             engine_id,

@@ -12,6 +12,7 @@ the turn (see the filter's config in the xDS builder); it never passes text unsc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +25,15 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
 from services.common.errors import Internal, InvalidArgument, PermissionDenied, SwitchyardError
-from services.common.extproc import header_map, immediate_error, tenant_of
+from services.common.extproc import (
+    LONG_BODY_BYTES,
+    LONG_BODY_SECONDS,
+    extend_timeout,
+    header_map,
+    immediate_error,
+    replace_request_body,
+    tenant_of,
+)
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
 from services.common.tracing import extract
@@ -38,15 +47,26 @@ from switchyard.v1 import inference_pb2
 log = logging.getLogger(__name__)
 
 SCAN_SPAN = "switchyard.safety.scan"
+# Request bodies at least this large are scanned off the event loop.
+OFFLOAD_BYTES = 64 * 1024
 
 
 def _body(data: bytes | None, *, request: bool) -> ext.ProcessingResponse:
     """Continue with the body, replaced by `data` when it is not None."""
-    mutation = ext.BodyMutation(body=data) if data is not None else None
-    common = ext.BodyResponse(response=ext.CommonResponse(body_mutation=mutation))
     if request:
-        return ext.ProcessingResponse(request_body=common)
-    return ext.ProcessingResponse(response_body=common)
+        headers = ext.HeaderMutation()
+        mutation = replace_request_body(data, headers) if data is not None else None
+        return ext.ProcessingResponse(
+            request_body=ext.BodyResponse(
+                response=ext.CommonResponse(
+                    header_mutation=headers if data is not None else None, body_mutation=mutation
+                )
+            )
+        )
+    body = ext.BodyMutation(body=data) if data is not None else None
+    return ext.ProcessingResponse(
+        response_body=ext.BodyResponse(response=ext.CommonResponse(body_mutation=body))
+    )
 
 
 class _Turn:
@@ -89,10 +109,14 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             turn.policy = self._config.policy(turn.tenant, turn.model)
         return turn.policy
 
-    def request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
-        """The prompt policy on the whole request body, in its own span."""
+    async def request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
+        """The prompt policy on the whole request body, in its own span; a long prompt is
+        scanned in a worker thread so that every other turn's response keeps streaming."""
         with self._tracer.start_as_current_span(SCAN_SPAN, context=turn.parent) as span:
-            answer = self._request_body(turn, body)
+            if len(body) < OFFLOAD_BYTES:
+                answer = self._request_body(turn, body)
+            else:
+                answer = await asyncio.to_thread(self._request_body, turn, body)
             if span.is_recording():
                 span.set_attributes(
                     {
@@ -121,6 +145,12 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 PermissionDenied: "prompt_denied",
             }.get(type(e), "error")
             return immediate_error(e, "safety")
+        except Exception as e:
+            log.exception("the prompt policy failed")
+            turn.outcome = "error"
+            return immediate_error(
+                Internal(f"the safety filter failed on the prompt ({type(e).__name__})"), "safety"
+            )
         finally:
             m.PROMPT_CHUNKS.inc()
             m.PROMPT_SCAN_SECONDS.observe(time.perf_counter() - started)
@@ -145,6 +175,12 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             log.error("response of a %s turn cannot be filtered: %s", turn.model, e.message)
             turn.outcome = "error"
             return immediate_error(Internal(f"safety filter: {e.message}"), "safety")
+        except Exception as e:
+            log.exception("scrubbing a %s turn failed", turn.model)
+            turn.outcome = "error"
+            return immediate_error(
+                Internal(f"the safety filter failed on the reply ({type(e).__name__})"), "safety"
+            )
         finally:
             elapsed = time.perf_counter() - started
             m.RESPONSE_CHUNKS.inc()
@@ -195,7 +231,9 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     turn.tenant = tenant_of(header_map(msg.request_headers))
                     yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
                 elif kind == "request_body":
-                    yield self.request_body(turn, msg.request_body.body)
+                    if len(msg.request_body.body) >= LONG_BODY_BYTES:
+                        yield extend_timeout(LONG_BODY_SECONDS)  # scanning it takes a while
+                    yield await self.request_body(turn, msg.request_body.body)
                 elif kind == "response_body":
                     yield self.response_body(turn, msg.response_body)
                 elif kind == "request_trailers":

@@ -10,6 +10,7 @@ from services.common.errors import InvalidArgument, Unavailable, Unimplemented
 from services.common.extproc import immediate_error
 from services.common.frames import single_message
 from services.router.extproc import ExtProcService
+from services.router.routing import Limits
 from switchyard.v1 import inference_pb2
 
 
@@ -52,11 +53,12 @@ class FakeRouted:
 class FakeRouting:
     """Records what it was asked; answers with a fixed decision or an error."""
 
-    def __init__(self, error=None):
+    def __init__(self, error=None, limits=None):
         self.error = error
         self.calls = []
+        self.limits = limits or Limits()
 
-    def route(self, req, *, tenant="", session_id="", commit=True):
+    async def route(self, req, *, tenant="", session_id="", commit=True):
         self.calls.append((req, tenant, session_id))
         if self.error:
             raise self.error
@@ -66,10 +68,10 @@ class FakeRouting:
 HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1", h.TENANT: "acme"}
 
 
-def test_decide_sets_pool_endpoint_and_clears_route_cache():
+async def test_decide_sets_pool_endpoint_and_clears_route_cache():
     routing = FakeRouting()
     body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
-    resp = ExtProcService(routing).decide(HEADERS, body)
+    resp = await ExtProcService(routing).decide(HEADERS, body)
     common = resp.request_body.response
     assert common.clear_route_cache
     assert not common.HasField("body_mutation"), "the body is left alone when the model matches"
@@ -77,6 +79,7 @@ def test_decide_sets_pool_endpoint_and_clears_route_cache():
     assert got[h.POOL] == "p"
     assert got[h.ENDPOINT] == "127.0.0.1:1,127.0.0.1:2"
     assert got[h.ENGINE] == "e1"
+    assert not common.header_mutation.remove_headers, "nothing to remove when the body stays"
     req, tenant, session = routing.calls[0]
     assert (req.prompt, tenant, session) == ("hi", "acme", "s1")
 
@@ -98,22 +101,44 @@ def test_decide_sets_pool_endpoint_and_clears_route_cache():
         ),
     ],
 )
-def test_decide_answers_bad_turns_with_an_immediate_error(headers, body, code, text):
-    resp = ExtProcService(FakeRouting()).decide(headers, body)
+async def test_decide_answers_bad_turns_with_an_immediate_error(headers, body, code, text):
+    resp = await ExtProcService(FakeRouting()).decide(headers, body)
     assert resp.immediate_response.grpc_status.status == code.value[0]
     assert text in resp.immediate_response.body.decode()
 
 
-def test_routing_errors_become_immediate_errors():
+async def test_routing_errors_become_immediate_errors():
     routing = FakeRouting(error=Unavailable("pool p: no engine can serve"))
     body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
-    resp = ExtProcService(routing).decide(HEADERS, body)
+    resp = await ExtProcService(routing).decide(HEADERS, body)
     assert resp.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
 
 
-def test_alias_is_rewritten_to_the_served_model_in_the_body():
+async def test_an_unexpected_failure_is_internal_with_a_message_not_a_reset():
+    routing = FakeRouting(error=KeyError("chat_template"))
+    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    resp = await ExtProcService(routing).decide(HEADERS, body)
+    ir = resp.immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.INTERNAL.value[0]
+    assert ir.body.decode() == "the router failed to route the turn (KeyError)"
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_decoded():
+    routing = FakeRouting(limits=Limits(max_prompt_bytes=1024))
+    body = frame(inference_pb2.GenerateRequest(prompt="x" * 2000).SerializeToString())
+    resp = await ExtProcService(routing).decide(HEADERS, body)
+    ir = resp.immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "over the mesh's limit of 1024 bytes" in ir.body.decode()
+    assert "router.max_prompt_bytes" in ir.body.decode()
+    assert routing.calls == []
+
+
+async def test_alias_is_rewritten_to_the_served_model_in_the_body():
     body = frame(inference_pb2.GenerateRequest(prompt="hi", model="chat").SerializeToString())
-    resp = ExtProcService(FakeRouting()).decide(HEADERS, body)
+    resp = await ExtProcService(FakeRouting()).decide(HEADERS, body)
     new_body = resp.request_body.response.body_mutation.body
     req = inference_pb2.GenerateRequest.FromString(single_message(new_body))
     assert (req.model, req.prompt) == ("small", "hi")
+    # A client's content-length no longer matches the body: Envoy must not see it.
+    assert list(resp.request_body.response.header_mutation.remove_headers) == ["content-length"]

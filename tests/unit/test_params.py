@@ -126,6 +126,23 @@ def test_chat_uses_template():
             "structured_output.choice.choices",
         ),
         (dict(prompt="w " * 60, sampling=dict(max_tokens=10)), "exceed the model's context of 64"),
+        (dict(sampling=dict(temperature=float("inf"))), "sampling.temperature must be a finite"),
+        (dict(sampling=dict(top_p=float("nan"))), "sampling.top_p must be a finite number"),
+        (
+            dict(sampling=dict(presence_penalty=float("-inf"))),
+            "sampling.presence_penalty must be a finite number",
+        ),
+        (
+            dict(
+                continuation=pb.Continuation(received_text="a", resumed=1),
+                structured_output=pb.StructuredOutput(regex="a+"),
+            ),
+            "continuation: a turn constrained by structured_output.regex cannot be resumed",
+        ),
+        (
+            dict(continuation=pb.Continuation(received_text="a", resumed=0)),
+            "continuation.resumed must be at least 1",
+        ),
     ],
 )
 def test_bad_input_names_the_field(kw, message):
@@ -166,6 +183,40 @@ def test_structured_outputs_map():
     assert p.sampling.structured_outputs.choice == ["yes", "no"]
     p = prep(structured_output=pb.StructuredOutput(json_schema='{"type": "object"}'))
     assert p.sampling.structured_outputs.json == {"type": "object"}
+
+
+def test_a_reused_client_request_id_still_gets_a_unique_engine_id():
+    a, b = prep(request_id="same"), prep(request_id="same")
+    assert a.request_id == b.request_id == "same"
+    assert a.engine_request_id != b.engine_request_id
+
+
+def test_a_continuation_prefills_the_received_text_and_generates_the_rest():
+    c = pb.Continuation(received_text="once upon", completion_tokens=5, resumed=1)
+    p = prep(prompt="tell a story", sampling=dict(max_tokens=12), continuation=c)
+    # The prompt (BOS + 3 words), then the received text without special tokens.
+    assert p.prompt_token_ids == [1, 4, 1, 5, 4, 4]
+    assert p.prompt_tokens == 4  # usage counts the prompt proper
+    assert p.sampling.max_tokens == 7  # 12 - 5 already received
+    assert (p.resumed_completion_tokens, p.resumed, p.exhausted) == (5, 1, False)
+
+
+def test_a_continuation_after_the_last_token_ends_at_once():
+    c = pb.Continuation(received_text="the end", completion_tokens=12, resumed=2)
+    p = prep(sampling=dict(max_tokens=12), continuation=c)
+    assert p.exhausted and p.resumed == 2
+    # Without max_tokens the engine's default budget applies (16).
+    assert prep(continuation=pb.Continuation(completion_tokens=16, resumed=1)).exhausted
+    assert not prep(continuation=pb.Continuation(completion_tokens=15, resumed=1)).exhausted
+
+
+def test_a_continuation_may_truncate_into_what_was_received():
+    c = pb.Continuation(received_text="w " * 40, completion_tokens=40, resumed=1)
+    p = prep(prompt="w " * 20, sampling=dict(max_tokens=48), truncate_prompt=True, continuation=c)
+    assert len(p.prompt_token_ids) == 64 - 8 and p.sampling.max_tokens == 8
+    # 21 prompt + 40 received + 8 left to generate > 64: the 5 oldest prompt tokens go.
+    assert p.truncated_tokens == 5
+    assert p.prompt_tokens == 16  # what is left of the prompt proper
 
 
 def test_anon_repr_carries_no_prompt_text():

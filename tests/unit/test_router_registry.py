@@ -130,7 +130,7 @@ def test_unsubscribe_and_a_failing_subscriber_does_not_stop_others():
     assert calls[0] == 102
 
 
-def test_sweep_removes_silent_engines_and_silent_ones_are_not_routable():
+def test_a_silent_engine_turns_stale_and_comes_back_when_it_reports_again():
     clock = Clock()
     reg = Registry(stale_after=3.0, clock=clock)
     a = make_engine(reg, "a")
@@ -139,10 +139,47 @@ def test_sweep_removes_silent_engines_and_silent_ones_are_not_routable():
     clock.now += 2.0
     reg.on_load("b", make_load("b"))
     clock.now += 1.5  # a: 3.5 s silent, b: 1.5 s
-    assert reg.state_of(a) == "stale"
-    assert [e.engine_id for e in reg.routable()] == ["b"]
-    assert reg.sweep() == ["a"]
-    assert reg.get("a") is None and calls[0] == 1
+    assert reg.sweep() == (["a"], [])
+    assert reg.state_of(a) == "stale" and reg.get("a") is a  # still registered
+    assert [e.engine_id for e in reg.routable()] == ["b"] and calls[0] == 1
+    assert reg.sweep() == ([], [])  # no change, no notification
+    clock.now += 20.0  # a long freeze (SIGSTOP), then the engine reports again
+    reg.on_load("a", make_load("a"))
+    reg.on_load("b", make_load("b"))
+    assert reg.sweep() == ([], ["a"])
+    assert reg.state_of(a) == "serving" and calls[0] == 2
+    assert sorted(e.engine_id for e in reg.routable()) == ["a", "b"]
+
+
+def test_the_routers_own_stall_is_not_the_engines_silence():
+    clock = Clock()
+    reg = Registry(stale_after=3.0, clock=clock)
+    make_engine(reg, "a")
+    clock.now += 10.0  # the router was frozen 10 s: nobody could report meanwhile
+    assert reg.sweep(stalled=10.0) == ([], [])
+    assert [e.engine_id for e in reg.routable()] == ["a"]
+    clock.now += 3.5  # then a really is silent
+    assert reg.sweep(stalled=0.01) == (["a"], [])
+
+
+def test_a_new_registration_at_a_taken_address_replaces_the_old_engine():
+    reg = Registry()
+    calls = counting(reg)
+    make_engine(reg, "old", address="10.0.0.1:50061")
+    new = reg.register(make_info("new"), "10.0.0.1:50061")
+    assert reg.get("old") is None and reg.get("new") is new
+    assert [e.engine_id for e in reg.engines()] == ["new"] and calls[0] >= 2
+
+
+async def test_wait_changed_wakes_on_a_join_and_times_out_otherwise():
+    import asyncio
+
+    reg = Registry()
+    assert not await reg.wait_changed(0.01)
+    waiter = asyncio.create_task(reg.wait_changed(5.0))
+    await asyncio.sleep(0)
+    make_engine(reg, "a")
+    assert await waiter
 
 
 def test_kv_events_feed_the_index():

@@ -92,14 +92,19 @@ def test_draining_engines_are_never_picked_nor_fallbacks():
     assert {c.engine_id: c.filtered_by for c in d.candidates}["b"] == "not-draining"
 
 
-def test_silent_engines_leave_at_once():
+def test_silent_engines_leave_at_the_next_sweep_and_come_back_when_they_report():
     clock = Clock()
     reg, sched = setup("a", "b", clock=clock)
     clock.now += 2.5
     reg.on_load("b", make_load("b"))
     clock.now += 1.0  # a has been silent 3.5 s > 3 s
+    reg.sweep()
     for i in range(10):
         assert sched.pick(make_request(f"r{i}", seed=i)).engine.engine_id == "b"
+    reg.on_load("a", make_load("a"))
+    reg.sweep()
+    picked = {sched.pick(make_request(f"s{i}", seed=i)).engine.engine_id for i in range(20)}
+    assert picked == {"a", "b"}
 
 
 def test_no_engine_available_says_why_engine_by_engine():

@@ -49,3 +49,82 @@ def test_missing_input_names_the_fields(tokenizers):
     fast, _ = tokenizers
     with pytest.raises(InvalidArgument, match="one of prompt or conversation is required"):
         prompt_token_ids(pb.GenerateRequest(), fast)
+
+
+def test_fit_context_matches_the_engines_rules():
+    from services.common.tokens import fit_context
+
+    assert fit_context(10, 5, 64, default_max_tokens=16, truncate=False) == (5, 0)
+    assert fit_context(60, None, 64, default_max_tokens=16, truncate=False) == (4, 0)
+    assert fit_context(70, 10, 64, default_max_tokens=16, truncate=True) == (10, 16)
+    with pytest.raises(InvalidArgument, match="exceed the model's context of 64"):
+        fit_context(70, 10, 64, default_max_tokens=16, truncate=False)
+    with pytest.raises(InvalidArgument, match="set truncate_prompt"):
+        fit_context(10, 64, 64, default_max_tokens=16, truncate=True)  # no room at all
+
+
+def test_a_continuation_appends_the_received_text_without_special_tokens(tokenizers):
+    from services.common.tokens import turn_token_ids
+
+    fast, hf = tokenizers
+    req = pb.GenerateRequest(
+        prompt="Tell me", continuation=pb.Continuation(received_text=" a story", resumed=1)
+    )
+    assert turn_token_ids(req, fast) == hf.encode("Tell me") + hf.encode(
+        " a story", add_special_tokens=False
+    )
+
+
+def test_too_many_tokens_says_how_many(tokenizers):
+    from services.common.tokens import TooManyTokens, turn_token_ids
+
+    fast, hf = tokenizers
+    text = "many words here " * 3000
+    n = len(hf.encode(text))
+    with pytest.raises(TooManyTokens) as e:
+        turn_token_ids(pb.GenerateRequest(prompt=text), fast, limit=n - 1)
+    assert (e.value.count, e.value.limit, e.value.exact) == (n, n - 1, True)
+    assert len(turn_token_ids(pb.GenerateRequest(prompt=text), fast, limit=n)) == n
+    # Far over the limit, the text's beginning is enough to refuse it.
+    with pytest.raises(TooManyTokens) as e:
+        turn_token_ids(pb.GenerateRequest(prompt=text * 100), fast, limit=100)
+    assert not e.value.exact and e.value.count > 100
+    assert e.value.describe() == "more than 100 tokens"
+
+
+def test_a_chat_template_that_refuses_is_the_callers_mistake():
+    class Refusing:
+        def encode(self, text, add_special_tokens=True):
+            return [1]
+
+        def apply_chat_template(self, conversation, **kw):
+            raise ValueError("Conversation roles must alternate user/assistant/user/assistant")
+
+    req = pb.GenerateRequest(
+        conversation=pb.Conversation(messages=[pb.ChatMessage(role="assistant", content="x")])
+    )
+    with pytest.raises(InvalidArgument, match="conversation: the model's chat template refused"):
+        prompt_token_ids(req, Refusing())
+
+
+async def test_a_long_prompt_tokenizes_while_the_loop_keeps_running(tokenizers):
+    import asyncio
+
+    from services.common.tokens import turn_token_ids_async
+
+    fast, _ = tokenizers
+    text = "The quick brown fox jumps over the lazy dog. " * 40_000  # 1.8 MB
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    ids = await turn_token_ids_async(pb.GenerateRequest(prompt=text), fast)
+    t.cancel()
+    assert len(ids) > 300_000
+    assert ticks >= 5, "the event loop was blocked while the prompt was tokenized"

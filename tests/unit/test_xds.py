@@ -27,8 +27,17 @@ from google.rpc import status_pb2
 from prometheus_client import REGISTRY
 
 from services.common import headers
+from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.router.xds import resources
-from services.router.xds.builder import Endpoint, MeshSpec, PoolSpec, SafetySpec, build_snapshot
+from services.router.xds.builder import (
+    ROUTER_FAILED_STATUS,
+    SAFETY_FAILED_STATUS,
+    Endpoint,
+    MeshSpec,
+    PoolSpec,
+    SafetySpec,
+    build_snapshot,
+)
 from services.router.xds.cache import Hooks, SnapshotCache
 from services.router.xds.server import add_to_server
 from services.router.xds.snapshot import InconsistentSnapshotError, Snapshot
@@ -119,7 +128,8 @@ def test_safety_filter_after_the_router_streams_the_response_and_fails_closed() 
     assert safety.grpc_service.envoy_grpc.cluster_name == "switchyard_safety"
     assert safety.processing_mode.request_body_mode == pm.ProcessingMode.BUFFERED
     assert safety.processing_mode.response_body_mode == pm.ProcessingMode.STREAMED
-    assert not safety.failure_mode_allow and safety.status_on_error.code == 503
+    assert not safety.failure_mode_allow and safety.status_on_error.code == SAFETY_FAILED_STATUS
+    assert router.status_on_error.code == ROUTER_FAILED_STATUS
     open_ = _filters(make_snapshot(safety=SafetySpec("127.0.0.1", 50055, fail_open=True)))
     assert open_[1][1].failure_mode_allow
     assert [name for name, _ in _filters(make_snapshot())] == [
@@ -176,6 +186,47 @@ def test_draining_endpoint_and_engine_metadata() -> None:
     assert lb.metadata.filter_metadata[headers.METADATA_NAMESPACE]["engine_id"] == "e1"
 
 
+def test_a_silent_engine_is_unhealthy_in_eds() -> None:
+    spec = make_spec(pools=(PoolSpec("p", (Endpoint("e1", "10.0.0.1", 7, healthy=False),)),))
+    [lb] = build_snapshot(spec).resources(EDS)["pool_p"].endpoints[0].lb_endpoints
+    assert lb.health_status == health_check_pb2.UNHEALTHY
+
+
+def _hcm(snap: Snapshot) -> Any:
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    [listener] = snap.resources(LDS).values()
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return hcm
+
+
+def test_local_replies_always_say_what_happened() -> None:
+    mappers = _hcm(make_snapshot()).local_reply_config.mappers
+    by_status = {m.filter.status_code_filter.comparison.value.default_value: m for m in mappers}
+    too_big = by_status[413]
+    assert [(h.header.key, h.header.value) for h in too_big.headers_to_add] == [
+        ("grpc-status", "8")  # RESOURCE_EXHAUSTED: no HTTP status maps to it
+    ]
+    assert str(MAX_REQUEST_BODY_BYTES) in too_big.body.inline_string
+    for status, who in ((ROUTER_FAILED_STATUS, "router"), (SAFETY_FAILED_STATUS, "safety")):
+        m = by_status[status]
+        assert m.status_code.value == 503
+        assert [(h.header.key, h.header.value) for h in m.headers_to_add] == [("grpc-status", "14")]
+        text = m.body_format_override.text_format_source.inline_string
+        assert who in text and "%RESPONSE_CODE_DETAILS%" in text
+
+
+def test_each_try_gets_the_per_try_timeout_to_be_accepted() -> None:
+    snap = build_snapshot(make_spec(per_try_timeout_seconds=4.5))
+    route = snap.resources(RDS)["switchyard_routes"].virtual_hosts[0].routes[0]
+    policy = route.route.retry_policy
+    assert policy.per_try_timeout.ToMilliseconds() == 4500
+    assert route.route.timeout.ToMilliseconds() == 0  # the stream itself is never cut
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -184,6 +235,7 @@ def test_draining_endpoint_and_engine_metadata() -> None:
         ({"pools": (PoolSpec("bad name", ()),)}, "must match"),
         ({"listener_port": 0}, "listener_port"),
         ({"ext_proc_timeout_seconds": 0}, "ext_proc_timeout_seconds"),
+        ({"per_try_timeout_seconds": 0}, "per_try_timeout_seconds"),
     ],
 )
 def test_builder_rejects_bad_specs(overrides: dict[str, Any], message: str) -> None:
@@ -207,6 +259,20 @@ def test_cache_refuses_an_inconsistent_snapshot_and_keeps_the_last() -> None:
     with pytest.raises(InconsistentSnapshotError, match="missing"):
         cache.set_snapshot(Snapshot.of(clusters=[eds_cluster("pool_x")]))
     assert cache.snapshot is good
+
+
+def test_cache_forgets_the_oldest_disconnected_nodes() -> None:
+    from services.router.xds.cache import MAX_DISCONNECTED_NODES
+
+    cache = SnapshotCache()
+    cache.stream_opened("live")
+    for i in range(MAX_DISCONNECTED_NODES + 10):
+        cache.stream_opened(f"gone-{i}")
+        cache.record_sent(f"gone-{i}", CDS, "v1", "1")
+        cache.stream_closed(f"gone-{i}")
+    nodes = [n.node_id for n in cache.status()]
+    assert len(nodes) == MAX_DISCONNECTED_NODES + 1 and "live" in nodes
+    assert "gone-0" not in nodes and f"gone-{MAX_DISCONNECTED_NODES + 9}" in nodes
 
 
 def test_cache_wakes_watchers_until_cancelled() -> None:

@@ -14,7 +14,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EngineInfo(_message.Message):
-    __slots__ = ("engine_id", "pool", "accelerator", "model", "model_version", "max_model_len", "kv_block_size", "kv_num_blocks", "prefix_hash_algo", "vllm_version", "kv_events")
+    __slots__ = ("engine_id", "pool", "accelerator", "model", "model_version", "max_model_len", "kv_block_size", "kv_num_blocks", "prefix_hash_algo", "vllm_version", "kv_events", "max_tokens_limit")
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class EngineInfo(_message.Message):
     PREFIX_HASH_ALGO_FIELD_NUMBER: _ClassVar[int]
     VLLM_VERSION_FIELD_NUMBER: _ClassVar[int]
     KV_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     engine_id: str
     pool: str
     accelerator: str
@@ -37,7 +38,8 @@ class EngineInfo(_message.Message):
     prefix_hash_algo: str
     vllm_version: str
     kv_events: bool
-    def __init__(self, engine_id: _Optional[str] = ..., pool: _Optional[str] = ..., accelerator: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., max_model_len: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_num_blocks: _Optional[int] = ..., prefix_hash_algo: _Optional[str] = ..., vllm_version: _Optional[str] = ..., kv_events: _Optional[bool] = ...) -> None: ...
+    max_tokens_limit: int
+    def __init__(self, engine_id: _Optional[str] = ..., pool: _Optional[str] = ..., accelerator: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., max_model_len: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., kv_num_blocks: _Optional[int] = ..., prefix_hash_algo: _Optional[str] = ..., vllm_version: _Optional[str] = ..., kv_events: _Optional[bool] = ..., max_tokens_limit: _Optional[int] = ...) -> None: ...
 
 class GetLoadRequest(_message.Message):
     __slots__ = ()

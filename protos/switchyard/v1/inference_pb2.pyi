@@ -26,7 +26,7 @@ FINISH_REASON_ABORTED: FinishReason
 FINISH_REASON_BLOCKED: FinishReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "conversation", "sampling", "structured_output", "session_id", "priority", "labels", "truncate_prompt", "request_id")
+    __slots__ = ("model", "prompt", "conversation", "sampling", "structured_output", "session_id", "priority", "labels", "truncate_prompt", "request_id", "continuation")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class GenerateRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     conversation: Conversation
@@ -54,7 +55,18 @@ class GenerateRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     truncate_prompt: bool
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., session_id: _Optional[str] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., truncate_prompt: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    continuation: Continuation
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., session_id: _Optional[str] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., truncate_prompt: _Optional[bool] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ...) -> None: ...
+
+class Continuation(_message.Message):
+    __slots__ = ("received_text", "completion_tokens", "resumed")
+    RECEIVED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    received_text: str
+    completion_tokens: int
+    resumed: int
+    def __init__(self, received_text: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., resumed: _Optional[int] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("messages",)
@@ -129,7 +141,7 @@ class Delta(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_count: _Optional[int] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timing", "served_by", "safety", "request_id", "stop_sequence")
+    __slots__ = ("finish_reason", "usage", "timing", "served_by", "safety", "request_id", "stop_sequence", "resumed")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +149,7 @@ class Final(_message.Message):
     SAFETY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timing: Timing
@@ -144,7 +157,8 @@ class Final(_message.Message):
     safety: SafetyReport
     request_id: str
     stop_sequence: str
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., safety: _Optional[_Union[SafetyReport, _Mapping]] = ..., request_id: _Optional[str] = ..., stop_sequence: _Optional[str] = ...) -> None: ...
+    resumed: int
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., safety: _Optional[_Union[SafetyReport, _Mapping]] = ..., request_id: _Optional[str] = ..., stop_sequence: _Optional[str] = ..., resumed: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")

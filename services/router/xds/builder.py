@@ -10,16 +10,22 @@ What it builds (names are constants below):
   gRPC) with routes from RDS over ADS, and three HTTP filters: ext_proc to the router (request
   headers + buffered body; nothing of the response), ext_proc to the safety service (request
   headers + buffered body for the prompt policy, the STREAMED response body for the scrub;
-  fails closed unless told otherwise), then the router.
+  fails closed unless told otherwise), then the router. Its local replies always carry a
+  message and the right gRPC status (`_local_replies`): a body over the transport limit is
+  RESOURCE_EXHAUSTED, a router or safety service that does not answer is UNAVAILABLE saying
+  which and why.
 - RouteConfiguration `switchyard_routes`: per pool, header `x-switchyard-pool` == name →
   cluster `pool_<name>`, no route timeout (streams), retries only before the first response
-  byte; last, a catch-all answering gRPC UNAVAILABLE "no pool selected".
+  byte, each try given `per_try_timeout_seconds` to be accepted (an engine sends its response
+  headers as it takes a turn, so a frozen engine's turn moves on); last, a catch-all answering
+  gRPC UNAVAILABLE "no pool selected".
 - Cluster `pool_<name>` per pool: EDS over ADS, HTTP/2, load balancing by
   `envoy.load_balancing_policies.override_host` reading `x-switchyard-endpoint` (fallback
   least_request), gRPC health checks, outlier detection and circuit breakers.
 - Clusters `switchyard_router`, `switchyard_safety`: our ext_proc gRPC servers, endpoints inline.
 - ClusterLoadAssignment `pool_<name>`: one endpoint per engine (engine id as hostname and in
-  metadata); a draining engine has health_status DRAINING: no new turns, its streams go on.
+  metadata); a draining engine has health_status DRAINING: no new turns, its streams go on; a
+  silent (stale) one UNHEALTHY until it reports again.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # xds-protos ships no type stubs: its modules are untyped (Any) to mypy.
+from envoy.config.accesslog.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    accesslog_pb2,
+)
 from envoy.config.cluster.v3 import (  # type: ignore[import-untyped,unused-ignore]
     circuit_breaker_pb2,
     cluster_pb2,
@@ -43,6 +52,7 @@ from envoy.config.core.v3 import (  # type: ignore[import-untyped,unused-ignore]
     grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
+    substitution_format_string_pb2,
 )
 from envoy.config.endpoint.v3 import (  # type: ignore[import-untyped,unused-ignore]
     endpoint_components_pb2,
@@ -59,6 +69,9 @@ from envoy.config.route.v3 import (  # type: ignore[import-untyped,unused-ignore
 from envoy.config.trace.v3 import (  # type: ignore[import-untyped,unused-ignore]
     http_tracer_pb2,
     opentelemetry_pb2,
+)
+from envoy.extensions.access_loggers.filters.cel.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    cel_pb2,
 )
 from envoy.extensions.filters.http.ext_proc.v3 import (  # type: ignore[import-untyped,unused-ignore]
     ext_proc_pb2,
@@ -90,6 +103,7 @@ from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from services.common import headers
+from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.router.xds.snapshot import Snapshot
 
 LISTENER_NAME = "switchyard_ingress"
@@ -110,8 +124,10 @@ HEALTH_SERVICE = "switchyard.v1.Inference"
 # gRPC status in a trailers-only answer (an engine refusing the turn before starting it).
 RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
 NUM_RETRIES = 2
-# Largest request Envoy buffers for ext_proc (a long prompt); beyond it Envoy answers 413.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# HTTP statuses Envoy's local replies use when an ext_proc service fails (status_on_error):
+# otherwise unused, so that `_local_replies` can tell who failed and say so; clients see 503.
+ROUTER_FAILED_STATUS = http_status_pb2.VariantAlsoNegotiates  # 506
+SAFETY_FAILED_STATUS = http_status_pb2.InsufficientStorage  # 507
 # Streams idle this long are reset (a backstop against leaks, never hit by a live turn).
 STREAM_IDLE_TIMEOUT_SECONDS = 3600
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -130,6 +146,8 @@ class Endpoint:
     port: int
     # Draining: no new turns; streams in flight continue.
     draining: bool = False
+    # False while the engine is silent (stale): no new turns until it reports again.
+    healthy: bool = True
 
 
 @dataclass(frozen=True)
@@ -171,8 +189,13 @@ class MeshSpec:
     router_host: str
     router_port: int
     pools: tuple[PoolSpec, ...]
-    # How long Envoy waits for each ext_proc answer before failing the turn.
+    # How long Envoy waits for each ext_proc answer before failing the turn, and the most a
+    # service may extend that for one message (a long prompt to tokenize or scan).
     ext_proc_timeout_seconds: float = 2.0
+    ext_proc_max_timeout_seconds: float = 30.0
+    # How long an engine has to accept a turn (send response headers) before Envoy retries it
+    # on the next engine.
+    per_try_timeout_seconds: float = 5.0
     # The safety filter; None runs the mesh without one (tests of routing alone).
     safety: SafetySpec | None = None
     # Tracing; None traces nothing.
@@ -205,7 +228,7 @@ def build_snapshot(spec: MeshSpec) -> Snapshot:
         ],
         endpoints=[_load_assignment(p) for p in pools],
         listeners=[_listener(spec)],
-        routes=[_route_configuration(pools)],
+        routes=[_route_configuration(pools, spec.per_try_timeout_seconds)],
     )
 
 
@@ -235,6 +258,13 @@ def _validate(spec: MeshSpec) -> None:
         raise ValueError(
             f"ext_proc_timeout_seconds must be > 0, got {spec.ext_proc_timeout_seconds}"
         )
+    if spec.ext_proc_max_timeout_seconds < spec.ext_proc_timeout_seconds:
+        raise ValueError(
+            f"ext_proc_max_timeout_seconds ({spec.ext_proc_max_timeout_seconds}) must be at "
+            f"least ext_proc_timeout_seconds ({spec.ext_proc_timeout_seconds})"
+        )
+    if not spec.per_try_timeout_seconds > 0:
+        raise ValueError(f"per_try_timeout_seconds must be > 0, got {spec.per_try_timeout_seconds}")
     seen: set[str] = set()
     for pool in spec.pools:
         if not _POOL_NAME.match(pool.name):
@@ -433,7 +463,13 @@ def _load_assignment(pool: PoolSpec) -> Any:
                 endpoint=endpoint_components_pb2.Endpoint(
                     address=_socket_address(e.host, e.port), hostname=e.engine_id
                 ),
-                health_status=health_check_pb2.DRAINING if e.draining else health_check_pb2.HEALTHY,
+                health_status=(
+                    health_check_pb2.DRAINING
+                    if e.draining
+                    else health_check_pb2.HEALTHY
+                    if e.healthy
+                    else health_check_pb2.UNHEALTHY
+                ),
                 metadata=base_pb2.Metadata(filter_metadata={headers.METADATA_NAMESPACE: metadata}),
             )
         )
@@ -447,7 +483,13 @@ def _load_assignment(pool: PoolSpec) -> Any:
 
 
 def _ext_proc_filter(
-    name: str, cluster: str, modes: Any, timeout: float, *, fail_open: bool = False
+    name: str,
+    cluster: str,
+    modes: Any,
+    spec: MeshSpec,
+    status_on_error: int,
+    *,
+    fail_open: bool,
 ) -> Any:
     ext_proc = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
@@ -455,11 +497,12 @@ def _ext_proc_filter(
         ),
         failure_mode_allow=fail_open,
         processing_mode=modes,
-        message_timeout=_duration(timeout),
+        message_timeout=_duration(spec.ext_proc_timeout_seconds),
+        max_message_timeout=_duration(spec.ext_proc_max_timeout_seconds),
         allow_mode_override=False,
-        # The service down or late: 503, which a gRPC client sees as UNAVAILABLE (Envoy's
-        # default 500 would read as UNKNOWN).
-        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        # The service down or late: a status of its own, which `_local_replies` turns into
+        # UNAVAILABLE (503) naming the service (Envoy's default 500 would read as UNKNOWN).
+        status_on_error=http_status_pb2.HttpStatus(code=status_on_error),
     )
     return hcm_pb2.HttpFilter(name=name, typed_config=_any(ext_proc))
 
@@ -481,7 +524,9 @@ def _router_filter(spec: MeshSpec) -> Any:
     """The router's ext_proc: request headers and the buffered body, once per turn; it never
     sees the response."""
     modes = _modes(processing_mode_pb2.ProcessingMode.NONE)
-    return _ext_proc_filter(ROUTER_FILTER, ROUTER_CLUSTER, modes, spec.ext_proc_timeout_seconds)
+    return _ext_proc_filter(
+        ROUTER_FILTER, ROUTER_CLUSTER, modes, spec, ROUTER_FAILED_STATUS, fail_open=False
+    )
 
 
 def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
@@ -491,7 +536,8 @@ def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
         SAFETY_FILTER,
         SAFETY_CLUSTER,
         _modes(processing_mode_pb2.ProcessingMode.STREAMED),
-        spec.ext_proc_timeout_seconds,
+        spec,
+        SAFETY_FAILED_STATUS,
         fail_open=safety.fail_open,
     )
 
@@ -513,6 +559,91 @@ def _tracing(tracing: TracingSpec) -> Any:
     )
 
 
+def _status_is(code: int) -> Any:
+    return accesslog_pb2.AccessLogFilter(
+        status_code_filter=accesslog_pb2.StatusCodeFilter(
+            comparison=accesslog_pb2.ComparisonFilter(
+                op=accesslog_pb2.ComparisonFilter.EQ,
+                value=base_pb2.RuntimeUInt32(
+                    default_value=code, runtime_key=f"switchyard.local_reply.{code}"
+                ),
+            )
+        )
+    )
+
+
+def _matches(expression: str) -> Any:
+    """A local-reply filter on a CEL expression over Envoy's request attributes."""
+    return accesslog_pb2.AccessLogFilter(
+        extension_filter=accesslog_pb2.ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel",
+            typed_config=_any(cel_pb2.ExpressionFilter(expression=expression)),
+        )
+    )
+
+
+def _grpc_status(code: int) -> Any:
+    # A gRPC local reply takes its grpc-status from this header when set, not from the HTTP
+    # status (no HTTP status maps to RESOURCE_EXHAUSTED).
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="grpc-status", value=str(code)),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _text(text: str) -> Any:
+    return substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=text)
+    )
+
+
+def _local_replies() -> Any:
+    """Envoy's own answers, made to say what happened: the mesh never answers a turn with an
+    empty message or a status a client would misread."""
+    mapper = hcm_pb2.ResponseMapper
+    return hcm_pb2.LocalReplyConfig(
+        mappers=[
+            mapper(  # the ext_proc buffer overflowed: the body is over the transport limit
+                filter=_status_is(413),
+                body=base_pb2.DataSource(
+                    inline_string=f"request body is over the mesh's limit of "
+                    f"{MAX_REQUEST_BODY_BYTES} bytes (Envoy's request buffer)"
+                ),
+                headers_to_add=[_grpc_status(8)],  # RESOURCE_EXHAUSTED
+            ),
+            mapper(
+                filter=_status_is(ROUTER_FAILED_STATUS),
+                status_code=_u32(503),
+                headers_to_add=[_grpc_status(14)],  # UNAVAILABLE
+                body_format_override=_text(
+                    "the mesh's router failed or could not be reached, so the turn was not routed "
+                    "(%RESPONSE_CODE_DETAILS%)"
+                ),
+            ),
+            mapper(
+                filter=_status_is(SAFETY_FAILED_STATUS),
+                status_code=_u32(503),
+                headers_to_add=[_grpc_status(14)],
+                body_format_override=_text(
+                    "the safety filter failed or could not be reached; the mesh fails closed "
+                    "(%RESPONSE_CODE_DETAILS%)"
+                ),
+            ),
+            mapper(  # a late answer is a 504 whoever was late (status_on_error is not used)
+                filter=_matches(
+                    "response.code == 504 && response.code_details.startsWith('ext_proc')"
+                ),
+                status_code=_u32(503),
+                headers_to_add=[_grpc_status(14)],
+                body_format_override=_text(
+                    "the mesh's router or safety filter did not answer in time, so the turn "
+                    "was not served (%RESPONSE_CODE_DETAILS%)"
+                ),
+            ),
+        ]
+    )
+
+
 def _listener(spec: MeshSpec) -> Any:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
@@ -528,11 +659,12 @@ def _listener(spec: MeshSpec) -> Any:
             ),
         ],
         tracing=_tracing(spec.tracing) if spec.tracing is not None else None,
+        local_reply_config=_local_replies(),
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=_socket_address(spec.listener_address, spec.listener_port),
-        per_connection_buffer_limit_bytes=_u32(MAX_REQUEST_BYTES),
+        per_connection_buffer_limit_bytes=_u32(MAX_REQUEST_BODY_BYTES),
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
@@ -546,10 +678,13 @@ def _listener(spec: MeshSpec) -> Any:
     )
 
 
-def _retry_policy() -> Any:
+def _retry_policy(per_try_timeout: float) -> Any:
     return route_components_pb2.RetryPolicy(
         retry_on=RETRY_ON,
         num_retries=_u32(NUM_RETRIES),
+        # Counts only until the engine's response headers (Envoy ignores it once the response
+        # has started downstream): time for an engine to accept the turn, not to finish it.
+        per_try_timeout=_duration(per_try_timeout),
         # A retry goes elsewhere: the next host of x-switchyard-endpoint, or the fallback
         # policy avoiding the hosts already tried.
         retry_host_predicate=[
@@ -562,7 +697,7 @@ def _retry_policy() -> Any:
     )
 
 
-def _pool_route(pool: str) -> Any:
+def _pool_route(pool: str, per_try_timeout: float) -> Any:
     return route_components_pb2.Route(
         name=pool_cluster_name(pool),
         match=route_components_pb2.RouteMatch(
@@ -576,7 +711,7 @@ def _pool_route(pool: str) -> Any:
         route=route_components_pb2.RouteAction(
             cluster=pool_cluster_name(pool),
             timeout=_duration(0),  # no timeout: a turn streams as long as it generates
-            retry_policy=_retry_policy(),
+            retry_policy=_retry_policy(per_try_timeout),
         ),
     )
 
@@ -593,14 +728,17 @@ def _no_pool_route() -> Any:
     )
 
 
-def _route_configuration(pools: list[PoolSpec]) -> Any:
+def _route_configuration(pools: list[PoolSpec], per_try_timeout: float) -> Any:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
             route_components_pb2.VirtualHost(
                 name=VIRTUAL_HOST_NAME,
                 domains=["*"],
-                routes=[*(_pool_route(p.name) for p in pools), _no_pool_route()],
+                routes=[
+                    *(_pool_route(p.name, per_try_timeout) for p in pools),
+                    _no_pool_route(),
+                ],
             )
         ],
     )

@@ -87,9 +87,15 @@ class _TypeRecord:
 class _NodeRecord:
     streams: int = 0
     types: dict[str, _TypeRecord] = field(default_factory=dict)
+    closed_seq: int = 0  # when its last stream closed (a counter), for pruning
 
     def type(self, type_url: str) -> _TypeRecord:
         return self.types.setdefault(type_url, _TypeRecord())
+
+
+# Nodes kept after their last stream closed (an Envoy that restarted or went away), newest
+# first; older ones are forgotten so that Envoys coming and going cannot grow the cache.
+MAX_DISCONNECTED_NODES = 64
 
 
 class SnapshotCache:
@@ -105,6 +111,7 @@ class SnapshotCache:
         self._watches: dict[int, Callable[[], None]] = {}
         self._next_watch = 0
         self._nodes: dict[str, _NodeRecord] = {}
+        self._closes = 0
 
     # -- the snapshot -------------------------------------------------------------------------
 
@@ -148,10 +155,18 @@ class SnapshotCache:
             self._nodes.setdefault(node_id, _NodeRecord()).streams += 1
 
     def stream_closed(self, node_id: str) -> None:
-        """A stream from `node_id` ended; its status stays for operators."""
+        """A stream from `node_id` ended; its status stays for operators (the most recent
+        `MAX_DISCONNECTED_NODES` disconnected nodes)."""
         with self._lock:
             node = self._nodes.setdefault(node_id, _NodeRecord())
             node.streams = max(0, node.streams - 1)
+            if node.streams == 0:
+                self._closes += 1
+                node.closed_seq = self._closes
+                gone = [(n.closed_seq, k) for k, n in self._nodes.items() if n.streams == 0]
+                if len(gone) > MAX_DISCONNECTED_NODES:
+                    for _seq, key in sorted(gone)[: len(gone) - MAX_DISCONNECTED_NODES]:
+                        del self._nodes[key]
 
     def record_sent(self, node_id: str, type_url: str, version: str, nonce: str) -> None:
         """A response of `version` with `nonce` went to the node."""

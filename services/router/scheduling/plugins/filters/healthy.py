@@ -1,18 +1,17 @@
-"""healthy-filter: keeps engines that say they are serving and reported recently.
+"""healthy-filter: keeps engines that say they are serving and are not stale.
 
 Reads: `serving` from the latest load report (false while loading, after a fatal error, or
-while draining) and `last_report_at`. An engine silent for longer than `stale_after_seconds`
-leaves the candidates at once, before the registry's sweep removes it.
+while draining) and `stale`, which the registry's sweep sets when an engine has been silent for
+longer than `router.stale_after_seconds` (the router's own stalls not counted) and clears on the
+engine's next report. The sweep owns the clock, so a pick made right after the router wakes from
+a stall does not mistake the router's silence for the engines'.
 
-Parameters:
-  stale_after_seconds (float > 0, optional): silence allowed; default the registry's stale_after.
+Parameters: none.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
-
-import pydantic
 
 from services.common.config import StrictModel
 from services.router.registry import EngineState
@@ -20,7 +19,7 @@ from services.router.scheduling.interfaces import HEALTHY_FILTER, PluginContext,
 
 
 class Params(StrictModel):
-    stale_after_seconds: float | None = pydantic.Field(None, gt=0)
+    pass
 
 
 class HealthyFilter:
@@ -29,15 +28,14 @@ class HealthyFilter:
     def __init__(self, name: str, params: Params, ctx: PluginContext) -> None:
         self.name = name
         self._clock = ctx.clock
-        self._stale_after = params.stale_after_seconds or ctx.registry.stale_after
+        self._stale_after = ctx.registry.stale_after
 
     def filter(self, req: RoutingRequest, engines: list[EngineState]) -> list[EngineState]:
-        cutoff = self._clock() - self._stale_after
-        return [e for e in engines if e.serving and e.last_report_at >= cutoff]
+        return [e for e in engines if e.serving and not e.stale]
 
     def reason(self, req: RoutingRequest, engine: EngineState) -> str:
-        silent = self._clock() - engine.last_report_at
-        if silent > self._stale_after:
+        if engine.stale:
+            silent = self._clock() - engine.last_report_at
             return f"silent for {silent:.1f}s > {self._stale_after:g}s"
         if engine.draining:
             return "draining"

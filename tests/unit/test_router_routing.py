@@ -1,0 +1,130 @@
+"""RoutingService (services/router/routing.py): limits refused as the engine would, truncation
+routed as the engine will prefill, resumed turns, and the registration grace after a restart."""
+
+import asyncio
+
+import pytest
+
+from services.common.config import parse_config
+from services.common.errors import InvalidArgument, Unavailable
+from services.router.config import MeshConfig, ModelResolver
+from services.router.registry import Registry
+from services.router.routing import Limits, RoutingService, TokenizerCache
+from services.router.scheduling.scheduler import Scheduler
+from services.router.sessions import SessionTable
+from services.router.testing import make_info, make_load
+from switchyard.v1 import inference_pb2 as pb
+
+POOL, MODEL = "pool-a", "model-a"
+
+
+class WordTokenizer:
+    """One token per word, plus a BOS for raw prompts."""
+
+    def encode(self, text, add_special_tokens=True):
+        return ([1] if add_special_tokens else []) + [len(w) for w in text.split()]
+
+    def apply_chat_template(self, conversation, **kw):
+        return " ".join(m["content"] for m in conversation)
+
+
+class Tokenizers(TokenizerCache):
+    def __init__(self):
+        pass
+
+    def get(self, model):
+        return WordTokenizer()
+
+
+def service(limits=None, *, context=64, max_tokens_limit=32, engines=1):
+    cfg = parse_config(
+        {
+            "pools": [
+                {"name": POOL, "accelerator": "cpu", "models": [{"name": MODEL, "tokenizer": "/t"}]}
+            ]
+        },
+        MeshConfig,
+    )
+    reg = Registry()
+    for i in range(engines):
+        reg.register(
+            make_info(f"e{i}", max_model_len=context, max_tokens_limit=max_tokens_limit),
+            f"10.1.0.{i + 1}:8000",
+        )
+        reg.on_load(f"e{i}", make_load(f"e{i}"))
+    sched = Scheduler(reg, reg.index, SessionTable())
+    return RoutingService(ModelResolver(cfg), Tokenizers(), sched, reg, limits or Limits()), reg
+
+
+def request(prompt="one two three", **sampling):
+    req = pb.GenerateRequest(prompt=prompt)
+    for k, v in sampling.items():
+        setattr(req.sampling, k, v)
+    return req
+
+
+async def test_routes_on_the_prompt_tokens():
+    routing, _ = service()
+    decision, rr = await routing.route(request(max_tokens=4))
+    assert rr.prompt_token_ids == [1, 3, 3, 5] and rr.max_tokens == 4
+    assert decision.engine.engine_id == "e0"
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        (request(max_tokens=33), "sampling.max_tokens must be at most 32, got 33"),
+        (request(max_tokens=0), "sampling.max_tokens must be at least 1, got 0"),
+        (request("w " * 70, max_tokens=4), "exceed the model's context of 64 tokens"),
+        (request("w " * 62, max_tokens=4), "exceed the model's context of 64 tokens"),
+    ],
+)
+async def test_what_no_engine_would_take_is_invalid_argument_not_unavailable(req, message):
+    routing, _ = service()
+    with pytest.raises(InvalidArgument, match=message):
+        await routing.route(req)
+
+
+async def test_a_token_limit_of_the_mesh_is_named():
+    routing, _ = service(Limits(max_prompt_tokens=10))
+    with pytest.raises(InvalidArgument, match=r"prompt is 21 tokens, over the mesh's limit of 10"):
+        await routing.route(request("w " * 20))
+
+
+async def test_truncate_prompt_routes_on_the_tokens_the_engine_keeps():
+    routing, _ = service()
+    req = request(" ".join(f"w{i:02d}" for i in range(70)), max_tokens=4)
+    req.truncate_prompt = True
+    _, rr = await routing.route(req)
+    assert len(rr.prompt_token_ids) == 60  # 71 tokens, context 64, 4 to generate
+
+
+async def test_a_resumed_turn_routes_on_prompt_and_received_text_with_its_remaining_budget():
+    routing, _ = service()
+    req = request("tell a story", max_tokens=20)
+    req.continuation.received_text = "once upon a"
+    req.continuation.completion_tokens = 6
+    req.continuation.resumed = 1
+    _, rr = await routing.route(req)
+    assert rr.prompt_token_ids == [1, 4, 1, 5, 4, 4, 1]
+    assert rr.max_tokens == 14
+
+
+async def test_no_engine_yet_waits_for_a_registration_during_the_grace():
+    routing, reg = service(Limits(registration_grace_seconds=5.0), engines=0)
+
+    async def register_soon():
+        await asyncio.sleep(0.05)
+        reg.register(make_info("late", max_model_len=64), "10.1.0.9:8000")
+        reg.on_load("late", make_load("late"))
+
+    joiner = asyncio.create_task(register_soon())
+    decision, _ = await routing.route(request(max_tokens=4))
+    await joiner
+    assert decision.engine.engine_id == "late"
+
+
+async def test_no_engine_fails_at_once_without_a_grace():
+    routing, _ = service(engines=0)
+    with pytest.raises(Unavailable, match="no engines registered"):
+        await routing.route(request(max_tokens=4))
