@@ -16,6 +16,10 @@ limit before building a huge id list.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.common.errors import InvalidArgument
@@ -73,59 +77,81 @@ def _render_chat(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> st
 
 
 def _encode(
-    tokenizer: Tokenizer, text: str, add_special_tokens: bool, limit: int | None
+    tokenizer: Tokenizer,
+    text: str,
+    add_special_tokens: bool,
+    limit: int | None = None,
+    keep_last: int | None = None,
 ) -> tuple[list[int], int]:
-    """(ids, how many there are); past `limit` the ids may stop early (at least limit + 1).
-    Raises TooManyTokens (not exact) when the text's beginning alone is over `limit`."""
+    """(ids, how many there are). Past `limit` the ids may stop early (at least limit + 1), and
+    TooManyTokens (not exact) is raised when the text's beginning alone is over it; with
+    `keep_last`, only that many of the last ids are built."""
     if isinstance(tokenizer, RustEncoder):
-        return tokenizer.encode_bounded(text, add_special_tokens, limit)
+        return tokenizer.encode_bounded(text, add_special_tokens, limit, keep_last)
     ids = list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
-    return ids, len(ids)
+    return (ids[-keep_last:] if keep_last else ids), len(ids)
 
 
-def _prompt(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None) -> Any:
+def _prompt(
+    req: inference_pb2.GenerateRequest,
+    tokenizer: Tokenizer,
+    limit: int | None = None,
+    keep_last: int | None = None,
+) -> tuple[list[int], int]:
     which = req.WhichOneof("input")
     if which == "prompt":
         if not req.prompt:
             raise InvalidArgument("prompt must not be empty")
-        return _encode(tokenizer, req.prompt, True, limit)
+        return _encode(tokenizer, req.prompt, True, limit, keep_last)
     if which == "conversation":
-        return _encode(tokenizer, _render_chat(req, tokenizer), False, limit)
+        return _encode(tokenizer, _render_chat(req, tokenizer), False, limit, keep_last)
     raise InvalidArgument("one of prompt or conversation is required")
 
 
-def prompt_token_ids(
-    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None = None
-) -> list[int]:
-    """Tokenize the request's prompt or conversation; raises InvalidArgument naming the field,
-    and TooManyTokens when there are more than `limit` tokens."""
-    ids, count = _prompt(req, tokenizer, limit)
-    if limit is not None and count > limit:
-        raise TooManyTokens(count, limit)
-    out: list[int] = ids
-    return out
+def prompt_token_ids(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
+    """Tokenize the request's prompt or conversation; raises InvalidArgument naming the field."""
+    return _prompt(req, tokenizer)[0]
 
 
 def continuation_token_ids(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
     """A resumed turn's received text as token ids ([] when the request is not a resume)."""
     if not req.HasField("continuation") or not req.continuation.received_text:
         return []
-    return _encode(tokenizer, req.continuation.received_text, False, None)[0]
+    return _encode(tokenizer, req.continuation.received_text, False)[0]
 
 
-def turn_token_ids(
-    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None = None
-) -> list[int]:
+@dataclass(frozen=True)
+class TurnTokens:
+    """A turn's input tokens as the router needs them."""
+
+    ids: list[int]  # the prompt's tokens then the resumed text's; only the last ones if asked
+    count: int  # how many tokens there are in all
+
+
+def turn_tokens(
+    req: inference_pb2.GenerateRequest,
+    tokenizer: Tokenizer,
+    *,
+    limit: int | None = None,
+    keep_last: int | None = None,
+) -> TurnTokens:
     """What the engine prefills for the turn: the prompt, then any text already received.
-    Raises TooManyTokens when that is more than `limit` tokens."""
-    ids, count = _prompt(req, tokenizer, limit)
+    Raises TooManyTokens when that is more than `limit` tokens; with `keep_last` (a prompt the
+    engine will truncate) only the last that many ids are kept."""
+    ids, count = _prompt(req, tokenizer, limit, keep_last)
     if req.HasField("continuation") and req.continuation.received_text:
-        more, n = _encode(tokenizer, req.continuation.received_text, False, limit)
+        more, n = _encode(tokenizer, req.continuation.received_text, False, limit, keep_last)
         ids, count = ids + more, count + n
     if limit is not None and count > limit:
         raise TooManyTokens(count, limit)
-    out: list[int] = ids
-    return out
+    if keep_last is not None and len(ids) > keep_last:
+        ids = ids[-keep_last:]
+    return TurnTokens(ids, count)
+
+
+def turn_token_ids(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
+    """All of the turn's input tokens (see `turn_tokens`)."""
+    return turn_tokens(req, tokenizer).ids
 
 
 def input_chars(req: inference_pb2.GenerateRequest) -> int:
@@ -139,14 +165,20 @@ def input_chars(req: inference_pb2.GenerateRequest) -> int:
     return n
 
 
-async def turn_token_ids_async(
-    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer, limit: int | None = None
-) -> list[int]:
-    """`turn_token_ids`, in a worker thread when the input is long, so that the event loop
-    keeps serving everyone else meanwhile."""
+async def turn_tokens_async(
+    req: inference_pb2.GenerateRequest,
+    tokenizer: Tokenizer,
+    *,
+    limit: int | None = None,
+    keep_last: int | None = None,
+) -> TurnTokens:
+    """`turn_tokens`, in a worker thread when the input is long, so that the event loop keeps
+    serving everyone else meanwhile."""
     if input_chars(req) < OFFLOAD_CHARS:
-        return turn_token_ids(req, tokenizer, limit)
-    return await asyncio.to_thread(turn_token_ids, req, tokenizer, limit)
+        return turn_tokens(req, tokenizer, limit=limit, keep_last=keep_last)
+    return await asyncio.to_thread(
+        functools.partial(turn_tokens, req, tokenizer, limit=limit, keep_last=keep_last)
+    )
 
 
 def fit_context(
@@ -180,45 +212,91 @@ class RustEncoder:
 
     Same ids as `PreTrainedTokenizerFast.encode` (the backend does the work there too, special
     tokens included through its post-processor) at a fraction of the Python overhead, which is
-    most of the router's per-turn cost; chat templates still render through transformers."""
+    most of the router's per-turn cost; chat templates still render through transformers.
 
-    # Texts at least this long encode through `encode_batch`, which releases the GIL (plain
-    # `encode` holds it: seconds for megabytes, during which no other thread runs).
-    LONG_TEXT = 4096
-    # A text with a limit is first probed on its beginning, this many characters per allowed
-    # token (more than almost any tokenizer averages): if that alone is over the limit, so is
-    # the whole, and megabytes are refused at the cost of the limit.
-    PROBE_CHARS_PER_TOKEN = 8
-    # Tokens a probe must exceed the limit by (a cut may split what the whole text merges).
-    PROBE_MARGIN = 8
+    Long texts are for worker threads, and must not stall the thread that holds the event loop:
+    they encode through `encode_batch`, which releases the GIL (plain `encode` holds it, seconds
+    for megabytes), in pieces of about `CHUNK_CHARS` cut between words (so each piece tokenizes
+    as it does within the whole), because what cannot release the GIL — building the id list,
+    and freeing an Encoding — costs a fraction of a second for a megabyte in one piece. Past a
+    `limit` the counting stops; with `keep_last` only the last ids are kept.
+    """
+
+    LONG_TEXT = 4096  # texts at least this long go through encode_batch
+    CHUNK_CHARS = 32_768  # texts longer than twice this are encoded in pieces of about this size
+    BATCH = 8  # pieces per encode_batch call
+    _BOUNDARY = re.compile(r"(?<=\S) (?=\S)")  # one space between two words
 
     def __init__(self, hf: Any) -> None:
         self._hf = hf
         self._backend = hf.backend_tokenizer
+        self._special: tuple[list[int], list[int]] | None = None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.encode_bounded(text, add_special_tokens, None)[0]
+        return self.encode_bounded(text, add_special_tokens)[0]
 
     def encode_bounded(
-        self, text: str, add_special_tokens: bool, limit: int | None
+        self,
+        text: str,
+        add_special_tokens: bool,
+        limit: int | None = None,
+        keep_last: int | None = None,
     ) -> tuple[list[int], int]:
-        """(ids, count) as `encode`; past `limit` only the first `limit + 1` ids are built
-        (converting millions of ids to a list holds the GIL for a tenth of a second)."""
+        """(ids, count) as `encode`. Past `limit` the ids may stop early (at least limit + 1),
+        and a long text raises TooManyTokens (not exact) as soon as it is over; with
+        `keep_last`, only that many of the last ids are built."""
         if len(text) < self.LONG_TEXT:
             ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
             return ids, len(ids)
-        if limit is not None and len(text) > (limit + 1) * self.PROBE_CHARS_PER_TOKEN:
-            cut = text.rfind(" ", 0, (limit + 1) * self.PROBE_CHARS_PER_TOKEN)  # a word boundary
-            if cut > 0:
-                probe = self._backend.encode_batch([text[:cut]], add_special_tokens=False)[0]
-                if len(probe) > limit + self.PROBE_MARGIN:
-                    raise TooManyTokens(len(probe), limit, exact=False)
-        enc = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
-        count = len(enc)
-        if limit is not None and count > limit:
-            enc.truncate(limit + 1)
-        long_ids: list[int] = enc.ids
-        return long_ids, count
+        if len(text) < 2 * self.CHUNK_CHARS:
+            enc = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+            if limit is not None and len(enc) > limit:
+                enc.truncate(limit + 1)
+            out: list[int] = enc.ids
+            return (out[-keep_last:] if keep_last else out), len(out)
+        head, tail = self._special_tokens() if add_special_tokens else ([], [])
+        count = len(head) + len(tail)
+        parts: deque[list[int]] = deque()  # ids of the pieces kept
+        kept = 0
+        pieces = self._pieces(text)
+        for i in range(0, len(pieces), self.BATCH):
+            batch = self._backend.encode_batch(pieces[i : i + self.BATCH], add_special_tokens=False)
+            while batch:
+                enc = batch.pop(0)  # freed one by one: the GIL changes hands in between
+                count += len(enc)
+                if limit is not None and count > limit:
+                    raise TooManyTokens(count, limit, exact=False)
+                piece: list[int] = enc.ids
+                parts.append(piece)
+                kept += len(piece)
+                while keep_last is not None and kept - len(parts[0]) >= keep_last:
+                    kept -= len(parts.popleft())
+        ids = [*head, *(t for p in parts for t in p), *tail]
+        return (ids[-keep_last:] if keep_last else ids), count
+
+    def _pieces(self, text: str) -> list[str]:
+        """`text` cut into pieces of about CHUNK_CHARS, each cut at one space between words."""
+        out, start, n = [], 0, len(text)
+        while n - start > 2 * self.CHUNK_CHARS:
+            at = start + self.CHUNK_CHARS
+            m = self._BOUNDARY.search(text, at, at + 4096)
+            cut = m.start() if m else at
+            out.append(text[start:cut])
+            start = cut
+        out.append(text[start:])
+        return out
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the post-processor puts before and after a single sequence (e.g. BOS)."""
+        if self._special is None:
+            bare = self._backend.encode("a", add_special_tokens=False).ids
+            full = self._backend.encode("a", add_special_tokens=True).ids
+            at = next(
+                (i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare),
+                len(full),
+            )
+            self._special = (full[:at], full[at + len(bare) :])
+        return self._special
 
     def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
         return self._hf.apply_chat_template(conversation, **kwargs)

@@ -17,8 +17,9 @@ again with `continuation` set to the text it has received and the tokens that te
 The mesh routes it like any turn (prefix-aware, so onto an engine that holds the prompt's cache
 when it can) and the engine streams only what follows, so the caller reads one stream with
 nothing repeated or lost; the Final counts usage for the whole turn and says how often it was
-resumed. A continuation that finds no engine yet (the mesh is restarting one) is retried with
-backoff, up to `ResumePolicy.max_attempts` continuations per turn. A turn with structured output
+resumed. A continuation that finds no place yet (UNAVAILABLE: the mesh is restarting an engine,
+the router or the safety filter) is offered again with backoff for `ResumePolicy.retry_for`
+seconds; a turn is resumed at most `ResumePolicy.max_resumes` times. A turn with structured output
 is never resumed (it could not continue exactly): its error reaches the caller as it came, as
 does any error before an engine took the turn (Envoy already retries those on other engines).
 """
@@ -132,8 +133,11 @@ async def _trace_id(call: grpc.aio.UnaryStreamCall) -> str:
 class ResumePolicy:
     """How hard `MeshClient` tries to finish a turn whose stream broke."""
 
-    max_attempts: int = 4  # continuation requests per turn, at most
-    backoff: float = 0.25  # seconds before a continuation is retried, doubling
+    max_resumes: int = 3  # breaks resumed per turn, at most
+    # After a break, how long to keep offering the continuation while the mesh has no place
+    # for it yet (UNAVAILABLE: the safety filter, the router or every engine restarting).
+    retry_for: float = 15.0
+    backoff: float = 0.25  # seconds between those tries, doubling
     max_backoff: float = 2.0
 
 
@@ -228,7 +232,8 @@ class MeshClient:
         md = self._metadata + tuple(metadata)
         deadline = None if timeout is None else time.monotonic() + timeout
         received: list[str] = []
-        tokens = resumed = attempts = 0
+        tokens = resumed = 0
+        broke_at = 0.0  # when the last break happened (monotonic)
         wait = self._resume.backoff if self._resume else 0.0
         req = request
         while True:
@@ -246,22 +251,25 @@ class MeshClient:
             except grpc.aio.AioRpcError as e:
                 accepted = _accepted(await call.initial_metadata())
                 policy = self._resume
+                now = time.monotonic()
+                placing = resumed > 0 and e.code() == grpc.StatusCode.UNAVAILABLE
                 if (
                     policy is None
                     or request.structured_output.WhichOneof("kind") is not None
                     or e.code() not in BROKEN_STREAM
-                    or not (accepted or (attempts and e.code() == grpc.StatusCode.UNAVAILABLE))
-                    or attempts >= policy.max_attempts
-                    or (deadline is not None and time.monotonic() + wait >= deadline)
+                    or not (accepted or placing)
+                    or (accepted and resumed >= policy.max_resumes)
+                    or (not accepted and now - broke_at + wait > policy.retry_for)
+                    or (deadline is not None and now + wait >= deadline)
                 ):
                     raise
                 if accepted:
                     resumed += 1
-                else:  # a continuation that found no engine yet: wait, then try again
+                    broke_at, wait = now, policy.backoff
+                else:  # the continuation found no place yet: wait, then offer it again
                     await asyncio.sleep(wait)
                     wait = min(policy.max_backoff, wait * 2)
-                attempts += 1
-                req = continuation_of(request, "".join(received), tokens, max(1, resumed))
+                req = continuation_of(request, "".join(received), tokens, resumed)
                 if accepted and _reply is not None:
                     _reply.resumes.append(req.continuation)
 

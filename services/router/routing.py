@@ -22,7 +22,7 @@ from services.common.tokens import (
     TooManyTokens,
     fit_context,
     load_tokenizer,
-    turn_token_ids_async,
+    turn_tokens_async,
 )
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
@@ -120,14 +120,18 @@ class RoutingService:
                 raise InvalidArgument(
                     f"sampling.max_tokens must be at most {max_tokens_limit}, got {requested}"
                 )
-        # Past this many tokens the turn is refused: no need to build all their ids.
+        # Past this many tokens the turn is refused: no need to build all their ids. A turn the
+        # engine will truncate keeps only its last tokens (at most the context).
         cap = self.limits.max_prompt_tokens
         bound = cap or None
+        keep_last = None
         if context and not req.truncate_prompt:
             bound = min(bound or context, context)
+        elif context:
+            keep_last = context
         tokenizer = self.tokenizers.get(model)
         try:
-            tokens = await turn_token_ids_async(req, tokenizer, bound)
+            turn = await turn_tokens_async(req, tokenizer, limit=bound, keep_last=keep_last)
         except TooManyTokens as e:
             if cap and e.limit == cap:
                 raise InvalidArgument(
@@ -143,15 +147,17 @@ class RoutingService:
         max_tokens = requested or 1
         if req.HasField("continuation"):  # a resumed turn has only what is left of its budget
             max_tokens = max(1, max_tokens - req.continuation.completion_tokens)
+        tokens = turn.ids
         if context:
             max_tokens, truncated = fit_context(
-                len(tokens),
+                turn.count,
                 max_tokens,
                 context,
                 default_max_tokens=1,
                 truncate=req.truncate_prompt,
             )
-            tokens = tokens[truncated:]
+            kept = turn.count - truncated  # the engine prefills the last `kept` tokens
+            tokens = tokens[len(tokens) - kept :]
         rr = RoutingRequest(
             request_id=req.request_id,
             tenant=tenant,

@@ -1,4 +1,5 @@
-"""One real vLLM engine (`switchyard engine`, a separate process) shared by the whole session.
+"""Real processes shared by the whole session: one vLLM engine (`switchyard engine`), and the
+whole mesh (`Mesh`, as `switchyard up` runs it, supervised) for test_mesh and test_resilience.
 
 Set SWITCHYARD_TEST_ENGINE_READY=/path/to/ready.json to reuse an engine you started yourself
 (`switchyard engine --config deploy/local/engine-small.yaml --ready-file ...`) while iterating.
@@ -19,10 +20,13 @@ import pytest
 from services.mesh import procs
 from services.mesh.client import CHANNEL_OPTIONS
 from services.mesh.models import default_models_dir, init_models
-from switchyard.v1 import engine_pb2_grpc, inference_pb2_grpc
+from services.mesh.up import Mesh
+from switchyard.v1 import engine_pb2_grpc, inference_pb2_grpc, router_pb2_grpc
+from tests.otlp_collector import OtlpCollector
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_CONFIG = ROOT / "deploy" / "local" / "engine-small.yaml"
+MESH_CONFIG = Path(__file__).with_name("mesh.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +79,44 @@ def inference(channel: grpc.aio.Channel) -> inference_pb2_grpc.InferenceStub:
 @pytest.fixture
 def control(channel: grpc.aio.Channel) -> engine_pb2_grpc.EngineControlStub:
     return engine_pb2_grpc.EngineControlStub(channel)
+
+
+@pytest.fixture(scope="session")
+def collector() -> Iterator[OtlpCollector]:
+    """Where every service of the test mesh, and Envoy, export their spans (OTLP/gRPC)."""
+    with OtlpCollector() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def mesh(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, collector: OtlpCollector
+) -> Iterator[Mesh]:
+    """The whole mesh (tests/integration/mesh.yaml): Envoy, router, safety, large x1 and
+    small x2 engines, an empty pool; supervised, so processes a test kills come back."""
+    workdir = tmp_path_factory.mktemp("mesh")
+    m = Mesh(
+        MESH_CONFIG,
+        workdir=workdir,
+        free_ports=True,
+        say=lambda line: print(line, file=sys.stderr),
+        otlp_endpoint=collector.endpoint,
+        state_file=workdir / "up-state.json",
+    )
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+async def envoy(mesh: Mesh) -> AsyncIterator[inference_pb2_grpc.InferenceStub]:
+    async with grpc.aio.insecure_channel(mesh.endpoint, options=CHANNEL_OPTIONS) as ch:
+        yield inference_pb2_grpc.InferenceStub(ch)
+
+
+@pytest.fixture
+async def admin(mesh: Mesh) -> AsyncIterator[router_pb2_grpc.AdminStub]:
+    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+        yield router_pb2_grpc.AdminStub(ch)

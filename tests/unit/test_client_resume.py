@@ -133,12 +133,24 @@ async def test_structured_output_is_not_resumed(serve):
 async def test_resumes_are_bounded(serve):
     script = Script(*[(True, [delta("a")], BROKEN)] * 3)
     client = await serve(script)
-    client._resume = ResumePolicy(max_attempts=2, backoff=0.01)
+    client._resume = ResumePolicy(max_resumes=2, backoff=0.01)
     async with client as mesh:
         with pytest.raises(grpc.aio.AioRpcError):
             await mesh.generate(make_request("x"))
     assert len(script.requests) == 3
     assert [r.continuation.resumed for r in script.requests] == [0, 1, 2]
+
+
+async def test_placing_a_continuation_gives_up_after_retry_for(serve):
+    no_engine = (grpc.StatusCode.UNAVAILABLE, "pool p: no engines registered")
+    script = Script((True, [delta("a")], BROKEN), *[(False, [], no_engine)] * 50)
+    client = await serve(script)
+    client._resume = ResumePolicy(retry_for=0.2, backoff=0.05, max_backoff=0.05)
+    async with client as mesh:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await mesh.generate(make_request("x"))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert 3 <= len(script.requests) <= 8
 
 
 async def test_resuming_can_be_turned_off(serve):

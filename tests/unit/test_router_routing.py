@@ -128,3 +128,51 @@ async def test_no_engine_fails_at_once_without_a_grace():
     routing, _ = service(engines=0)
     with pytest.raises(Unavailable, match="no engines registered"):
         await routing.route(request(max_tokens=4))
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    from services.common.tokens import load_tokenizer
+    from services.mesh.models import init_models
+
+    path = init_models(tmp_path_factory.mktemp("models"), ["small"], progress=lambda m: None)
+    return load_tokenizer(str(path["small"]))
+
+
+async def test_huge_prompts_never_block_the_loop_that_routes_everyone_else(small_tokenizer):
+    from services.common.looplag import watch_loop
+
+    class Real(TokenizerCache):
+        def __init__(self):
+            pass
+
+        def get(self, model):
+            return small_tokenizer
+
+    routing, _ = service(context=2048, max_tokens_limit=2048, engines=2)
+    routing.tokenizers = Real()
+    lags: list[float] = []
+    monitor = asyncio.create_task(watch_loop(0.005, lags.append))
+    huge = "The quick brown fox jumps over the lazy dog, again. " * 75_000  # 3.9 MB
+
+    async def refused():
+        with pytest.raises(InvalidArgument, match="cannot fit the model's context of 2048"):
+            await routing.route(request(huge, max_tokens=4))
+
+    async def truncated():
+        req = request(huge, max_tokens=4)
+        req.truncate_prompt = True
+        _, rr = await routing.route(req)
+        assert len(rr.prompt_token_ids) == 2044
+
+    async def small(i):
+        await asyncio.sleep(0.02 * i)
+        _, rr = await routing.route(request(f"turn {i} is short", max_tokens=4))
+        return rr
+
+    await asyncio.gather(refused(), truncated(), *(small(i) for i in range(40)))
+    monitor.cancel()
+    lags.sort()
+    assert len(lags) > 50
+    p99 = lags[int(0.99 * len(lags))]
+    assert p99 < 0.02, f"event-loop lag p99 {p99 * 1e3:.1f} ms, max {lags[-1] * 1e3:.1f} ms"

@@ -76,20 +76,30 @@ def test_a_continuation_appends_the_received_text_without_special_tokens(tokeniz
 
 
 def test_too_many_tokens_says_how_many(tokenizers):
-    from services.common.tokens import TooManyTokens, turn_token_ids
+    from services.common.tokens import TooManyTokens, turn_tokens
 
     fast, hf = tokenizers
     text = "many words here " * 3000
     n = len(hf.encode(text))
     with pytest.raises(TooManyTokens) as e:
-        turn_token_ids(pb.GenerateRequest(prompt=text), fast, limit=n - 1)
+        turn_tokens(pb.GenerateRequest(prompt=text), fast, limit=n - 1)
     assert (e.value.count, e.value.limit, e.value.exact) == (n, n - 1, True)
-    assert len(turn_token_ids(pb.GenerateRequest(prompt=text), fast, limit=n)) == n
+    assert turn_tokens(pb.GenerateRequest(prompt=text), fast, limit=n).count == n
     # Far over the limit, the text's beginning is enough to refuse it.
     with pytest.raises(TooManyTokens) as e:
-        turn_token_ids(pb.GenerateRequest(prompt=text * 100), fast, limit=100)
+        turn_tokens(pb.GenerateRequest(prompt=text * 100), fast, limit=100)
     assert not e.value.exact and e.value.count > 100
     assert e.value.describe() == "more than 100 tokens"
+
+
+def test_a_prompt_the_engine_truncates_keeps_only_its_last_tokens(tokenizers):
+    from services.common.tokens import turn_tokens
+
+    fast, hf = tokenizers
+    text = "the tail is what counts " * 2000
+    every = hf.encode(text)
+    got = turn_tokens(pb.GenerateRequest(prompt=text), fast, keep_last=64)
+    assert got.count == len(every) and got.ids == every[-64:]
 
 
 def test_a_chat_template_that_refuses_is_the_callers_mistake():
@@ -110,7 +120,7 @@ def test_a_chat_template_that_refuses_is_the_callers_mistake():
 async def test_a_long_prompt_tokenizes_while_the_loop_keeps_running(tokenizers):
     import asyncio
 
-    from services.common.tokens import turn_token_ids_async
+    from services.common.tokens import turn_tokens_async
 
     fast, _ = tokenizers
     text = "The quick brown fox jumps over the lazy dog. " * 40_000  # 1.8 MB
@@ -124,7 +134,7 @@ async def test_a_long_prompt_tokenizes_while_the_loop_keeps_running(tokenizers):
 
     t = asyncio.create_task(ticker())
     await asyncio.sleep(0)
-    ids = await turn_token_ids_async(pb.GenerateRequest(prompt=text), fast)
+    got = await turn_tokens_async(pb.GenerateRequest(prompt=text), fast)
     t.cancel()
-    assert len(ids) > 300_000
+    assert got.count > 300_000
     assert ticks >= 5, "the event loop was blocked while the prompt was tokenized"
