@@ -80,7 +80,9 @@ def grpc_call(
                 elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                     fields.update((k.decode(), v.decode()) for k, v in event.headers)
                 elif isinstance(event, h2.events.StreamReset):
-                    raise ConnectionError(f"stream reset: error code {event.error_code}")
+                    # NO_ERROR after a complete answer: the server stops an upload it refused.
+                    if event.error_code != 0 or "grpc-status" not in fields:
+                        raise ConnectionError(f"stream reset: error code {event.error_code}")
             if "grpc-status" in fields:
                 break
     finally:

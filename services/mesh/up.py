@@ -100,8 +100,10 @@ class Mesh:
 
     @property
     def router_address(self) -> str:
-        assert self.router is not None
-        return str(self.router.ready["address"])
+        """The router's gRPC address (fixed when the mesh starts: a restart keeps it)."""
+        assert self.cfg is not None
+        host, port = host_port(self.cfg.router.listen)
+        return f"{_reachable(host)}:{port}"
 
     @property
     def envoy_admin(self) -> str:
@@ -306,7 +308,7 @@ class Mesh:
             return
         state = {
             "pid": os.getpid(),
-            "router": self.router.ready.get("address", "") if self.router else "",
+            "router": self.router_address if self.cfg else "",
             "endpoint": self.endpoint if self.cfg else "",
             "updated": time.time(),
             "processes": [c.describe() for c in self.supervisor.children()],
