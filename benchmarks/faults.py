@@ -10,11 +10,12 @@ of faults runs, one at a time, each after the mesh is whole again:
   safety-kill    SIGKILL the safety filter (turns fail closed until it is back)
   router-stop    SIGSTOP the router for 5 s, then SIGCONT (new turns fail fast meanwhile)
 
-Per fault: turns started from the fault until the mesh was whole again (attempted, succeeded,
-resumed mid-stream, failed), whether a healthy path existed for the failed ones (a small
-engine stayed up during the engine faults; none exists while the safety filter or the router
-is down: the mesh fails closed), and the seconds from the end of the fault (the kill, or the
-SIGCONT) until routing was whole again: every engine serving in the router, healthy in
+Per fault: the turns in flight at any moment from the fault until the mesh was whole again
+(attempted, succeeded, resumed mid-stream, failed), whether a healthy path existed for the
+failed ones (a small engine stayed up during the engine faults; none exists while the safety
+filter or the router is down: the mesh fails closed), and the seconds from the end of the fault
+(the SIGCONT, or for a kill the moment the restarted process serves again; its restart time is
+shown apart) until routing was whole again: every engine serving in the router, healthy in
 Envoy, and every process running.
 
     .venv/bin/python benchmarks/faults.py [--clients 6] [--quiet 15] [--json out.json]
@@ -204,9 +205,9 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         mesh.stop()
 
-    for t in turns:
+    for t in turns:  # a fault's turns: those in flight at any moment from it to whole again
         for f in faults:
-            if f.began <= t.started <= f.whole:
+            if t.started <= f.whole and t.ended >= f.began:
                 f.turns.append(t)
     steady = [t for t in turns if t.started < steady_until]
     rows: list[list[Any]] = []
@@ -221,7 +222,9 @@ async def main_async(args: argparse.Namespace) -> int:
         failures_with_path += with_path
         if f.name == "engine-kill":
             unresumed += sum(1 for t in failed if "RST_STREAM" in t.error or "INTERNAL" in t.error)
-        whole = f.whole - f.ended
+        # A killed process must load again first (its restart time is shown apart): whole again
+        # counts from when it serves again.
+        whole = f.whole - f.ended - f.restarted_in
         rows.append(
             [
                 f.name,
@@ -256,10 +259,13 @@ async def main_async(args: argparse.Namespace) -> int:
         "turn_seconds_p50": statistics.median(steady_ok) if steady_ok else float("nan"),
     }
     results["total_turns"] = len(turns)
+    results["served_by"] = dict(Counter(t.engine for t in turns if t.ok))
     print(
         f"\nfaults under steady load: {args.clients} clients on the small pool (64-word prompts, "
         f"48 tokens), default mesh, {os.cpu_count()} cores\n"
     )
+    served = ", ".join(f"{k} {v}" for k, v in sorted(results["served_by"].items()))
+    print(f"{len(turns)} turns in all; served by: {served}\n")
     print(
         table(
             [
