@@ -88,14 +88,14 @@ def in_process_runner(llm, tokenizer) -> Runner:  # type: ignore[no-untyped-def]
     return one
 
 
-def grpc_runner(stub) -> Runner:  # type: ignore[no-untyped-def]
+def grpc_runner(client) -> Runner:  # type: ignore[no-untyped-def]
     from services.mesh.client import make_request
 
     async def one(text: str, max_tokens: int) -> tuple[float, int]:
         start = time.perf_counter()
         req = make_request(text, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         ttft, n = float("nan"), 0
-        async for msg in stub.Generate(req):
+        async for msg in client.stream(req):
             if msg.HasField("delta"):
                 if ttft != ttft:
                     ttft = time.perf_counter() - start
@@ -147,9 +147,8 @@ async def main_async(args: argparse.Namespace) -> int:
     from services.engine.config import EngineConfig
     from services.engine.runtime import engine_args
     from services.mesh import procs
-    from services.mesh.client import channel
+    from services.mesh.client import MeshClient, channel
     from services.mesh.models import default_models_dir, init_models
-    from switchyard.v1 import inference_pb2_grpc
 
     models = default_models_dir()
     init_models(models, [args.model], progress=lambda m: say(f"[models] {m}"))
@@ -174,7 +173,7 @@ async def main_async(args: argparse.Namespace) -> int:
         async with channel(engine.address) as ch:
             paths: dict[str, Runner] = {
                 "in-process": in_process_runner(llm, tokenizer),
-                "grpc": grpc_runner(inference_pb2_grpc.InferenceStub(ch)),
+                "grpc": grpc_runner(MeshClient(ch)),
             }
             # Warm both paths (lazy initialisation, first compilations).
             for one in paths.values():

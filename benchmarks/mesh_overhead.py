@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -32,26 +33,24 @@ from _common import percentile, prompts, say, table, write_json
 HERE = Path(__file__).resolve().parent
 
 
-async def ttft_once(stub, text: str) -> float:  # type: ignore[no-untyped-def]
+async def ttft_once(client, text: str) -> float:  # type: ignore[no-untyped-def]
     from services.mesh.client import make_request
 
     start = time.perf_counter()
-    async for msg in stub.Generate(make_request(text, max_tokens=4, temperature=0.0)):
-        if msg.HasField("delta"):
-            return time.perf_counter() - start
+    stream = client.stream(make_request(text, max_tokens=4, temperature=0.0))
+    async with contextlib.aclosing(stream) as messages:
+        async for msg in messages:
+            if msg.HasField("delta"):
+                return float(time.perf_counter() - start)
     return float("nan")
 
 
 async def measure_ttft(engine_addr: str, envoy_addr: str, turns: int) -> dict[str, list[float]]:
-    from services.mesh.client import channel
-    from switchyard.v1 import inference_pb2_grpc
+    from services.mesh.client import MeshClient, channel
 
     out: dict[str, list[float]] = {"direct": [], "mesh": []}
     async with channel(engine_addr) as direct_ch, channel(envoy_addr) as mesh_ch:
-        stubs = {
-            "direct": inference_pb2_grpc.InferenceStub(direct_ch),
-            "mesh": inference_pb2_grpc.InferenceStub(mesh_ch),
-        }
+        stubs = {"direct": MeshClient(direct_ch), "mesh": MeshClient(mesh_ch)}
         for stub in stubs.values():  # warm both paths
             for t in prompts(5, 32, seed=7):
                 await ttft_once(stub, t)

@@ -94,7 +94,7 @@ async def run_policy(
             start = time.perf_counter()
             ttft, text = float("nan"), []
             try:
-                async for msg in stubs[endpoint].Generate(req):  # type: ignore[attr-defined]
+                async for msg in stubs[endpoint].stream(req):  # type: ignore[attr-defined]
                     if msg.HasField("delta"):
                         if ttft != ttft:
                             ttft = time.perf_counter() - start
@@ -116,10 +116,10 @@ async def run_policy(
 async def main_async(args: argparse.Namespace) -> int:
     import grpc
 
-    from services.mesh.client import channel
+    from services.mesh.client import MeshClient, channel
     from services.mesh.models import default_models_dir, init_models
     from services.mesh.up import Mesh
-    from switchyard.v1 import inference_pb2_grpc, router_pb2, router_pb2_grpc
+    from switchyard.v1 import router_pb2, router_pb2_grpc
 
     models = default_models_dir()
     init_models(models, ["large"], progress=lambda m: say(f"[models] {m}"))
@@ -131,7 +131,7 @@ async def main_async(args: argparse.Namespace) -> int:
         addresses = [e.address for e in mesh.engines]
         channels = [channel(a) for a in addresses]
         stubs: dict[str, object] = {
-            a: inference_pb2_grpc.InferenceStub(c) for a, c in zip(addresses, channels, strict=True)
+            a: MeshClient(c) for a, c in zip(addresses, channels, strict=True)
         }
         async with grpc.aio.insecure_channel(mesh.router_address) as rch:
             router = router_pb2_grpc.RouterStub(rch)

@@ -80,8 +80,7 @@ async def turn(
     """One whole turn; with `record`, its TTFT (to the first delta; NaN when it failed)."""
     import grpc
 
-    from services.common import headers
-    from services.mesh.client import make_request
+    from services.mesh.client import Reply, make_request
 
     req = make_request(text, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     tally.sent += 1
@@ -89,15 +88,14 @@ async def turn(
     ttft = engine_ttft = float("nan")
     trace_id = ""
     try:
-        call = stub.Generate(req, timeout=120)
-        async for msg in call:
+        reply = Reply()
+        async for msg in stub.stream(req, timeout=120, reply=reply):
             if msg.HasField("delta"):
                 if ttft != ttft:
                     ttft = time.perf_counter() - start
             elif msg.HasField("final"):
                 engine_ttft = msg.final.timing.ttft.ToNanoseconds() / 1e9
-        trailing = await call.trailing_metadata()
-        trace_id = str((trailing and trailing.get(headers.TRACE_ID)) or "")
+        trace_id = reply.trace_id
         tally.ok += 1
         tally.traced += bool(trace_id)
     except grpc.aio.AioRpcError as e:
@@ -192,11 +190,10 @@ def pct(on: float, off: float) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from services.mesh.client import channel
+    from services.mesh.client import MeshClient, channel
     from services.mesh.models import default_models_dir, init_models
     from services.mesh.otlp_sink import OtlpFileSink
     from services.mesh.up import Mesh
-    from switchyard.v1 import inference_pb2_grpc
 
     models = default_models_dir()
     init_models(models, ["small"], progress=lambda m: say(f"[models] {m}"))
@@ -229,10 +226,7 @@ async def main_async(args: argparse.Namespace) -> int:
             channel(meshes["on"].endpoint) as ch_on,
             channel(meshes["off"].endpoint) as ch_off,
         ):
-            stubs = {
-                "on": inference_pb2_grpc.InferenceStub(ch_on),
-                "off": inference_pb2_grpc.InferenceStub(ch_off),
-            }
+            stubs = {"on": MeshClient(ch_on), "off": MeshClient(ch_off)}
             say(f"[bench] TTFT: {args.turns} turns per mesh, alternating ...")
             await measure_ttft(order, stubs, tallies, prompts, args.turns)
             say(

@@ -215,7 +215,7 @@ class MeshClient:
     ) -> Reply:
         """Stream one turn (resuming it if it breaks); write deltas to `out` as they arrive."""
         reply = Reply()
-        async for msg in self.stream(request, timeout=timeout, metadata=metadata, _reply=reply):
+        async for msg in self.stream(request, timeout=timeout, metadata=metadata, reply=reply):
             reply._add(msg, out)
         reply.text = "".join(reply.deltas)
         return reply
@@ -226,9 +226,10 @@ class MeshClient:
         *,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
-        _reply: Reply | None = None,
+        reply: Reply | None = None,
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        """The turn's messages (deltas, then one Final), as one stream across resumes."""
+        """The turn's messages (deltas, then one Final), as one stream across resumes. `reply`,
+        when given, gets the trace id and the continuations sent (not the messages)."""
         md = self._metadata + tuple(metadata)
         deadline = None if timeout is None else time.monotonic() + timeout
         received: list[str] = []
@@ -245,9 +246,12 @@ class MeshClient:
                         received.append(msg.delta.text)
                         tokens += msg.delta.token_count
                     yield msg
-                if _reply is not None:
-                    _reply.trace_id = await _trace_id(call)
+                if reply is not None:
+                    reply.trace_id = await _trace_id(call)
                 return
+            except GeneratorExit:  # the caller stopped reading: the turn is cancelled
+                call.cancel()
+                raise
             except grpc.aio.AioRpcError as e:
                 accepted = _accepted(await call.initial_metadata())
                 policy = self._resume
@@ -270,8 +274,8 @@ class MeshClient:
                     await asyncio.sleep(wait)
                     wait = min(policy.max_backoff, wait * 2)
                 req = continuation_of(request, "".join(received), tokens, resumed)
-                if accepted and _reply is not None:
-                    _reply.resumes.append(req.continuation)
+                if accepted and reply is not None:
+                    reply.resumes.append(req.continuation)
 
 
 def _accepted(initial: grpc.aio.Metadata | None) -> bool:

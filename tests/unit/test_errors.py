@@ -93,3 +93,42 @@ async def test_every_handler_shape_gets_its_status_and_message(channel):
             async for _ in call:
                 pass
         assert (e.value.code(), e.value.details()) == (code, message)
+
+
+async def test_registry_connect_refuses_a_bad_registration_with_invalid_argument():
+    from services.router.registry import Registry
+    from services.router.registry_service import RegistryService
+    from services.router.testing import make_info
+    from switchyard.v1 import router_pb2, router_pb2_grpc
+
+    svc = RegistryService(Registry(), 1.0, {"pool-a"})
+    server = await create_server("127.0.0.1:0", [svc.add_to_server], ["switchyard.v1.Registry"])
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = router_pb2_grpc.RegistryStub(ch)
+            for first, message in (
+                (
+                    router_pb2.RegistryMessage(event={}),
+                    "the first message of Registry.Connect must be `register`",
+                ),
+                (
+                    router_pb2.RegistryMessage(
+                        register=router_pb2.EngineRegistration(
+                            info=make_info("e1", pool="pool-b"), address="10.0.0.1:1"
+                        )
+                    ),
+                    "register.info.pool: pool 'pool-b' is not configured",
+                ),
+            ):
+
+                async def messages(m=first):
+                    yield m
+
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    async for _ in stub.Connect(messages()):
+                        pass
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert message in e.value.details()
+    finally:
+        await server.stop(None)
