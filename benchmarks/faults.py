@@ -60,13 +60,20 @@ class Turn:
 @dataclass
 class Fault:
     name: str
-    what: str
+    target: str  # the process (supervised child) it hits
+    freeze: float  # 0: SIGKILL; else SIGSTOP for this many seconds, then SIGCONT
     healthy_path: bool  # whether a healthy path to an engine existed during it
     began: float = 0.0
     ended: float = 0.0  # the kill, or the SIGCONT
     whole: float = 0.0  # routing whole again
     restarted_in: float = 0.0  # for kills: until the process served again
     turns: list[Turn] = field(default_factory=list)
+
+    @property
+    def what(self) -> str:
+        if self.freeze:
+            return f"SIGSTOP {self.target} for {self.freeze:g} s, then SIGCONT"
+        return f"SIGKILL {self.target} (the supervisor restarts it)"
 
 
 async def routing_whole(mesh: Any) -> bool:
@@ -135,38 +142,30 @@ async def until(condition: Any) -> None:
 
 
 async def run_fault(mesh: Any, fault: Fault, quiet: float) -> None:
-    sup = mesh.supervisor
+    c = mesh.supervisor.child(fault.target)
     say(f"[bench] fault {fault.name}: {fault.what}")
     fault.began = time.monotonic()
-    if fault.name in ("engine-kill", "safety-kill"):
-        c = sup.child("l4-small-0" if fault.name == "engine-kill" else "safety")
+    if fault.freeze:
+        os.kill(c.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(fault.freeze)
+        os.kill(c.proc.pid, signal.SIGCONT)
+        fault.ended = time.monotonic()
+    else:
         restarts = c.restarts
         os.kill(c.proc.pid, signal.SIGKILL)
         fault.ended = time.monotonic()
         await until(lambda: c.restarts > restarts and c.state == "running")
         fault.restarted_in = time.monotonic() - fault.ended
-    elif fault.name == "engine-stop":
-        pid = sup.child("l4-small-1").proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        await asyncio.sleep(10)
-        os.kill(pid, signal.SIGCONT)
-        fault.ended = time.monotonic()
-    elif fault.name == "router-stop":
-        pid = sup.child("router").proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        await asyncio.sleep(5)
-        os.kill(pid, signal.SIGCONT)
-        fault.ended = time.monotonic()
     fault.whole = await wait_whole(mesh)
     say(f"[bench]   whole again {fault.whole - fault.ended:.2f} s after the fault ended")
     await asyncio.sleep(quiet)
 
 
-FAULTS = [
-    ("engine-kill", "SIGKILL l4-small-0 (restarted by the supervisor)", True),
-    ("engine-stop", "SIGSTOP l4-small-1 for 10 s", True),
-    ("safety-kill", "SIGKILL the safety filter", False),
-    ("router-stop", "SIGSTOP the router for 5 s", False),
+FAULTS = [  # (name, target, freeze seconds or 0 for SIGKILL, a healthy engine stays reachable)
+    ("engine-kill", "l4-small-0", 0.0, True),
+    ("engine-stop", "l4-small-1", 10.0, True),
+    ("safety-kill", "safety", 0.0, False),
+    ("router-stop", "router", 5.0, False),
 ]
 
 
@@ -186,7 +185,7 @@ async def main_async(args: argparse.Namespace) -> int:
         traces_dir=root / "traces",
         state_file=root / "up-state.json",
     )
-    faults = [Fault(name, what, healthy) for name, what, healthy in FAULTS]
+    faults = [Fault(*spec) for spec in FAULTS]
     turns: list[Turn] = []
     try:
         say("[bench] starting the default mesh (as `switchyard up` runs it) ...")

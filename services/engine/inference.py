@@ -183,6 +183,12 @@ class InferenceService:
             pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
             outputs = self._outputs(runtime, turn)
             while True:
+                # Checked here too: when vLLM is ahead of the stream, the next output is ready
+                # at once and the wait below never suspends, so its timeout could never fire.
+                if stopper.at is not None and loop.time() >= stopper.at:
+                    turn.deadline_hit = not stopper.drain_expired
+                    await outputs.aclose()
+                    break
                 try:
                     async with asyncio.timeout_at(stopper.at) as stopper.timeout:
                         out = await anext(outputs)

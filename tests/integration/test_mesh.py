@@ -317,10 +317,15 @@ async def test_prompt_policy_redacts_rejects_and_denies(envoy, mesh: Mesh, model
 
 def safety_metric(mesh: Mesh, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """The samples of one metric of the safety service, by their sorted labels."""
+    assert mesh.safety is not None
+    return metric_samples(mesh.safety.metrics_url, name)
+
+
+def metric_samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric on a /metrics page, by their sorted labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    assert mesh.safety is not None
-    text = urllib.request.urlopen(mesh.safety.metrics_url, timeout=5).read().decode()
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     return {
         tuple(sorted(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)

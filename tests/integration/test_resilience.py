@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from tests.h2_client import frame, grpc_call
 from tests.integration.test_engine import long_text
-from tests.integration.test_mesh import cluster_hosts
+from tests.integration.test_mesh import cluster_hosts, metric_samples
 
 pytestmark = pytest.mark.integration
 
@@ -82,16 +81,8 @@ async def states(mesh: Mesh) -> dict[str, str]:
 
 
 def router_samples(mesh: Mesh, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
     assert mesh.router is not None
-    text = urllib.request.urlopen(mesh.router.metrics_url, timeout=5).read().decode()
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    }
+    return metric_samples(mesh.router.metrics_url, name)
 
 
 def went_stale(mesh: Mesh) -> float:
