@@ -92,6 +92,28 @@ async def test_drain_grace_expiry_aborts_what_is_left(inference, control):
     assert 0 < final.usage.completion_tokens < 900
 
 
+async def test_a_reused_request_id_does_not_confuse_the_drain(inference, control):
+    """Two turns in flight with the same client request_id are two turns: the drain counts
+    both, its grace stops both, and each Final echoes the client's id."""
+    calls = []
+    for _ in range(2):
+        req = make_request("same id", max_tokens=900, ignore_eos=True)
+        req.request_id = "client-42"
+        call = inference.Generate(req)
+        assert (await call.read()).HasField("delta")
+        calls.append(call)
+    try:
+        resp = await control.Drain(engine_pb2.DrainRequest(grace_seconds=0.3))
+        finals = [(await rest(call))[-1].final for call in calls]
+    finally:
+        await control.Resume(engine_pb2.ResumeRequest())
+    if resp.in_flight == 2:  # (vLLM's CPU worker may let one finish before the Drain lands)
+        assert [f.finish_reason for f in finals] == [FR.FINISH_REASON_ABORTED] * 2
+    assert [f.request_id for f in finals] == ["client-42", "client-42"]
+    load = await control.GetLoad(engine_pb2.GetLoadRequest())
+    assert load.in_flight == 0 and load.serving
+
+
 @pytest.fixture(scope="module")
 def sigterm_engine(models_dir, tmp_path_factory):
     proc = start_test_engine(
