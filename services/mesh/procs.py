@@ -90,9 +90,14 @@ class ServiceProcess:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             code = None
+        self.reap()
+        return self.proc.wait() if code is None else code
+
+    def reap(self) -> None:
+        """Kill whatever is left in the process's group: vLLM's engine core and its workers
+        outlive an engine that was killed (SIGKILL leaves them nobody to stop them)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.wait() if code is None else code
 
 
 def _relay(log: IO[bytes], on_progress: Callable[[str], None] | None) -> None:

@@ -3,7 +3,9 @@
 Kubernetes' semantics on one machine (restartPolicy Always, CrashLoopBackOff): `switchyard up`
 registers every process it starts (router, safety, engines, Envoy) as a `Child` with how to
 start it and how to tell it serves. A thread polls them; one that exits without being asked to
-(killed, crashed, an engine whose vLLM core died) is started again after a backoff that doubles
+(killed, crashed, an engine whose vLLM core died) has what it left behind in its process group
+killed (a killed engine's vLLM core and workers would run on, orphaned) and is started again
+after a backoff that doubles
 with each recent exit (`RestartPolicy`), and given up on — left down, said loudly — after too
 many exits in a short window. Restarts run on threads of their own, so an engine that takes a
 minute to load its model does not hold up the others. Every change is said on the console and
@@ -172,6 +174,9 @@ class Supervisor:
 
     def _exited(self, c: Child, code: int) -> None:
         """Called with the lock held: a child's process ended without being asked to."""
+        reap = getattr(c.proc, "reap", None)
+        if reap is not None:
+            reap()  # what it leaves behind (vLLM's engine core, its workers) goes too
         now = self._clock()
         c.last_exit = exit_description(code)
         c.exits.append(now)

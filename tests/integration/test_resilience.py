@@ -323,6 +323,17 @@ class _Tap(io.StringIO):
         return super().write(s)
 
 
+def _live_in_groups(groups: set[int]) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["pid", "name", "status"]):
+        try:
+            if os.getpgid(p.pid) in groups and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return out
+
+
 def _vllm_core(engine_pid: int) -> psutil.Process:
     cores = [p for p in psutil.Process(engine_pid).children() if "EngineCor" in p.name()]
     assert len(cores) == 1, [p.name() for p in psutil.Process(engine_pid).children()]
@@ -334,6 +345,7 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
     engine says so and exits 3), and a small engine is killed while streaming two turns."""
     large = child(mesh, "h100-large-0")
     large_restarts = large.restarts
+    old_groups = {large.proc.pid}
     _vllm_core(large.proc.pid).kill()
     await eventually(lambda: large.last_exit == "exited with status 3", 30, "the engine to exit 3")
     with pytest.raises(grpc.aio.AioRpcError) as e:  # its pool is empty meanwhile: said so
@@ -344,6 +356,7 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         target = await pinned(client, "resume-me")
         small = child(mesh, target)
         small_restarts = small.restarts
+        old_groups.add(small.proc.pid)
         requests = [
             make_request(
                 long_text(40, seed=i),
@@ -390,6 +403,8 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         "h100-large-0 restarted",
     )
     await eventually(lambda: _state_is(mesh, target, "serving"), 10, f"{target} registered")
+    # Nothing of the dead engines runs on (a killed engine's vLLM core would, orphaned).
+    assert [p.info for p in _live_in_groups(old_groups)] == []
     reply = await generate(envoy, make_request("think", model="reasoning", max_tokens=4))
     assert reply.final.served_by.engine == "h100-large-0"
     other = next(e for e in ("l4-small-0", "l4-small-1") if e != target)

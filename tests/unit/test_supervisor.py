@@ -21,6 +21,10 @@ class FakeProc:
     def __init__(self):
         self.pid = next(self._pids)
         self.code = None
+        self.reaped = False
+
+    def reap(self):
+        self.reaped = True
 
     def poll(self):
         return self.code
@@ -78,6 +82,7 @@ def test_a_process_that_dies_is_restarted_after_a_backoff_and_said_so():
     child.proc.code = -9
     sup.check()
     assert child.state == BACKOFF and child.last_exit == "killed by SIGKILL"
+    assert child.proc.reaped  # its orphans (vLLM's engine core) are killed with it
     assert said[-1].startswith("[up] engine l4-small-0 killed by SIGKILL; restarting it in 1s")
     sup.check()  # the backoff is not over yet
     assert started == []
