@@ -250,10 +250,11 @@ class RustEncoder:
             return ids, len(ids)
         if len(text) < 2 * self.CHUNK_CHARS:
             enc = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
-            if limit is not None and len(enc) > limit:
+            count = len(enc)
+            if limit is not None and count > limit:
                 enc.truncate(limit + 1)
             out: list[int] = enc.ids
-            return (out[-keep_last:] if keep_last else out), len(out)
+            return (out[-keep_last:] if keep_last else out), count
         head, tail = self._special_tokens() if add_special_tokens else ([], [])
         count = len(head) + len(tail)
         parts: deque[list[int]] = deque()  # ids of the pieces kept

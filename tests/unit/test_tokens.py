@@ -79,6 +79,11 @@ def test_too_many_tokens_says_how_many(tokenizers):
     from services.common.tokens import TooManyTokens, turn_tokens
 
     fast, hf = tokenizers
+    middling = "a text of middling length " * 400  # 10 kB: one piece
+    m = len(hf.encode(middling))
+    with pytest.raises(TooManyTokens) as e:
+        turn_tokens(pb.GenerateRequest(prompt=middling), fast, limit=m - 10)
+    assert (e.value.count, e.value.exact) == (m, True)
     text = "many words here " * 3000
     n = len(hf.encode(text))
     with pytest.raises(TooManyTokens) as e:
