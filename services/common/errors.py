@@ -31,6 +31,10 @@ class InvalidArgument(SwitchyardError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class Unauthenticated(SwitchyardError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class PermissionDenied(SwitchyardError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -63,14 +67,21 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the file and field."""
 
 
+# Checks a call may go ahead (the caller's identity against the method); raises a
+# SwitchyardError (PERMISSION_DENIED) when not.
+Authorize = Callable[[str, grpc.aio.ServicerContext], None]
+
+
 def _wrap_unary(
-    method: str, behavior: Callable[..., Awaitable[Any]]
+    method: str, behavior: Callable[..., Awaitable[Any]], authorize: Authorize | None = None
 ) -> Callable[..., Awaitable[Any]]:
     if not inspect.iscoroutinefunction(behavior):
         return behavior  # a synchronous handler (e.g. a generated "unimplemented" stub)
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if authorize is not None:
+                authorize(method, context)
             return await behavior(request, context)
         except SwitchyardError as e:
             await context.abort(e.code, e.message)
@@ -84,15 +95,17 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    method: str, behavior: Callable[..., AsyncIterator[Any]]
+    method: str, behavior: Callable[..., AsyncIterator[Any]], authorize: Authorize | None = None
 ) -> Callable[..., AsyncIterator[Any]]:
     if not inspect.isasyncgenfunction(behavior):
         # A streaming handler written as a coroutine (it writes with context.write, or only
         # aborts) is awaited like a unary one.
-        return _wrap_unary(method, behavior)  # type: ignore[arg-type,return-value]
+        return _wrap_unary(method, behavior, authorize)  # type: ignore[arg-type,return-value]
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            if authorize is not None:
+                authorize(method, context)
             async for item in behavior(request, context):
                 yield item
         except SwitchyardError as e:
@@ -108,7 +121,11 @@ def _wrap_stream(
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Maps `SwitchyardError` raised by any handler (unary or streaming, either way) to its gRPC
-    status, and anything else to INTERNAL naming the method (logged with its traceback)."""
+    status, and anything else to INTERNAL naming the method (logged with its traceback). With
+    `authorize`, every call is first checked (the caller's identity against the method)."""
+
+    def __init__(self, authorize: Authorize | None = None) -> None:
+        self._authorize = authorize
 
     async def intercept_service(
         self,
@@ -118,14 +135,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
+        method, auth = details.method, self._authorize
         # A unary answer (unary-unary, stream-unary) is awaited; a streamed one is iterated.
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary, auth))
         if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_wrap_unary(method, handler.stream_unary))
+            return handler._replace(stream_unary=_wrap_unary(method, handler.stream_unary, auth))
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream, auth))
         if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_stream(method, handler.stream_stream))
+            return handler._replace(stream_stream=_wrap_stream(method, handler.stream_stream, auth))
         return handler

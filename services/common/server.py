@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ErrorInterceptor
+from services.common.tls import AccessPolicy, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,16 @@ async def create_server(
     service_names: Sequence[str],
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: TlsFiles | None = None,
+    policy: AccessPolicy | None = None,
 ) -> Server:
-    """Build a server with health (per service, NOT_SERVING until told) and reflection."""
+    """Build a server with health (per service, NOT_SERVING until told) and reflection.
+
+    With `tls`, it serves mutual TLS only and every call is checked against `policy` (the
+    caller's role); without, it serves plaintext and trusts every caller (logged)."""
+    authorize = policy.check if (tls is not None and policy is not None) else None
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors], options=SERVER_OPTIONS
+        interceptors=[ErrorInterceptor(authorize), *interceptors], options=SERVER_OPTIONS
     )
     for add in add_servicers:
         add(server)
@@ -94,7 +101,14 @@ async def create_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    if tls is not None:
+        port = server.add_secure_port(address, tls.server_credentials())
+    else:
+        log.warning(
+            "serving PLAINTEXT gRPC on %s: no caller is authenticated, every caller is trusted",
+            address,
+        )
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     srv = Server(server, port, health_servicer, service_names)
