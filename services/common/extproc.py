@@ -28,7 +28,8 @@ def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
 
 
 def tenant_of(headers: dict[str, str]) -> str:
-    """The tenant a turn belongs to (auth and quotas come with the tenant work)."""
+    """The tenant a turn belongs to, as the router set it once it authenticated the caller
+    (Envoy strips every client copy of the header at its listener)."""
     return headers.get(h.TENANT, "") or "anonymous"
 
 

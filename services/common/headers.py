@@ -1,5 +1,10 @@
 """Every request header the router, Envoy's config and the clients agree on, in one place.
 
+Headers named `x-switchyard-*` (`INTERNAL_PREFIX`) are the mesh's own: Envoy removes every
+client copy of them at the listener (`INTERNAL` lists them for its early header mutation) and
+the router removes any other it still sees, before it sets them from the authenticated
+principal. Engines and the safety filter trust them for that reason.
+
 The routing decision travels as request headers set by the router's ext_proc answer:
 
 - `POOL` selects the route, hence the per-pool cluster (`pool_<name>`);
@@ -19,8 +24,11 @@ POOL = "x-switchyard-pool"
 ENDPOINT = "x-switchyard-endpoint"
 # Set by the router (ext_proc): the engine id of the first pick, for logs and traces only.
 ENGINE = "x-switchyard-engine"
-# The tenant a turn is accounted to (set by auth; absent means anonymous).
+# Set by the router once it authenticated the caller: the tenant a turn is accounted to, its
+# tier, and the priority it runs at (the tier's, or lower if the client asked).
 TENANT = "x-switchyard-tenant"
+TIER = "x-switchyard-tier"
+PRIORITY = "x-switchyard-priority"
 # Client metadata naming a conversation, so its turns stay on the engine holding its cache.
 SESSION_ID = "x-session-id"
 # Client metadata carrying the API key: "Bearer <key>".
@@ -31,6 +39,10 @@ TRACE_ID = "x-switchyard-trace-id"
 # serialized `switchyard.v1.ServedBy` of the engine. Their arrival tells a client (and Envoy's
 # per-try timeout) that an engine took the turn; a stream that breaks after it can be resumed.
 SERVED_BY = "x-switchyard-served-by-bin"
+
+# The mesh's own request headers: no client may set them.
+INTERNAL_PREFIX = "x-switchyard-"
+INTERNAL = (POOL, ENDPOINT, ENGINE, TENANT, TIER, PRIORITY)
 
 # Separator of the fallback list in `ENDPOINT` (Envoy splits on it and trims whitespace).
 ENDPOINT_SEPARATOR = ","

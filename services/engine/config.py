@@ -24,6 +24,7 @@ import pydantic
 
 from services.common.config import StrictModel, load_config
 from services.common.errors import ConfigError
+from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 
 # vLLM arguments the engine sets itself; a config may not override them.
@@ -65,6 +66,8 @@ class EngineConfig(StrictModel):
     tracing: TracingConfig = pydantic.Field(  # the turn's engine spans (queue, prefill, decode)
         default_factory=lambda: TracingConfig.model_validate({})
     )
+    # Mutual TLS: the engine's identity (role `engine`) and the CA; default the local PKI.
+    tls: TlsConfig = pydantic.Field(default_factory=lambda: TlsConfig.model_validate({}))
     # Environment set before vLLM loads (e.g. VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND).
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     vllm: dict[str, Any] = pydantic.Field(default_factory=dict)  # AsyncEngineArgs, passed through

@@ -149,6 +149,12 @@ class InferenceService:
         if isinstance(request, Malformed):
             raise request.error
         self._admission.check()
+        for key, value in context.invocation_metadata() or ():
+            if key == headers.PRIORITY:  # set by the router from the caller's tier
+                try:
+                    request.priority = int(value)
+                except ValueError:
+                    raise InvalidArgument(f"{headers.PRIORITY} must be an integer") from None
         runtime = self._runtime_ref[0]
         if runtime is None:
             raise Unavailable("engine is not ready")

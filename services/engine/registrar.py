@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from services.common.tls import TlsFiles
+from services.common.tls import channel as tls_channel
 from services.engine.load import LoadTracker
 from switchyard.v1 import engine_pb2, router_pb2, router_pb2_grpc
 
@@ -42,7 +44,9 @@ class Registrar:
         info: Callable[[], engine_pb2.EngineInfo],
         tracker: LoadTracker,
         heartbeat_seconds: float,
+        tls: TlsFiles | None = None,
     ) -> None:
+        self._tls = tls  # the engine's identity (the registry takes engines only)
         self._router = router_address
         self._address = engine_address
         self._info = info
@@ -63,7 +67,8 @@ class Registrar:
             self._tracker.unwatch(watcher)
 
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self._router, options=CHANNEL_OPTIONS) as channel:
+        # A channel per session: a renewed certificate is read at the next reconnect.
+        async with tls_channel(self._router, self._tls, CHANNEL_OPTIONS) as channel:
             call = router_pb2_grpc.RegistryStub(channel).Connect(self._messages())
             async for reply in call:
                 if not self.registered.is_set():

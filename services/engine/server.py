@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.metrics import start_metrics_server
+from services.common.pki import ENGINE
 from services.common.progress import Progress
 from services.common.server import (
     Server,
@@ -30,6 +31,7 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
+from services.common.tls import ANY, AccessPolicy
 from services.common.tracing import Tracing, setup_tracing
 from services.engine import control, inference
 from services.engine.admission import Admission
@@ -45,6 +47,17 @@ log = logging.getLogger(__name__)
 
 # Extra seconds the gRPC server gives streams to flush their Final after the drain.
 STOP_GRACE_SECONDS = 5.0
+# Who may call what (roles of the callers' certificates): turns come only through Envoy (and
+# from operators, who reach engines directly); the router drains them.
+POLICY = AccessPolicy(
+    {
+        "/switchyard.v1.Inference/": {"envoy", "operator"},
+        "/switchyard.v1.EngineControl/": {"router", "operator"},
+        "/grpc.reflection.": {"operator"},
+        "/grpc.health.v1.Health/": {ANY},
+    }
+)
+
 # How often the engine checks that vLLM's engine core is alive, and the exit status when not.
 CORE_CHECK_SECONDS = 0.5
 EXIT_ENGINE_DIED = 3
@@ -106,7 +119,10 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     runtime_ref: list[Runtime | None] = [None]
     host, _ = host_port(cfg.listen)
     # Servicers are added after binding, since the bound port may name the engine.
-    server = await create_server(cfg.listen, [], [inference.SERVICE_NAME, control.SERVICE_NAME])
+    tls = cfg.tls.files(ENGINE)
+    server = await create_server(
+        cfg.listen, [], [inference.SERVICE_NAME, control.SERVICE_NAME], tls=tls, policy=POLICY
+    )
     engine_id = cfg.engine_id or f"{cfg.pool}-{server.port}"
     progress = progress or Progress(f"engine {engine_id}")
     tracker = LoadTracker(engine_id, cfg.load_report_min_interval_seconds)
@@ -182,7 +198,7 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     )
     if cfg.router:
         registrar = Registrar(
-            cfg.router, svc.address, control_svc.info, tracker, cfg.heartbeat_seconds
+            cfg.router, svc.address, control_svc.info, tracker, cfg.heartbeat_seconds, tls
         )
         svc.registrar_task = asyncio.create_task(registrar.run(), name="registrar")
         progress.say(f"registering with router {cfg.router}")

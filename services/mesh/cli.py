@@ -4,6 +4,7 @@ switchyard up [--chat PROMPT]         run the whole mesh locally (router, engine
 switchyard chat [--session S] PROMPT  stream a reply through Envoy
 switchyard status                     pools, engines, load, hit rate, xDS ACK/NACK, processes
 switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
+switchyard admin keys create|list|revoke   API keys (the secret is shown once)
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
 switchyard safety --config FILE       run the safety filter (ext_proc, Safety API)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -36,6 +38,31 @@ def _models_dir(arg: str | None) -> Path:
 def _use_models_dir(path: Path) -> None:
     """Engine configs refer to models as ${SWITCHYARD_MODELS}/NAME."""
     os.environ["SWITCHYARD_MODELS"] = str(path)
+
+
+def _operator_tls(args: argparse.Namespace) -> object:
+    """The operator identity from the local PKI (or none with --plaintext): how the CLI calls
+    the router's admin API and engines directly."""
+    if getattr(args, "plaintext", False):
+        return None
+    from services.common.pki import OPERATOR
+    from services.common.tls import TlsConfig
+
+    return TlsConfig.model_validate({}).files(OPERATOR)
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    """--key, else $SWITCHYARD_API_KEY, else the development key `switchyard up` keeps."""
+    if getattr(args, "key", None):
+        return str(args.key)
+    if os.environ.get("SWITCHYARD_API_KEY"):
+        return os.environ["SWITCHYARD_API_KEY"]
+    from services.mesh.up import default_dev_key_file
+
+    try:
+        return default_dev_key_file().read_text().strip()
+    except OSError:
+        return ""
 
 
 def cmd_models_init(args: argparse.Namespace) -> int:
@@ -89,8 +116,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from services.mesh import client
 
+    tls = None if args.mesh else _operator_tls(args)
+    key = _api_key(args) if args.mesh else ""
+
     async def run() -> int:
-        async with client.MeshClient.connect(args.target) as mesh:
+        async with client.MeshClient.connect(args.target, key=key, tls=tls) as mesh:  # type: ignore[arg-type]
             req = client.make_request(
                 None if args.system else args.prompt,
                 messages=[("system", args.system), ("user", args.prompt)] if args.system else (),
@@ -135,6 +165,7 @@ def cmd_safety(args: argparse.Namespace) -> int:
     import pydantic
 
     from services.common.errors import ConfigError
+    from services.common.tls import TlsConfig
     from services.common.tracing import TracingConfig
     from services.safety.config import SafetyConfig, load_safety_config
 
@@ -146,6 +177,8 @@ def cmd_safety(args: argparse.Namespace) -> int:
         )
         if args.listen:
             cfg = cfg.model_copy(update={"listen": args.listen})
+        if args.tls:
+            cfg = cfg.model_copy(update={"tls": TlsConfig.model_validate(json.loads(args.tls))})
         if args.otlp_endpoint is not None or args.trace_sampling is not None:
             tracing = cfg.tracing.model_dump()
             if args.otlp_endpoint is not None:
@@ -221,7 +254,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.start()
         print(
             f"\nSwitchyard is up. gRPC endpoint: {mesh.endpoint}\n"
-            f'  try:    switchyard chat --target {mesh.endpoint} "Hello"\n'
+            f'  try:    switchyard chat --target {mesh.endpoint} "Hello"   '
+            f"(API key: {mesh.dev_key_file})\n"
             f"  status: switchyard status --router {mesh.router_address}\n"
             f"  Envoy admin: {mesh.envoy_admin}    Ctrl-C stops everything.",
             file=sys.stderr,
@@ -237,6 +271,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     max_tokens=48,
                     system="You are a helpful assistant.",
                     timeout=120.0,
+                    key=mesh.dev_key,
                 )
             )
         if args.exit:
@@ -262,17 +297,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
             regex=None,
             session=args.session,
             timeout=args.timeout,
+            mesh=True,
+            key=getattr(args, "key", None),
+            plaintext=False,
         )
     )
 
 
-def _router_call(address: str, method: str, request: object) -> object:
-    import grpc
-
+def _router_call(args: argparse.Namespace, method: str, request: object) -> object:
+    """One Admin call to the router, as the operator."""
+    from services.common.tls import channel
     from switchyard.v1 import router_pb2_grpc
 
+    tls = _operator_tls(args)
+
     async def run() -> object:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with channel(args.router, tls) as ch:  # type: ignore[arg-type]
             return await getattr(router_pb2_grpc.AdminStub(ch), method)(request, timeout=10)
 
     return asyncio.run(run())
@@ -287,7 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     state = read_up_state(Path(args.state) if args.state else default_state_file(), args.router)
     try:
-        resp = _router_call(args.router, "Status", router_pb2.StatusRequest())
+        resp = _router_call(args, "Status", router_pb2.StatusRequest())
     except grpc.aio.AioRpcError as e:
         print(f"error: router {args.router}: {e.code().name}: {e.details()}", file=sys.stderr)
         if state is not None:  # the router may be restarting: say what `up` knows
@@ -301,6 +341,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
+    import time
+
     import grpc
 
     from switchyard.v1 import router_pb2
@@ -308,20 +350,56 @@ def cmd_admin(args: argparse.Namespace) -> int:
     try:
         if args.action == "drain":
             r = _router_call(
-                args.router,
+                args,
                 "Drain",
                 router_pb2.AdminDrainRequest(engine_id=args.engine, grace_seconds=args.grace or 0),
             )
             print(f"draining {args.engine}: {r.in_flight} turn(s) in flight")  # type: ignore[attr-defined]
-        else:
-            _router_call(
-                args.router, "Undrain", router_pb2.AdminUndrainRequest(engine_id=args.engine)
-            )
+        elif args.action == "undrain":
+            _router_call(args, "Undrain", router_pb2.AdminUndrainRequest(engine_id=args.engine))
             print(f"{args.engine} takes new turns again")
+        elif args.keys_action == "create":
+            created = _router_call(
+                args,
+                "CreateKey",
+                router_pb2.CreateKeyRequest(
+                    tenant=args.tenant, tier=args.tier or "", models=args.model, name=args.name
+                ),
+            )
+            key = created.key  # type: ignore[attr-defined]
+            print(created.secret)  # type: ignore[attr-defined]
+            print(
+                f"key {key.key_id} for tenant {key.tenant} (tier {key.tier}"
+                f"{', models ' + ', '.join(key.models) if key.models else ''}): "
+                "the secret above is shown once; keep it",
+                file=sys.stderr,
+            )
+        elif args.keys_action == "list":
+            listed = _router_call(args, "ListKeys", router_pb2.ListKeysRequest())
+            for k in listed.keys:  # type: ignore[attr-defined]
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created))
+                state = "revoked" if k.revoked else "active"
+                models = ",".join(k.models) or "*"
+                print(
+                    f"{k.key_id}  {state:<7}  tenant {k.tenant:<16} tier {k.tier:<9} "
+                    f"models {models:<12} created {when}  {k.name}"
+                )
+        else:
+            revoked = _router_call(
+                args, "RevokeKey", router_pb2.RevokeKeyRequest(key_id=args.key_id)
+            )
+            print(f"key {revoked.key.key_id} (tenant {revoked.key.tenant}) revoked")  # type: ignore[attr-defined]
     except grpc.aio.AioRpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     return 0
+
+
+def _router_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
+    p.add_argument(
+        "--plaintext", action="store_true", help="no TLS (a mesh run with tls.plaintext)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="stream a reply through the mesh")
     c.add_argument("prompt")
     c.add_argument("--target", default=DEFAULT_ENDPOINT, help="the mesh's endpoint (Envoy)")
+    c.add_argument(
+        "--key",
+        help="API key (default: $SWITCHYARD_API_KEY, else the development key `up` made)",
+    )
     c.add_argument("--model", default="", help="model or alias (default: the mesh's default)")
     c.add_argument("--session", help="session id: keeps the conversation on its engine")
     c.add_argument("--system", help="system message (sends a chat conversation)")
@@ -368,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "status", help="pools, engines, load, cache hit rate, xDS ACK/NACK, processes"
     )
-    st.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
+    _router_flags(st)
     st.add_argument(
         "--state",
         help="switchyard up's state file (default $SWITCHYARD_STATE or "
@@ -376,11 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.set_defaults(func=cmd_status)
 
-    ad = sub.add_parser("admin", help="operate engines through the router")
-    ad.add_argument("action", choices=["drain", "undrain"])
-    ad.add_argument("engine", help="engine id (see `switchyard status`)")
-    ad.add_argument("--grace", type=float, help="drain: seconds before in-flight turns abort")
-    ad.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
+    ad = sub.add_parser("admin", help="operate the mesh through the router (operator identity)")
+    asub = ad.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, what in (("drain", "take an engine out of rotation"), ("undrain", "put it back")):
+        a = asub.add_parser(action, help=what)
+        a.add_argument("engine", help="engine id (see `switchyard status`)")
+        if action == "drain":
+            a.add_argument("--grace", type=float, help="seconds before in-flight turns abort")
+        _router_flags(a)
+    keys = asub.add_parser("keys", help="API keys: create, list, revoke")
+    ksub = keys.add_subparsers(dest="keys_action", required=True, metavar="KEYS_ACTION")
+    kc = ksub.add_parser("create", help="a new key (its secret is printed once)")
+    kc.add_argument("--tenant", required=True, help="the tenant the key's turns belong to")
+    kc.add_argument("--tier", help="one of the mesh's tiers (default: auth.default_tier)")
+    kc.add_argument(
+        "--model", action="append", default=[], help="a model it may use (repeat; default all)"
+    )
+    kc.add_argument("--name", default="", help="a label for people")
+    kr = ksub.add_parser("revoke", help="revoke a key (within a second, every router)")
+    kr.add_argument("key_id", help="the key's id (see `switchyard admin keys list`)")
+    kl = ksub.add_parser("list", help="every key: id, state, tenant, tier, models")
+    for k in (kc, kr, kl):
+        _router_flags(k)
     ad.set_defaults(func=cmd_admin)
 
     r = sub.add_parser("router", help="run the router (registry, ext_proc, xDS, admin)")
@@ -405,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
     sf.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="export spans over OTLP/gRPC")
     sf.add_argument("--trace-sampling", type=float, help="fraction of turns traced")
+    sf.add_argument("--tls", help="override the config's tls section (JSON)")
     sf.set_defaults(func=cmd_safety)
 
     e = sub.add_parser("engine", help="run one engine of a pool")
@@ -416,9 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--models-dir", help="value of ${SWITCHYARD_MODELS} in the config")
     e.set_defaults(func=cmd_engine)
 
-    g = sub.add_parser("generate", help="stream a reply from an engine or the mesh")
+    g = sub.add_parser("generate", help="stream a reply from an engine (or the mesh)")
     g.add_argument("prompt")
     g.add_argument("--target", default="127.0.0.1:50061", help="HOST:PORT of an engine or Envoy")
+    g.add_argument(
+        "--mesh",
+        action="store_true",
+        help="the target is the mesh (Envoy): plaintext with an API key, not the operator's TLS",
+    )
+    g.add_argument("--key", help="API key, with --mesh (default as for chat)")
+    g.add_argument(
+        "--plaintext", action="store_true", help="no TLS (an engine run with tls.plaintext)"
+    )
     g.add_argument("--model", default="", help="model name or alias (default: the target's)")
     g.add_argument("--system", help="send a chat conversation with this system message")
     g.add_argument("--max-tokens", type=int)

@@ -1,7 +1,7 @@
 """The Python client of `switchyard.v1.Inference`: `MeshClient` for applications (it resumes a
 turn whose engine dies mid-stream), and plain one-call helpers for tests and benchmarks.
 
-    async with MeshClient.connect("127.0.0.1:8080") as mesh:
+    async with MeshClient.connect("127.0.0.1:8080", key=API_KEY) as mesh:
         reply = await mesh.generate(make_request("Hello", max_tokens=64), out=sys.stdout)
         print(reply.final.resumed)               # times the turn moved to another engine
 
@@ -38,6 +38,8 @@ import grpc
 
 from services.common import headers
 from services.common.server import MAX_MESSAGE_BYTES
+from services.common.tls import TlsFiles
+from services.common.tls import channel as tls_channel
 from switchyard.v1 import inference_pb2, inference_pb2_grpc
 
 CHANNEL_OPTIONS = [
@@ -46,8 +48,15 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def channel(target: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A channel to the mesh (Envoy: plaintext, an API key per call) or, with `tls` (the
+    operator identity), straight to one of its services, e.g. an engine."""
+    return tls_channel(target, tls, CHANNEL_OPTIONS)
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents an API key (or a JWT)."""
+    return ((headers.AUTHORIZATION, f"Bearer {key}"),) if key else ()
 
 
 def make_request(
@@ -184,9 +193,13 @@ class MeshClient:
         self._owned = False
 
     @classmethod
-    def connect(cls, target: str, **kwargs: object) -> MeshClient:
-        """A client with a channel of its own to `target` (closed with the client)."""
-        client = cls(channel(target), **kwargs)  # type: ignore[arg-type]
+    def connect(
+        cls, target: str, *, key: str = "", tls: TlsFiles | None = None, **kwargs: object
+    ) -> MeshClient:
+        """A client with a channel of its own to `target` (closed with the client) that
+        presents the API key `key` on every call."""
+        metadata = (*bearer(key), *kwargs.pop("metadata", ()))  # type: ignore[misc]
+        client = cls(channel(target, tls), metadata=metadata, **kwargs)  # type: ignore[arg-type]
         client._owned = True
         return client
 

@@ -12,6 +12,11 @@ everything in reverse order. The integration tests run the same code.
 
 Every address a restarted process must keep (the router's, the safety service's) is fixed when
 the mesh starts: a port 0 in the config becomes a free port then, not at each start.
+
+Secure with no setup: the local PKI (services/common/pki.py) is created on first start and every
+internal hop is mutual TLS; API keys live in `keys_file` (default ~/.cache/switchyard/keys.json),
+and a development key for tenant "dev" is created once and kept in `dev_key_file` (default
+~/.cache/switchyard/dev-key, owner-only), where `switchyard chat` finds it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from typing import Any
 
 import yaml
 
+from services.common.pki import ENVOY, OPERATOR
 from services.common.server import host_port, write_ready_file
+from services.common.tls import TlsFiles
 from services.mesh import procs
 from services.mesh.otlp_sink import OtlpFileSink
 from services.mesh.supervisor import Child, Process, RestartPolicy, Supervisor
@@ -62,6 +69,15 @@ def default_state_file() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "switchyard" / "up-state.json"
 
 
+def default_dev_key_file() -> Path:
+    """Where `switchyard up` keeps the local development API key ($SWITCHYARD_DEV_KEY)."""
+    env = os.environ.get("SWITCHYARD_DEV_KEY")
+    return Path(env) if env else Path.home() / ".cache" / "switchyard" / "dev-key"
+
+
+DEV_TENANT = "dev"
+
+
 @dataclass
 class Mesh:
     """A running local mesh and its processes."""
@@ -83,6 +99,11 @@ class Mesh:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     state_file: Path | None = None
     supervisor: Supervisor | None = None
+    # API keys (hashes) of the mesh; None: the config's auth.keys_file, else the user default.
+    keys_file: Path | None = None
+    # The local development key (tenant "dev"), created once: `dev_key` once started.
+    dev_key_file: Path = field(default_factory=default_dev_key_file)
+    dev_key: str = ""
     sink: OtlpFileSink | None = None
     cfg: MeshConfig | None = None
     router: procs.ServiceProcess | None = None
@@ -135,6 +156,10 @@ class Mesh:
         safety = data.get("safety") or {}
         if safety.get("config") and not Path(safety["config"]).is_absolute():
             safety["config"] = str((self.config_path.parent / safety["config"]).resolve())
+        # Envoy's SDS files live in the workdir; the router points Envoy's clusters at them.
+        data.setdefault("envoy", {})["sds_dir"] = str((self.workdir / "sds").resolve())
+        if self.keys_file is not None:
+            data.setdefault("auth", {})["keys_file"] = str(self.keys_file)
         for pool in data.get("pools", []):
             for group in pool.get("engines", []):
                 p = Path(group["config"])
@@ -162,6 +187,10 @@ class Mesh:
         cfg_path = self._effective_config()
         self.cfg = load_mesh_config(cfg_path)
         cfg = self.cfg
+        if cfg.tls.plaintext:
+            self.say("[up] WARNING: tls.plaintext is set: no internal hop is authenticated")
+        else:
+            self.operator_tls()  # creates the local PKI on first start
         self.supervisor = Supervisor(
             self.say, policy=self.restart_policy, on_change=self.write_state
         )
@@ -174,6 +203,7 @@ class Mesh:
         self.router = self._start_router()
         self.router.wait_ready(timeout=120, on_progress=self.say)
         self._supervise("router", "router", self.router, self._start_router, 120)
+        self._ensure_dev_key()
 
         starters = []
         for pool in cfg.pools:
@@ -218,6 +248,46 @@ class Mesh:
 
     # -- starting (and restarting) each process ---------------------------------------------
 
+    def operator_tls(self) -> TlsFiles | None:
+        """The operator identity (admin calls, direct engine calls); None in a plaintext mesh."""
+        assert self.cfg is not None
+        return self.cfg.tls.files(OPERATOR)
+
+    def _tls_settings(self) -> dict[str, Any]:
+        """The mesh's `tls` section as every service's config takes it."""
+        assert self.cfg is not None
+        return self.cfg.tls.model_dump(mode="json", exclude_none=True)
+
+    def _ensure_dev_key(self) -> None:
+        """The local development key: the one in `dev_key_file` if the mesh still honours it,
+        else a new one for tenant "dev" (its secret kept owner-only in `dev_key_file`)."""
+        from services.router.auth.config import default_keys_file
+        from services.router.auth.keys import KeyStore
+
+        assert self.cfg is not None
+        if not self.cfg.auth.enabled:
+            return
+        store = KeyStore(self.cfg.auth.keys_file or default_keys_file())
+        try:
+            key = self.dev_key_file.read_text().strip()
+        except OSError:
+            key = ""
+        if not key or store.lookup(key) is None:
+            _, key = store.create(
+                tenant=DEV_TENANT,
+                tier=self.cfg.auth.default_tier,
+                name="switchyard up: local development key",
+            )
+            self.dev_key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.dev_key_file.with_name(f".{self.dev_key_file.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+            tmp.replace(self.dev_key_file)
+            self.say(f"[up] created the local development API key (tenant {DEV_TENANT!r}) in "
+                     f"{self.dev_key_file}")  # fmt: skip
+        self.dev_key = key
+
     def _start_safety(self) -> procs.ServiceProcess:
         assert self.cfg is not None
         cfg = self.cfg
@@ -226,6 +296,7 @@ class Mesh:
         args += ["--trace-sampling", str(self.trace_sampling)]
         if cfg.safety.config is not None:
             args += ["--config", str(cfg.safety.config)]
+        args += ["--tls", json.dumps(self._tls_settings())]
         self.safety = procs.start_service(args, name="safety", workdir=self.workdir)
         return self.safety
 
@@ -250,6 +321,7 @@ class Mesh:
                     "pool": pool,
                     "router": self.router_address,
                     "tracing": self.tracing,
+                    "tls": self._tls_settings(),
                 },
             )
             for i, e in enumerate(self.engines):
@@ -271,6 +343,7 @@ class Mesh:
             xds_host=router_host,
             xds_port=router_port,
             log_path=self.envoy_log,
+            tls=self.cfg.tls.files(ENVOY),
         )
         return self.envoy
 
@@ -359,7 +432,9 @@ class Mesh:
         out = set()
         for cluster in data.get("cluster_statuses", []):
             for host in cluster.get("host_statuses", []):
-                sock = host["address"]["socket_address"]
+                sock = host["address"].get("socket_address")
+                if sock is None:  # the admin proxy's Unix socket
+                    continue
                 flags = host.get("health_status", {})
                 if flags.get("eds_health_status") == "HEALTHY" and not flags.get(
                     "failed_active_health_check"

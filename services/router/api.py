@@ -6,7 +6,11 @@ import time
 
 import grpc
 
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.tls import TlsFiles
+from services.common.tls import channel as tls_channel
+from services.router.auth.authenticator import Authenticator
+from services.router.auth.keys import KeyRecord
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.routing import RoutingService, check_request_size
@@ -52,7 +56,21 @@ class RouterService(router_pb2_grpc.RouterServicer):
         return resp
 
 
+def key_proto(rec: KeyRecord) -> router_pb2.ApiKey:
+    return router_pb2.ApiKey(
+        key_id=rec.key_id,
+        name=rec.name,
+        tenant=rec.tenant,
+        tier=rec.tier,
+        models=list(rec.models),
+        created=rec.created,
+        revoked=rec.revoked,
+    )
+
+
 class AdminService(router_pb2_grpc.AdminServicer):
+    """Operators only (the router's access policy): status, drain, API keys."""
+
     def __init__(
         self,
         cfg: MeshConfig,
@@ -60,12 +78,16 @@ class AdminService(router_pb2_grpc.AdminServicer):
         registry: Registry,
         xds: SnapshotCache,
         router_id: str,
+        auth: Authenticator,
+        tls: TlsFiles | None,
     ) -> None:
         self._cfg = cfg
         self._resolver = resolver
         self._registry = registry
         self._xds = xds
         self._router_id = router_id
+        self._auth = auth
+        self._tls = tls  # the router's identity, for EngineControl calls
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_AdminServicer_to_server(self, server)
@@ -107,7 +129,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         if state is None:
             known = ", ".join(sorted(e.engine_id for e in self._registry.engines())) or "none"
             raise NotFound(f"engine {engine_id!r} is not registered (engines: {known})")
-        channel = grpc.aio.insecure_channel(state.address)
+        channel = tls_channel(state.address, self._tls)
         return channel, engine_pb2_grpc.EngineControlStub(channel)
 
     async def Drain(
@@ -133,3 +155,32 @@ class AdminService(router_pb2_grpc.AdminServicer):
             except grpc.aio.AioRpcError as e:
                 raise Unavailable(f"engine {request.engine_id}: {e.details()}") from None
         return router_pb2.AdminUndrainResponse()
+
+    async def CreateKey(
+        self, request: router_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.CreateKeyResponse:
+        tiers = self._cfg.auth.tiers
+        tier = request.tier or self._cfg.auth.default_tier
+        if tier not in tiers:
+            raise InvalidArgument(f"tier {tier!r} is not one of {', '.join(sorted(tiers))}")
+        known = self._resolver.pools()
+        for i, model in enumerate(request.models):
+            if model not in known:
+                raise InvalidArgument(
+                    f"models[{i}]: {model!r} is not a model of the mesh "
+                    f"({', '.join(sorted(known))})"
+                )
+        rec, secret = self._auth.keys.create(
+            tenant=request.tenant, tier=tier, models=list(request.models), name=request.name
+        )
+        return router_pb2.CreateKeyResponse(key=key_proto(rec), secret=secret)
+
+    async def ListKeys(
+        self, request: router_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListKeysResponse:
+        return router_pb2.ListKeysResponse(keys=[key_proto(r) for r in self._auth.keys.all()])
+
+    async def RevokeKey(
+        self, request: router_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.RevokeKeyResponse:
+        return router_pb2.RevokeKeyResponse(key=key_proto(self._auth.keys.revoke(request.key_id)))

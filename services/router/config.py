@@ -23,7 +23,9 @@ import pydantic
 from services.common.config import StrictModel, load_config
 from services.common.errors import InvalidArgument
 from services.common.server import MAX_REQUEST_BODY_BYTES
+from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
+from services.router.auth.config import AuthSection
 
 
 class ModelEntry(StrictModel):
@@ -71,6 +73,10 @@ class EnvoySection(StrictModel):
     # given up on and the turn retried on the next engine (a frozen engine); a turn that has
     # started streaming is never retried by Envoy.
     per_try_timeout_seconds: float = pydantic.Field(5.0, gt=0)
+    # Where Envoy finds its identity and the mesh's CA, as file-based SDS (`identity.yaml`,
+    # `ca.yaml`; services/router/xds/envoy_proc.py writes them); an absolute path as Envoy sees
+    # it. `switchyard up` sets it; None with TLS on: "sds" in Envoy's working directory.
+    sds_dir: Path | None = None
 
 
 class SafetySection(StrictModel):
@@ -92,6 +98,11 @@ class MeshConfig(StrictModel):
     tracing: TracingConfig = pydantic.Field(
         default_factory=lambda: TracingConfig.model_validate({})
     )
+    # Who may call the mesh (API keys, JWTs) and what tiers mean.
+    auth: AuthSection = pydantic.Field(default_factory=lambda: AuthSection.model_validate({}))
+    # Mutual TLS between the mesh's services: the router's identity and the CA (default: the
+    # local PKI); `plaintext: true` turns it off everywhere (loudly).
+    tls: TlsConfig = pydantic.Field(default_factory=lambda: TlsConfig.model_validate({}))
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     default_model: str = ""  # what "" and "auto" resolve to; defaults to the first pool's model
     aliases: dict[str, str] = pydantic.Field(default_factory=dict)  # alias -> model name
@@ -126,7 +137,18 @@ class MeshConfig(StrictModel):
             models = [m.model_copy(update={"tokenizer": _abs(base, m.tokenizer)}) for m in p.models]
             engines = [e.model_copy(update={"config": _abs(base, e.config)}) for e in p.engines]
             pools.append(p.model_copy(update={"models": models, "engines": engines}))
-        return self.model_copy(update={"pools": pools})
+        update: dict[str, Any] = {"pools": pools}
+        auth = self.auth
+        if auth.keys_file is not None:
+            auth = auth.model_copy(update={"keys_file": _abs(base, auth.keys_file.expanduser())})
+        if auth.jwt is not None and auth.jwt.jwks_file is not None:
+            jwt = auth.jwt.model_copy(update={"jwks_file": _abs(base, auth.jwt.jwks_file)})
+            auth = auth.model_copy(update={"jwt": jwt})
+        update["auth"] = auth
+        tls = {k: _abs(base, v.expanduser()) for k in ("ca", "cert", "key", "pki_dir")
+               if (v := getattr(self.tls, k)) is not None}  # fmt: skip
+        update["tls"] = self.tls.model_copy(update=tls)
+        return self.model_copy(update=update)
 
 
 def _abs(base: Path, p: Path) -> Path:

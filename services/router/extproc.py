@@ -32,11 +32,12 @@ from services.common.extproc import (
     immediate_error,
     replace_request_body,
     set_header,
-    tenant_of,
 )
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
 from services.common.tracing import extract
+from services.router.auth.authenticator import Authenticator
+from services.router.auth.principal import Principal
 from services.router.routing import RoutingService, check_request_size
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
@@ -64,23 +65,52 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
     )
 
 
+def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:
+    """The headers answer once the caller is known: the mesh's own headers set from the
+    principal, and every client copy of an internal header and the credential removed (Envoy
+    strips the known ones at the listener already; engines never see an API key)."""
+    return ext.HeaderMutation(
+        set_headers=[set_header(h.TENANT, principal.tenant), set_header(h.TIER, principal.tier)],
+        remove_headers=[
+            k
+            for k in headers
+            if (k.startswith(h.INTERNAL_PREFIX) and k not in (h.TENANT, h.TIER))
+            or k == h.AUTHORIZATION
+        ],
+    )
+
+
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, routing: RoutingService, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self,
+        routing: RoutingService,
+        auth: Authenticator,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._routing = routing
+        self._auth = auth
         self._tracer = tracer  # None: tracing off, nothing extracted or recorded per turn
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         ext_grpc.add_ExternalProcessorServicer_to_server(self, server)
 
     async def decide(
-        self, headers: dict[str, str], body: bytes, span: trace.Span | None = None
+        self,
+        headers: dict[str, str],
+        body: bytes,
+        principal: Principal,
+        span: trace.Span | None = None,
     ) -> ext.ProcessingResponse:
         """The answer to a turn's buffered body: route headers, or an immediate error."""
         span = span or trace.INVALID_SPAN
-        tenant = tenant_of(headers)
         if span.is_recording():
-            span.set_attribute("switchyard.tenant", tenant)
-            span.set_attribute("switchyard.auth", "none")  # auth and quotas: the tenant work
+            span.set_attributes(
+                {
+                    "switchyard.tenant": principal.tenant,
+                    "switchyard.tier": principal.tier,
+                    "switchyard.auth": principal.key_id.partition(":")[0] or "none",
+                }
+            )
         try:
             path = headers.get(":path", "")
             if path != GENERATE_PATH:
@@ -90,7 +120,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if span.is_recording():
                 span.set_attribute("gen_ai.request.model", req.model or "auto")
             decision, routed = await self._routing.route(
-                req, tenant=tenant, session_id=headers.get(h.SESSION_ID, "")
+                req, principal=principal, session_id=headers.get(h.SESSION_ID, "")
             )
         except SwitchyardError as e:
             span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
@@ -109,6 +139,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 set_header(h.POOL, decision.engine.pool),
                 set_header(h.ENDPOINT, h.endpoint_list(endpoints)),
                 set_header(h.ENGINE, decision.engine.engine_id),
+                set_header(h.PRIORITY, str(routed.priority)),
             ]
         )
         body_mutation = None
@@ -128,23 +159,34 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ext.ProcessingResponse]:
         headers: dict[str, str] = {}
+        principal: Principal | None = None
         async for msg in requests:
             kind = msg.WhichOneof("request")
             if kind == "request_headers":
                 headers = header_map(msg.request_headers)
+                try:  # who is calling, before anything else (and before the body is sent)
+                    principal = await self._auth.authenticate(headers.get(h.AUTHORIZATION, ""))
+                except SwitchyardError as e:
+                    yield immediate_error(e, "router")
+                    return
                 if msg.request_headers.end_of_stream:
                     yield immediate_error(InvalidArgument("request has no body"), "router")
                     return
-                yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
+                yield ext.ProcessingResponse(
+                    request_headers=ext.HeadersResponse(
+                        response=ext.CommonResponse(header_mutation=identify(principal, headers))
+                    )
+                )
             elif kind == "request_body":
+                assert principal is not None  # Envoy sends the headers first
                 if len(msg.request_body.body) >= LONG_BODY_BYTES:
                     yield extend_timeout(LONG_BODY_SECONDS)  # tokenizing it takes a while
                 if self._tracer is None:
-                    yield await self.decide(headers, msg.request_body.body)
+                    yield await self.decide(headers, msg.request_body.body, principal)
                     continue
                 parent = extract(context.invocation_metadata() or ()) if context else None
                 with self._tracer.start_as_current_span(PICK_SPAN, context=parent) as span:
-                    answer = await self.decide(headers, msg.request_body.body, span)
+                    answer = await self.decide(headers, msg.request_body.body, principal, span)
                 yield answer
             elif kind == "request_trailers":
                 yield ext.ProcessingResponse(request_trailers=ext.TrailersResponse())

@@ -23,6 +23,7 @@ from services.router.xds.builder import (
     MeshSpec,
     PoolSpec,
     SafetySpec,
+    TlsSpec,
     TracingSpec,
     build_snapshot,
 )
@@ -89,6 +90,7 @@ class XdsPublisher:
             safety=safety,
             tracing=tracing,
             per_try_timeout_seconds=self._cfg.envoy.per_try_timeout_seconds,
+            tls=None if self._cfg.tls.plaintext else TlsSpec(str(self._cfg.envoy.sds_dir or "sds")),
         )
 
     def publish(self) -> None:

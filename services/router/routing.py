@@ -24,6 +24,7 @@ from services.common.tokens import (
     load_tokenizer,
     turn_tokens_async,
 )
+from services.router.auth.principal import Principal
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.scheduling.interfaces import RoutingRequest
@@ -104,12 +105,20 @@ class RoutingService:
         self,
         req: inference_pb2.GenerateRequest,
         *,
+        principal: Principal | None = None,
         tenant: str = "",
         session_id: str = "",
         commit: bool = True,
     ) -> tuple[Decision, RoutingRequest]:
-        """Pick an engine for `req`; raises InvalidArgument / Unavailable with a clear message."""
+        """Pick an engine for `req`; raises InvalidArgument / PermissionDenied / Unavailable with
+        a clear message. The caller's `principal` (the ext_proc path) names the tenant, the
+        models it may use and its priority ceiling; without one (Router.Pick, an operator's
+        question) the turn is `tenant`'s with the priority it asks for."""
         pool, model = self.resolver.resolve(req.model)
+        priority = req.priority
+        if principal is not None:
+            principal.check_model(model, req.model)
+            tenant, priority = principal.tenant, principal.turn_priority(req.priority)
         context, max_tokens_limit = self._model_limits(pool, model)
         s = req.sampling
         requested = s.max_tokens if s.HasField("max_tokens") else None
@@ -158,15 +167,17 @@ class RoutingService:
             )
             kept = turn.count - truncated  # the engine prefills the last `kept` tokens
             tokens = tokens[len(tokens) - kept :]
+        session = req.session_id or session_id
         rr = RoutingRequest(
             request_id=req.request_id,
             tenant=tenant,
-            session_id=req.session_id or session_id,
+            # Sessions are the tenant's own: another tenant naming the same id is not steered.
+            session_id=f"{tenant}/{session}" if session else "",
             model=model,
             pool=pool,
             prompt_token_ids=tokens,
             max_tokens=max_tokens,
-            priority=req.priority,
+            priority=priority,
         )
         return await self._pick(rr, commit), rr
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.common.looplag import watch_loop
 from services.common.metrics import start_metrics_server
+from services.common.pki import ROUTER
 from services.common.progress import Progress
 from services.common.server import (
     create_server,
@@ -19,9 +20,11 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
+from services.common.tls import ANY, AccessPolicy
 from services.common.tracing import setup_tracing
 from services.router import api, extproc, registry_service
 from services.router import metrics as router_metrics
+from services.router.auth.authenticator import Authenticator
 from services.router.config import MeshConfig, ModelResolver
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
@@ -42,6 +45,18 @@ SERVICE_NAMES = [
     "envoy.service.ext_proc.v3.ExternalProcessor",
     "envoy.service.discovery.v3.AggregatedDiscoveryService",
 ]
+# Who may call what (roles of the callers' certificates, services/common/pki.py).
+POLICY = AccessPolicy(
+    {
+        "/envoy.service.ext_proc.v3.ExternalProcessor/": {"envoy"},
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/": {"envoy"},
+        "/switchyard.v1.Registry/": {"engine"},
+        "/switchyard.v1.Router/": {"operator"},
+        "/switchyard.v1.Admin/": {"operator"},
+        "/grpc.reflection.": {"operator"},
+        "/grpc.health.v1.Health/": {ANY},
+    }
+)
 # The loop monitor's tick (it measures the event loop's lag), and every how many ticks it
 # sweeps the registry (the stall measured meanwhile handed to the sweep).
 TICK_SECONDS = 0.025
@@ -69,8 +84,10 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     )
     routing = RoutingService(resolver, tokenizers, scheduler, registry, limits)
 
+    auth = Authenticator(cfg.auth)
     tracing = setup_tracing("switchyard-router", cfg.tracing)
-    server = await create_server(cfg.router.listen, [], SERVICE_NAMES)
+    tls = cfg.tls.files(ROUTER)
+    server = await create_server(cfg.router.listen, [], SERVICE_NAMES, tls=tls, policy=POLICY)
     host, _ = host_port(cfg.router.listen)
     address = f"{host}:{server.port}"
     cache = SnapshotCache()
@@ -81,10 +98,12 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     )
     reg.add_to_server(server.grpc)
     extproc.ExtProcService(
-        routing, tracing.tracer(__name__) if tracing.enabled else None
+        routing, auth, tracing.tracer(__name__) if tracing.enabled else None
     ).add_to_server(server.grpc)
     api.RouterService(routing).add_to_server(server.grpc)
-    api.AdminService(cfg, resolver, registry, cache, reg.router_id).add_to_server(server.grpc)
+    api.AdminService(cfg, resolver, registry, cache, reg.router_id, auth, tls).add_to_server(
+        server.grpc
+    )
     xds_server.add_to_server(server.grpc, cache)
 
     metrics_host, metrics_port = host_port(cfg.router.metrics_listen)

@@ -30,6 +30,7 @@ from typing import Literal
 import pydantic
 
 from services.common.config import StrictModel, load_config
+from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.safety.recognizers import StreamingRecognizer, shared_default_recognizers
 from services.safety.scrubber import Action, Policy
@@ -59,6 +60,8 @@ class SafetyConfig(StrictModel):
     tracing: TracingConfig = pydantic.Field(  # the switchyard.safety.scan spans
         default_factory=lambda: TracingConfig.model_validate({})
     )
+    # Mutual TLS: the service's identity (role `safety`) and the CA; default the local PKI.
+    tls: TlsConfig = pydantic.Field(default_factory=lambda: TlsConfig.model_validate({}))
 
     @pydantic.field_validator("categories")
     @classmethod

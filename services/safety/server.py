@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from services.common.metrics import start_metrics_server
+from services.common.pki import SAFETY
 from services.common.progress import Progress
 from services.common.server import (
     create_server,
@@ -15,12 +16,23 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
+from services.common.tls import ANY, AccessPolicy
 from services.common.tracing import setup_tracing
 from services.safety import service
 from services.safety.config import SafetyConfig
 from services.safety.extproc import SafetyExtProc
 
 SERVICE_NAMES = [service.SERVICE_NAME, "envoy.service.ext_proc.v3.ExternalProcessor"]
+# Who may call what: Envoy (every turn), operators (the Safety API, which takes the tenant from
+# its caller: only a trusted identity may name one).
+POLICY = AccessPolicy(
+    {
+        "/envoy.service.ext_proc.v3.ExternalProcessor/": {"envoy"},
+        f"/{service.SERVICE_NAME}/": {"operator"},
+        "/grpc.reflection.": {"operator"},
+        "/grpc.health.v1.Health/": {ANY},
+    }
+)
 
 
 async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
@@ -35,6 +47,8 @@ async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
         cfg.listen,
         [service.SafetyService(cfg).add_to_server, extproc.add_to_server],
         SERVICE_NAMES,
+        tls=cfg.tls.files(SAFETY),
+        policy=POLICY,
     )
     host, _ = host_port(cfg.listen)
     address = f"{host}:{server.port}"

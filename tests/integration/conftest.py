@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 import pytest
 
+from services.common.tls import channel as tls_channel
 from services.mesh import procs
-from services.mesh.client import CHANNEL_OPTIONS
+from services.mesh.client import CHANNEL_OPTIONS, bearer
 from services.mesh.models import default_models_dir, init_models
 from services.mesh.up import Mesh
 from switchyard.v1 import engine_pb2_grpc, inference_pb2_grpc, router_pb2_grpc
@@ -66,8 +67,9 @@ def engine(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-async def channel(engine: dict[str, Any]) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(engine["address"], options=CHANNEL_OPTIONS) as ch:
+async def channel(engine: dict[str, Any], operator_tls: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """To the shared engine, as an operator (engines take turns from Envoy and operators)."""
+    async with tls_channel(engine["address"], operator_tls, CHANNEL_OPTIONS) as ch:
         yield ch
 
 
@@ -102,6 +104,8 @@ def mesh(
         say=lambda line: print(line, file=sys.stderr),
         otlp_endpoint=collector.endpoint,
         state_file=workdir / "up-state.json",
+        keys_file=workdir / "keys.json",
+        dev_key_file=workdir / "dev-key",
     )
     try:
         m.start()
@@ -110,13 +114,51 @@ def mesh(
         m.stop()
 
 
+class _Key(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Presents an API key on every call that does not carry one already."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = bearer(key)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        md = list(details.metadata or ())
+        if not any(k == "authorization" for k, _ in md):
+            md += self._metadata
+        return await continuation(details._replace(metadata=tuple(md)), request)
+
+
+def mesh_channel(mesh: Mesh, key: str | None = None) -> grpc.aio.Channel:
+    """A client channel to the mesh (Envoy) presenting `key` (default: the development key)."""
+    return grpc.aio.insecure_channel(
+        mesh.endpoint,
+        options=CHANNEL_OPTIONS,
+        interceptors=[_Key(mesh.dev_key if key is None else key)],
+    )
+
+
 @pytest.fixture
 async def envoy(mesh: Mesh) -> AsyncIterator[inference_pb2_grpc.InferenceStub]:
-    async with grpc.aio.insecure_channel(mesh.endpoint, options=CHANNEL_OPTIONS) as ch:
+    """The mesh, as tenant "dev" (the development key `up` made)."""
+    async with mesh_channel(mesh) as ch:
         yield inference_pb2_grpc.InferenceStub(ch)
 
 
 @pytest.fixture
 async def admin(mesh: Mesh) -> AsyncIterator[router_pb2_grpc.AdminStub]:
-    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+    """The router's admin API, as an operator."""
+    async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
         yield router_pb2_grpc.AdminStub(ch)
+
+
+@pytest.fixture(scope="session")
+async def tenant_keys(mesh: Mesh) -> dict[str, str]:
+    """API keys of the tenants the tests speak for (tenant → key), made through the admin API."""
+    from switchyard.v1 import router_pb2
+
+    out = {}
+    async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
+        stub = router_pb2_grpc.AdminStub(ch)
+        for tenant in ("strict", *(f"tenant-{i}" for i in range(8))):
+            r = await stub.CreateKey(router_pb2.CreateKeyRequest(tenant=tenant, name="tests"))
+            out[tenant] = r.secret
+    return out

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import channel as tls_channel
 from services.mesh.client import CHANNEL_OPTIONS, generate, make_request
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, inference_pb2, inference_pb2_grpc
 from tests.integration.conftest import start_test_engine
@@ -123,8 +124,8 @@ def sigterm_engine(models_dir, tmp_path_factory):
     proc.stop()
 
 
-async def test_sigterm_drains_then_exits(sigterm_engine):
-    async with grpc.aio.insecure_channel(sigterm_engine.address, options=CHANNEL_OPTIONS) as ch:
+async def test_sigterm_drains_then_exits(sigterm_engine, operator_tls):
+    async with tls_channel(sigterm_engine.address, operator_tls, CHANNEL_OPTIONS) as ch:
         inference = inference_pb2_grpc.InferenceStub(ch)
         control = engine_pb2_grpc.EngineControlStub(ch)
         call = await started(inference, 600)

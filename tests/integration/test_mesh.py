@@ -16,11 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.common.tls import channel as tls_channel
 from services.mesh import procs
-from services.mesh.client import generate, make_request, stream
+from services.mesh.client import bearer, generate, make_request, stream
 from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, router_pb2, router_pb2_grpc
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, mesh_channel
 from tests.integration.test_engine import long_text
 from tests.otlp_collector import OtlpCollector, SpanRecord
 
@@ -86,12 +87,12 @@ async def test_session_stays_on_its_engine(envoy):
     assert len(engines) == 1
 
 
-async def test_different_tenants_spread_over_the_pool(envoy):
+async def test_different_tenants_spread_over_the_pool(envoy, tenant_keys):
     async def turn(i: int) -> str:
         reply = await generate(
             envoy,
             make_request(long_text(200), max_tokens=24, ignore_eos=True),
-            metadata=[("x-switchyard-tenant", f"tenant-{i}")],
+            metadata=bearer(tenant_keys[f"tenant-{i}"]),
         )
         return reply.final.served_by.engine
 
@@ -110,7 +111,7 @@ async def test_unknown_model_empty_pool_and_malformed_body(mesh: Mesh, envoy):
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "empty-pool" in e.value.details()
 
-    async with grpc.aio.insecure_channel(mesh.endpoint) as ch:
+    async with mesh_channel(mesh) as ch:
         raw = ch.unary_stream(
             "/switchyard.v1.Inference/Generate",
             request_serializer=lambda b: b,
@@ -219,7 +220,7 @@ async def test_engine_join_and_death_reach_envoy(mesh: Mesh, envoy, tmp_path):
 
 
 async def test_router_pick_explains_the_decision(mesh: Mesh):
-    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+    async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
         router = router_pb2_grpc.RouterStub(ch)
         req = make_request(long_text(40), model="chat", max_tokens=8)
         resp = await router.Pick(router_pb2.PickRequest(request=req, tenant="t1", commit=False))
@@ -248,7 +249,7 @@ def test_cli_status_and_chat(mesh: Mesh):
     ).stdout
     assert "pool l4-small" in status and "l4-small-0" in status and "ACK" in status
     chat = subprocess.run(
-        [*cli, "chat", "--target", mesh.endpoint, "--max-tokens", "8", "hello"],
+        [*cli, "chat", "--target", mesh.endpoint, "--max-tokens", "8", "--key", mesh.dev_key, "hi"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -290,7 +291,9 @@ async def test_blocked_category_ends_the_turn_with_the_reason(envoy):
     assert reply.text.startswith("The plan is")  # clean text before it streamed on
 
 
-async def test_prompt_policy_redacts_rejects_and_denies(envoy, mesh: Mesh, models_dir: Path):
+async def test_prompt_policy_redacts_rejects_and_denies(
+    envoy, mesh: Mesh, models_dir: Path, tenant_keys
+):
     from services.common.tokens import load_tokenizer
 
     raw, redacted = "Write to bob@example.com today", "Write to [EMAIL] today"
@@ -304,7 +307,7 @@ async def test_prompt_policy_redacts_rejects_and_denies(envoy, mesh: Mesh, model
 
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await generate(
-            envoy, make_request(raw, max_tokens=2), metadata=[("x-switchyard-tenant", "strict")]
+            envoy, make_request(raw, max_tokens=2), metadata=bearer(tenant_keys["strict"])
         )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "prompt contains EMAIL" in e.value.details()
@@ -387,7 +390,7 @@ async def test_one_trace_per_turn_with_every_phase(envoy, collector: OtlpCollect
     assert pick["switchyard.pool"] == "l4-small" and pick["gen_ai.response.model"] == "small"
     engine = pick["switchyard.engine"]
     assert f"switchyard.candidate.{engine}.score" in pick
-    assert pick["switchyard.tenant"] == "anonymous"
+    assert pick["switchyard.tenant"] == "dev" and pick["switchyard.auth"] == "k"
 
     g = generate_span.attributes
     assert g["gen_ai.response.model"] == "small" and g["gen_ai.system"] == "vllm"

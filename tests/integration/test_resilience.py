@@ -24,9 +24,11 @@ import grpc
 import psutil
 import pytest
 
+from services.common.tls import channel as tls_channel
 from services.mesh.client import (
     MeshClient,
     Reply,
+    bearer,
     continuation_of,
     generate,
     make_request,
@@ -72,7 +74,7 @@ async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any
 
 
 async def status(mesh: Mesh) -> router_pb2.StatusResponse:
-    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+    async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
         return await router_pb2_grpc.AdminStub(ch).Status(router_pb2.StatusRequest(), timeout=5)
 
 
@@ -160,7 +162,7 @@ async def test_a_client_content_length_survives_a_rewritten_body(mesh: Mesh, env
             mesh.endpoint,
             GENERATE,
             body,
-            {"content-length": str(len(frame(body)))},
+            {"content-length": str(len(frame(body))), **dict(bearer(mesh.dev_key))},
         )
         assert code == 0, message
         final = inference_pb2.GenerateResponse.FromString(frames[-1]).final
@@ -170,7 +172,9 @@ async def test_a_client_content_length_survives_a_rewritten_body(mesh: Mesh, env
 
 async def test_a_body_over_the_transport_limit_is_resource_exhausted(mesh: Mesh):
     body = inference_pb2.GenerateRequest(prompt="x" * (17 << 20)).SerializeToString()
-    code, message, _ = await asyncio.to_thread(grpc_call, mesh.endpoint, GENERATE, body)
+    code, message, _ = await asyncio.to_thread(
+        grpc_call, mesh.endpoint, GENERATE, body, dict(bearer(mesh.dev_key))
+    )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "over the mesh's limit of 16777216 bytes" in message
 
@@ -184,7 +188,7 @@ async def test_a_huge_prompt_stalls_nothing(mesh: Mesh):
     engine is mistaken for silent, and the router's loop never stalls for long."""
     stale, lag = went_stale(mesh), lag_buckets(mesh)
 
-    async with MeshClient.connect(mesh.endpoint) as client:
+    async with MeshClient.connect(mesh.endpoint, key=mesh.dev_key) as client:
 
         async def refused(words: int) -> tuple[str, float]:
             started = time.monotonic()
@@ -215,7 +219,7 @@ async def test_a_huge_prompt_stalls_nothing(mesh: Mesh):
 
 
 async def test_a_frozen_engine_is_routed_around_and_comes_back_by_itself(mesh: Mesh):
-    async with MeshClient.connect(mesh.endpoint) as client:
+    async with MeshClient.connect(mesh.endpoint, key=mesh.dev_key) as client:
         target = await pinned(client, "frozen-engine")
         proc = child(mesh, target).proc
         os.kill(proc.pid, signal.SIGSTOP)
@@ -235,7 +239,7 @@ async def test_a_frozen_engine_is_routed_around_and_comes_back_by_itself(mesh: M
         await eventually(lambda: _state_is(mesh, target, "serving"), 5, f"{target} serving")
         await eventually(lambda: envoy_healthy(mesh, target), 5, f"{target} healthy in Envoy")
         assert time.monotonic() - thawed < 5
-        async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+        async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
             pick = await router_pb2_grpc.RouterStub(ch).Pick(
                 router_pb2.PickRequest(request=make_request("hello", max_tokens=4))
             )
@@ -304,7 +308,7 @@ async def test_a_killed_envoy_is_restarted(mesh: Mesh):
         30,
         "Envoy back",
     )
-    async with MeshClient.connect(mesh.endpoint) as client:
+    async with MeshClient.connect(mesh.endpoint, key=mesh.dev_key) as client:
         reply = await client.generate(make_request("through the new Envoy", max_tokens=4))
     assert reply.final.usage.completion_tokens == 4
 
@@ -352,7 +356,7 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         await generate(envoy, make_request("think", model="reasoning", max_tokens=4))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "h100-large" in e.value.details()
 
-    async with MeshClient.connect(mesh.endpoint) as client:
+    async with MeshClient.connect(mesh.endpoint, key=mesh.dev_key) as client:
         target = await pinned(client, "resume-me")
         small = child(mesh, target)
         small_restarts = small.restarts

@@ -9,9 +9,16 @@ from services.common import headers as h
 from services.common.errors import InvalidArgument, Unavailable, Unimplemented
 from services.common.extproc import immediate_error
 from services.common.frames import single_message
-from services.router.extproc import ExtProcService
+from services.router.auth.principal import Principal
+from services.router.extproc import ExtProcService, identify
 from services.router.routing import Limits
 from switchyard.v1 import inference_pb2
+
+ACME = Principal(tenant="acme", tier="premium", priority=10)
+
+
+def service(routing):
+    return ExtProcService(routing, auth=None)
 
 
 def frame(msg: bytes, compressed: int = 0) -> bytes:
@@ -48,6 +55,7 @@ class FakeDecision:
 
 class FakeRouted:
     model = "small"
+    priority = 10
 
 
 class FakeRouting:
@@ -58,20 +66,20 @@ class FakeRouting:
         self.calls = []
         self.limits = limits or Limits()
 
-    async def route(self, req, *, tenant="", session_id="", commit=True):
-        self.calls.append((req, tenant, session_id))
+    async def route(self, req, *, principal=None, tenant="", session_id="", commit=True):
+        self.calls.append((req, principal.tenant if principal else tenant, session_id))
         if self.error:
             raise self.error
         return FakeDecision(), FakeRouted()
 
 
-HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1", h.TENANT: "acme"}
+HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1"}
 
 
 async def test_decide_sets_pool_endpoint_and_clears_route_cache():
     routing = FakeRouting()
     body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
-    resp = await ExtProcService(routing).decide(HEADERS, body)
+    resp = await service(routing).decide(HEADERS, body, ACME)
     common = resp.request_body.response
     assert common.clear_route_cache
     assert not common.HasField("body_mutation"), "the body is left alone when the model matches"
@@ -79,6 +87,7 @@ async def test_decide_sets_pool_endpoint_and_clears_route_cache():
     assert got[h.POOL] == "p"
     assert got[h.ENDPOINT] == "127.0.0.1:1,127.0.0.1:2"
     assert got[h.ENGINE] == "e1"
+    assert got[h.PRIORITY] == "10"  # the turn's priority, for the engine
     assert not common.header_mutation.remove_headers, "nothing to remove when the body stays"
     req, tenant, session = routing.calls[0]
     assert (req.prompt, tenant, session) == ("hi", "acme", "s1")
@@ -102,7 +111,7 @@ async def test_decide_sets_pool_endpoint_and_clears_route_cache():
     ],
 )
 async def test_decide_answers_bad_turns_with_an_immediate_error(headers, body, code, text):
-    resp = await ExtProcService(FakeRouting()).decide(headers, body)
+    resp = await service(FakeRouting()).decide(headers, body, ACME)
     assert resp.immediate_response.grpc_status.status == code.value[0]
     assert text in resp.immediate_response.body.decode()
 
@@ -110,14 +119,14 @@ async def test_decide_answers_bad_turns_with_an_immediate_error(headers, body, c
 async def test_routing_errors_become_immediate_errors():
     routing = FakeRouting(error=Unavailable("pool p: no engine can serve"))
     body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
-    resp = await ExtProcService(routing).decide(HEADERS, body)
+    resp = await service(routing).decide(HEADERS, body, ACME)
     assert resp.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 async def test_an_unexpected_failure_is_internal_with_a_message_not_a_reset():
     routing = FakeRouting(error=KeyError("chat_template"))
     body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
-    resp = await ExtProcService(routing).decide(HEADERS, body)
+    resp = await service(routing).decide(HEADERS, body, ACME)
     ir = resp.immediate_response
     assert ir.grpc_status.status == grpc.StatusCode.INTERNAL.value[0]
     assert ir.body.decode() == "the router failed to route the turn (KeyError)"
@@ -126,7 +135,7 @@ async def test_an_unexpected_failure_is_internal_with_a_message_not_a_reset():
 async def test_a_body_over_the_limit_is_refused_before_it_is_decoded():
     routing = FakeRouting(limits=Limits(max_prompt_bytes=1024))
     body = frame(inference_pb2.GenerateRequest(prompt="x" * 2000).SerializeToString())
-    resp = await ExtProcService(routing).decide(HEADERS, body)
+    resp = await service(routing).decide(HEADERS, body, ACME)
     ir = resp.immediate_response
     assert ir.grpc_status.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "over the mesh's limit of 1024 bytes" in ir.body.decode()
@@ -136,9 +145,89 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_decoded():
 
 async def test_alias_is_rewritten_to_the_served_model_in_the_body():
     body = frame(inference_pb2.GenerateRequest(prompt="hi", model="chat").SerializeToString())
-    resp = await ExtProcService(FakeRouting()).decide(HEADERS, body)
+    resp = await service(FakeRouting()).decide(HEADERS, body, ACME)
     new_body = resp.request_body.response.body_mutation.body
     req = inference_pb2.GenerateRequest.FromString(single_message(new_body))
     assert (req.model, req.prompt) == ("small", "hi")
     # A client's content-length no longer matches the body: Envoy must not see it.
     assert list(resp.request_body.response.header_mutation.remove_headers) == ["content-length"]
+
+
+def test_identify_sets_the_principal_and_drops_what_the_client_claimed():
+    claimed = {
+        ":path": "/switchyard.v1.Inference/Generate",
+        "authorization": "Bearer sy-0123456789ab.secret",
+        "x-switchyard-tenant": "someone-else",
+        "x-switchyard-pool": "h100-large",
+        "x-switchyard-whatever": "1",
+        "x-session-id": "s1",
+    }
+    m = identify(Principal(tenant="acme", tier="free", priority=-10), claimed)
+    got = {o.header.key: o.header.raw_value.decode() for o in m.set_headers}
+    assert got == {h.TENANT: "acme", h.TIER: "free"}
+    assert set(m.remove_headers) == {
+        "authorization",
+        "x-switchyard-pool",
+        "x-switchyard-whatever",
+    }  # the tenant and tier are overwritten, not removed
+
+
+class FakeAuth:
+    def __init__(self, error=None):
+        self.error = error
+
+    async def authenticate(self, authorization):
+        if self.error:
+            raise self.error
+        return ACME
+
+
+async def _process(svc, *messages):
+
+    async def requests():
+        for m in messages:
+            yield m
+
+    return [r async for r in svc.Process(requests(), None)]
+
+
+def _headers_msg(**headers):
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+    return ext.ProcessingRequest(
+        request_headers=ext.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[
+                    base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()
+                ]
+            )
+        )
+    )
+
+
+async def test_a_caller_without_valid_credentials_is_refused_at_the_headers():
+    from services.common.errors import Unauthenticated
+
+    svc = ExtProcService(FakeRouting(), FakeAuth(Unauthenticated("the API key is not valid")))
+    [answer] = await _process(svc, _headers_msg(**{":path": "/x"}))
+    ir = answer.immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert ir.body == b"the API key is not valid"
+
+
+async def test_an_authenticated_turn_is_routed_as_its_principal():
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+    routing = FakeRouting()
+    svc = ExtProcService(routing, FakeAuth())
+    body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
+    head, routed = await _process(
+        svc,
+        _headers_msg(**{":path": "/switchyard.v1.Inference/Generate"}),
+        ext.ProcessingRequest(request_body=ext.HttpBody(body=body, end_of_stream=True)),
+    )
+    set_ = {o.header.key for o in head.request_headers.response.header_mutation.set_headers}
+    assert set_ == {h.TENANT, h.TIER}
+    assert routed.request_body.response.clear_route_cache
+    assert routing.calls[0][1] == "acme"

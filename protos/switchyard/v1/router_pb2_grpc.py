@@ -180,6 +180,7 @@ class Router:
 
 class AdminStub:
     """What operators use through `switchyard status` and `switchyard admin`.
+    Open only to the operator identity (mutual TLS).
     """
 
     def __init__(self, channel):
@@ -203,10 +204,26 @@ class AdminStub:
                 request_serializer=switchyard_dot_v1_dot_router__pb2.AdminUndrainRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_router__pb2.AdminUndrainResponse.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/switchyard.v1.Admin/CreateKey',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/switchyard.v1.Admin/ListKeys',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/switchyard.v1.Admin/RevokeKey',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
     """What operators use through `switchyard status` and `switchyard admin`.
+    Open only to the operator identity (mutual TLS).
     """
 
     def Status(self, request, context):
@@ -222,6 +239,26 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Undrain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKey(self, request, context):
+        """API keys: the secret is returned once, by CreateKey, and stored only as a hash.
+        A change is honoured by every router sharing the key store within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,6 +282,21 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=switchyard_dot_v1_dot_router__pb2.AdminUndrainRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_router__pb2.AdminUndrainResponse.SerializeToString,
             ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.CreateKeyRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.ListKeysRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'switchyard.v1.Admin', rpc_method_handlers)
@@ -255,6 +307,7 @@ def add_AdminServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Admin:
     """What operators use through `switchyard status` and `switchyard admin`.
+    Open only to the operator identity (mutual TLS).
     """
 
     @staticmethod
@@ -328,6 +381,87 @@ class Admin:
             '/switchyard.v1.Admin/Undrain',
             switchyard_dot_v1_dot_router__pb2.AdminUndrainRequest.SerializeToString,
             switchyard_dot_v1_dot_router__pb2.AdminUndrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/CreateKey',
+            switchyard_dot_v1_dot_router__pb2.CreateKeyRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/ListKeys',
+            switchyard_dot_v1_dot_router__pb2.ListKeysRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/RevokeKey',
+            switchyard_dot_v1_dot_router__pb2.RevokeKeyRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.RevokeKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,9 @@ from envoy.config.cluster.v3 import (  # type: ignore[import-untyped,unused-igno
     cluster_pb2,
     outlier_detection_pb2,
 )
+from envoy.config.common.mutation_rules.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    mutation_rules_pb2,
+)
 from envoy.config.core.v3 import (  # type: ignore[import-untyped,unused-ignore]
     address_pb2,
     base_pb2,
@@ -83,6 +86,9 @@ from envoy.extensions.filters.http.router.v3 import (  # type: ignore[import-unt
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # type: ignore[import-untyped,unused-ignore]
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    header_mutation_pb2,
+)
 from envoy.extensions.load_balancing_policies.least_request.v3 import (  # type: ignore[import-untyped,unused-ignore]
     least_request_pb2,
 )
@@ -91,6 +97,11 @@ from envoy.extensions.load_balancing_policies.override_host.v3 import (  # type:
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import (  # type: ignore[import-untyped,unused-ignore]
     previous_hosts_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    common_pb2,
+    secret_pb2,
+    tls_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import (  # type: ignore[import-untyped,unused-ignore]
     http_protocol_options_pb2,
@@ -103,6 +114,7 @@ from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from services.common import headers
+from services.common.pki import ENGINE, ROUTER, SAFETY, spiffe_id
 from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.router.xds.snapshot import Snapshot
 
@@ -179,6 +191,15 @@ class TracingSpec:
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    """Mutual TLS from Envoy to the mesh's services: Envoy's identity and the CA come from
+    file-based SDS in `sds_dir` (as Envoy sees it; `envoy_proc.write_sds` writes the files),
+    and each upstream must present its role's SPIFFE ID."""
+
+    sds_dir: str
+
+
+@dataclass(frozen=True)
 class MeshSpec:
     """Everything Envoy's dynamic config is built from."""
 
@@ -196,6 +217,13 @@ class MeshSpec:
     # How long an engine has to accept a turn (send response headers) before Envoy retries it
     # on the next engine.
     per_try_timeout_seconds: float = 5.0
+    # Mutual TLS to the router, the safety service and the engines; None: plaintext.
+    tls: TlsSpec | None = None
+    # Limits on what a client may send: request headers (KiB, and how many), concurrent streams
+    # on one connection (more wait for a slot, as HTTP/2 clients do).
+    max_request_headers_kb: int = 64
+    max_headers_count: int = 100
+    max_concurrent_streams: int = 256
     # The safety filter; None runs the mesh without one (tests of routing alone).
     safety: SafetySpec | None = None
     # Tracing; None traces nothing.
@@ -213,18 +241,27 @@ def build_snapshot(spec: MeshSpec) -> Snapshot:
     pools = sorted(spec.pools, key=lambda p: p.name)
     return Snapshot.of(
         clusters=[
-            _service_cluster(ROUTER_CLUSTER, spec.router_host, spec.router_port),
+            _service_cluster(
+                ROUTER_CLUSTER, spec.router_host, spec.router_port, _upstream_tls(spec, ROUTER)
+            ),
             *(
-                [_service_cluster(SAFETY_CLUSTER, spec.safety.host, spec.safety.port)]
+                [
+                    _service_cluster(
+                        SAFETY_CLUSTER,
+                        spec.safety.host,
+                        spec.safety.port,
+                        _upstream_tls(spec, SAFETY),
+                    )
+                ]
                 if spec.safety is not None
                 else []
             ),
             *(
-                [_service_cluster(OTLP_CLUSTER, spec.tracing.host, spec.tracing.port)]
+                [_service_cluster(OTLP_CLUSTER, spec.tracing.host, spec.tracing.port, None)]
                 if spec.tracing is not None
                 else []
             ),
-            *(_pool_cluster(p.name) for p in pools),
+            *(_pool_cluster(p.name, _upstream_tls(spec, ENGINE)) for p in pools),
         ],
         endpoints=[_load_assignment(p) for p in pools],
         listeners=[_listener(spec)],
@@ -370,13 +407,54 @@ def _lb_policy(name: str, config: Any) -> Any:
 # -- clusters -------------------------------------------------------------------------------
 
 
-def _service_cluster(name: str, host: str, port: int) -> Any:
+# Names of Envoy's identity and of the CA bundle, in the file-based SDS files.
+IDENTITY_SECRET = "switchyard_identity"
+CA_SECRET = "switchyard_ca"
+
+
+def _sds(name: str, path: str) -> Any:
+    return secret_pb2.SdsSecretConfig(
+        name=name,
+        sds_config=config_source_pb2.ConfigSource(
+            path_config_source=config_source_pb2.PathConfigSource(path=path),
+            resource_api_version=config_source_pb2.V3,
+        ),
+    )
+
+
+def _upstream_tls(spec: MeshSpec, role: str) -> Any:
+    """The transport socket of a cluster whose servers must prove `role` (None: plaintext)."""
+    if spec.tls is None:
+        return None
+    d = spec.tls.sds_dir.rstrip("/")
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[_sds(IDENTITY_SECRET, f"{d}/identity.yaml")],
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=common_pb2.CertificateValidationContext(
+                    match_typed_subject_alt_names=[
+                        common_pb2.SubjectAltNameMatcher(
+                            san_type=common_pb2.SubjectAltNameMatcher.URI,
+                            matcher=string_pb2.StringMatcher(exact=spiffe_id(role)),
+                        )
+                    ]
+                ),
+                validation_context_sds_secret_config=_sds(CA_SECRET, f"{d}/ca.yaml"),
+            ),
+            alpn_protocols=["h2"],  # gRPC
+        )
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(context))
+
+
+def _service_cluster(name: str, host: str, port: int, tls: Any) -> Any:
     """One of our gRPC services Envoy calls (ext_proc): inline endpoint, DNS when not an IP."""
     kind = cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS
     return cluster_pb2.Cluster(
         name=name,
         type=kind,
         connect_timeout=_duration(CONNECT_TIMEOUT_SECONDS),
+        transport_socket=tls,
         typed_extension_protocol_options=_http2_only(),
         circuit_breakers=_generous_circuit_breakers(),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
@@ -396,7 +474,7 @@ def _service_cluster(name: str, host: str, port: int) -> Any:
     )
 
 
-def _pool_cluster(pool: str) -> Any:
+def _pool_cluster(pool: str, tls: Any) -> Any:
     name = pool_cluster_name(pool)
     override_host = override_host_pb2.OverrideHost(
         override_host_sources=[
@@ -413,6 +491,7 @@ def _pool_cluster(pool: str) -> Any:
             eds_config=_ads(), service_name=name
         ),
         connect_timeout=_duration(CONNECT_TIMEOUT_SECONDS),
+        transport_socket=tls,  # the gRPC health checks ride it too
         typed_extension_protocol_options=_http2_only(),
         load_balancing_policy=_lb_policy(
             "envoy.load_balancing_policies.override_host", override_host
@@ -597,12 +676,20 @@ def _text(text: str) -> Any:
     )
 
 
-def _local_replies() -> Any:
+def _local_replies(spec: MeshSpec) -> Any:
     """Envoy's own answers, made to say what happened: the mesh never answers a turn with an
     empty message or a status a client would misread."""
     mapper = hcm_pb2.ResponseMapper
     return hcm_pb2.LocalReplyConfig(
         mappers=[
+            mapper(  # the request headers are over max_request_headers_kb or max_headers_count
+                filter=_status_is(431),
+                body=base_pb2.DataSource(
+                    inline_string=f"request headers are over the mesh's limits "
+                    f"({spec.max_request_headers_kb} KiB, {spec.max_headers_count} headers)"
+                ),
+                headers_to_add=[_grpc_status(8)],  # RESOURCE_EXHAUSTED
+            ),
             mapper(  # the ext_proc buffer overflowed: the body is over the transport limit
                 filter=_status_is(413),
                 body=base_pb2.DataSource(
@@ -644,12 +731,36 @@ def _local_replies() -> Any:
     )
 
 
+def _strip_internal_headers() -> Any:
+    """Before any filter: every client copy of the mesh's own headers goes (x-switchyard-*);
+    only the router sets them, from the authenticated principal."""
+    mutation = header_mutation_pb2.HeaderMutation(
+        mutations=[
+            mutation_rules_pb2.HeaderMutation(
+                remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
+                    key_matcher=string_pb2.StringMatcher(prefix=headers.INTERNAL_PREFIX)
+                )
+            )
+        ]
+    )
+    return extension_pb2.TypedExtensionConfig(
+        name="envoy.http.early_header_mutation.header_mutation", typed_config=_any(mutation)
+    )
+
+
 def _listener(spec: MeshSpec) -> Any:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
-        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+            max_concurrent_streams=_u32(spec.max_concurrent_streams)
+        ),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            max_headers_count=_u32(spec.max_headers_count)
+        ),
+        max_request_headers_kb=_u32(spec.max_request_headers_kb),
+        early_header_mutation_extensions=[_strip_internal_headers()],
         stream_idle_timeout=_duration(STREAM_IDLE_TIMEOUT_SECONDS),
         http_filters=[
             _router_filter(spec),
@@ -659,7 +770,7 @@ def _listener(spec: MeshSpec) -> Any:
             ),
         ],
         tracing=_tracing(spec.tracing) if spec.tracing is not None else None,
-        local_reply_config=_local_replies(),
+        local_reply_config=_local_replies(spec),
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,
