@@ -144,6 +144,7 @@ async def grpc_floor(samples: int = 300) -> float:
 
 async def main_async(args: argparse.Namespace) -> int:
     from services.common.config import load_config
+    from services.common.pki import OPERATOR
     from services.engine.config import EngineConfig
     from services.engine.runtime import engine_args
     from services.mesh import procs
@@ -170,7 +171,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
         llm = AsyncLLM.from_engine_args(engine_args(cfg, ipc_endpoint("bench-inproc")))
         tokenizer = llm.get_tokenizer()
-        async with channel(engine.address) as ch:
+        # The engine serves mutual TLS (as in a mesh): call it with the operator's certificate.
+        async with channel(engine.address, cfg.tls.files(OPERATOR)) as ch:
             paths: dict[str, Runner] = {
                 "in-process": in_process_runner(llm, tokenizer),
                 "grpc": grpc_runner(MeshClient(ch)),

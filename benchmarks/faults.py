@@ -80,12 +80,13 @@ async def routing_whole(mesh: Any) -> bool:
     """Every engine serving in the router, healthy in Envoy, every process running."""
     import grpc
 
+    from services.common.tls import channel as tls_channel
     from switchyard.v1 import router_pb2, router_pb2_grpc
 
     if any(c.state != "running" for c in mesh.supervisor.children()):
         return False
     try:
-        async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+        async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
             st = await router_pb2_grpc.AdminStub(ch).Status(router_pb2.StatusRequest(), timeout=2)
     except grpc.aio.AioRpcError:
         return False
@@ -114,7 +115,7 @@ async def client_loop(mesh: Any, turns: list[Turn], stop: asyncio.Event, n: int)
     from services.mesh.client import MeshClient, make_request
 
     i = 0
-    async with MeshClient.connect(mesh.endpoint) as client:
+    async with MeshClient.connect(mesh.endpoint, key=mesh.dev_key) as client:
         while not stop.is_set():
             i += 1
             text = f"client {n} turn {i}: " + " ".join(

@@ -1,16 +1,23 @@
-"""What the mesh adds: TTFT through Envoy + router vs straight to the engine, and how many turns
-per second the router's ext_proc decides on one core.
+"""What the mesh adds, and what trust (API keys + mutual TLS) adds to that, side by side.
 
-1. TTFT: the same prompts sent alternately to the engine directly and through Envoy (which asks
-   the router over ext_proc, then proxies to the same engine), one turn at a time.
-2. ext_proc throughput: the router process is pinned to one core and driven with exactly the
-   exchange Envoy has with it per turn (request headers, then the buffered GenerateRequest body,
-   answered with routing headers) by `h2load` on the other core (Debian's nghttp2-client; falls
-   back to a Python gRPC client when it is missing).
+Two meshes run at once from `mesh-bench.yaml`: "secure" as `switchyard up` runs it (an API key
+checked per turn, mutual TLS on every internal hop) and "open" (`auth.enabled: false`,
+`tls.plaintext: true`), each with one small engine.
 
-    .venv/bin/python benchmarks/mesh_overhead.py [--turns 100] [--json out.json]
+1. TTFT: the same prompts sent in turn to each engine directly (with the operator certificate
+   where TLS is on) and through each mesh's Envoy (which asks the router over ext_proc, then
+   proxies to the engine), one turn at a time, the order rotating every round. Added TTFT is
+   mesh minus direct per mesh; trust's cost is secure-added minus open-added.
+2. ext_proc throughput: each router in turn pinned to core 0 and driven with exactly the exchange
+   Envoy has with it per turn (request headers with the API key, then the buffered
+   GenerateRequest body, answered with routing headers) by `h2load` on core 1 (Debian's
+   nghttp2-client) through a local Envoy TCP proxy on core 1 that does what the mesh's Envoy
+   does: mutual TLS to the secure router with Envoy's certificate, plaintext to the open one.
 
-Figures, not pass/fail. Goal: ≤ 2 ms p50 added TTFT, ≥ 1,500 turns/s on one core.
+    .venv/bin/python benchmarks/mesh_overhead.py [--turns 200] [--json out.json]
+
+Figures, not pass/fail. Goals: ≤ 2 ms p50 added TTFT, ≥ 1,500 turns/s on one core; auth and TLS
+together ≤ 0.5 ms p50.
 """
 
 from __future__ import annotations
@@ -21,14 +28,22 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, prompts, say, table, write_json
+
+from services.common.tls import TlsFiles
+from services.mesh.up import Mesh, free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,24 +60,36 @@ async def ttft_once(client, text: str) -> float:  # type: ignore[no-untyped-def]
     return float("nan")
 
 
-async def measure_ttft(engine_addr: str, envoy_addr: str, turns: int) -> dict[str, list[float]]:
-    from services.mesh.client import MeshClient, channel
+PATHS = ("secure direct", "secure mesh", "open direct", "open mesh")
 
-    out: dict[str, list[float]] = {"direct": [], "mesh": []}
-    async with channel(engine_addr) as direct_ch, channel(envoy_addr) as mesh_ch:
-        stubs = {"direct": MeshClient(direct_ch), "mesh": MeshClient(mesh_ch)}
-        for stub in stubs.values():  # warm both paths
+
+async def measure_ttft(meshes: dict[str, Mesh], turns: int) -> dict[str, list[float]]:
+    from services.mesh.client import MeshClient
+
+    out: dict[str, list[float]] = {p: [] for p in PATHS}
+    clients: dict[str, MeshClient] = {}
+    for name, mesh in meshes.items():
+        # Direct to the engine: the operator's certificate (None in the plaintext mesh).
+        clients[f"{name} direct"] = MeshClient.connect(
+            mesh.engines[0].address, tls=mesh.operator_tls(), resume=None
+        )
+        clients[f"{name} mesh"] = MeshClient.connect(mesh.endpoint, key=mesh.dev_key, resume=None)
+    try:
+        for client in clients.values():  # warm every path
             for t in prompts(5, 32, seed=7):
-                await ttft_once(stub, t)
+                await ttft_once(client, t)
         for i, text in enumerate(prompts(turns, 64, seed=11)):
-            order = ["direct", "mesh"] if i % 2 == 0 else ["mesh", "direct"]
-            for name in order:
-                # Distinct prompts per path, so neither rides the other's prefix cache.
-                out[name].append(await ttft_once(stubs[name], f"{name} {text}"))
+            order = PATHS[i % 4 :] + PATHS[: i % 4]
+            for path in order:
+                # Distinct prompts per path, so none rides another's prefix cache.
+                out[path].append(await ttft_once(clients[path], f"{path} {text}"))
+    finally:
+        for client in clients.values():
+            await client.close()
     return out
 
 
-def extproc_body(prompt: str) -> bytes:
+def extproc_body(prompt: str, key: str) -> bytes:
     """The two messages Envoy sends per turn, as one gRPC request body (two frames)."""
     from envoy.config.core.v3 import base_pb2
     from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -71,13 +98,13 @@ def extproc_body(prompt: str) -> bytes:
     from services.common.frames import encode_frame as grpc_frame
     from services.mesh.client import make_request
 
+    values = [(":path", GENERATE_PATH), ("content-type", "application/grpc")]
+    if key:
+        values.append(("authorization", f"Bearer {key}"))
     headers = ext.ProcessingRequest(
         request_headers=ext.HttpHeaders(
             headers=base_pb2.HeaderMap(
-                headers=[
-                    base_pb2.HeaderValue(key=":path", raw_value=GENERATE_PATH.encode()),
-                    base_pb2.HeaderValue(key="content-type", raw_value=b"application/grpc"),
-                ]
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values]
             )
         )
     )
@@ -88,30 +115,115 @@ def extproc_body(prompt: str) -> bytes:
     return grpc_frame(headers.SerializeToString()) + grpc_frame(body.SerializeToString())
 
 
-def extproc_h2load(
-    router_addr: str, body: bytes, requests: int, clients: int, streams: int
-) -> float:
+def proxy_bootstrap(listen_port: int, router_addr: str, tls: TlsFiles | None) -> dict[str, Any]:
+    """A static Envoy that forwards TCP to the router, as Envoy's ext_proc client would reach
+    it: mutual TLS with Envoy's certificate (ALPN h2), or plaintext."""
+    host, port = router_addr.rsplit(":", 1)
+    cluster: dict[str, Any] = {
+        "name": "router",
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": "router",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": host, "port_value": int(port)}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if tls is not None:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": str(tls.cert)},
+                            "private_key": {"filename": str(tls.key)},
+                        }
+                    ],
+                    "validation_context": {"trusted_ca": {"filename": str(tls.ca)}},
+                },
+            },
+        }
+    return {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "bench_proxy",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.tcp_proxy",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters."
+                                        "network.tcp_proxy.v3.TcpProxy",
+                                        "stat_prefix": "bench",
+                                        "cluster": "router",
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [cluster],
+        }
+    }
+
+
+@contextlib.contextmanager
+def tcp_proxy(router_addr: str, tls: TlsFiles | None, workdir: Path) -> Iterator[str]:
+    """A local Envoy on core 1 in front of the router; yields its plaintext address."""
+    from services.router.xds.envoy_proc import find_envoy_binary
+
+    port = free_port()
+    cfg = workdir / f"proxy-{port}.yaml"
+    cfg.write_text(yaml.safe_dump(proxy_bootstrap(port, router_addr, tls)))
+    cmd = ["taskset", "-c", "1", str(find_envoy_binary()), "-c", str(cfg), "--concurrency", "1"]
+    cmd += ["--base-id", str(port), "-l", "warning"]
+    log = (workdir / f"proxy-{port}.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the benchmark's Envoy proxy exited; see {log.name}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's Envoy proxy did not start")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def extproc_h2load(target: str, body: bytes, requests: int, clients: int, streams: int) -> float:
     with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
         f.write(body)
-    cmd = [
-        "taskset",
-        "-c",
-        "1",
-        "h2load",
-        "-n",
-        str(requests),
-        "-c",
-        str(clients),
-        "-m",
-        str(streams),
-        "-d",
-        f.name,
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        f"http://{router_addr}/envoy.service.ext_proc.v3.ExternalProcessor/Process",
-    ]
+    cmd = ["taskset", "-c", "1", "h2load", "-n", str(requests), "-c", str(clients)]
+    cmd += ["-m", str(streams), "-d", f.name]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    cmd += [f"http://{target}/envoy.service.ext_proc.v3.ExternalProcessor/Process"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
     m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
@@ -121,12 +233,13 @@ def extproc_h2load(
     return float(m.group(1))
 
 
-async def check_extproc_answer(router_addr: str, body: bytes) -> None:
-    """One exchange by a real gRPC client: the router must answer with routing headers."""
+async def check_extproc_answer(target: str, body: bytes) -> None:
+    """One exchange by a real gRPC client through the proxy: the router must answer with
+    routing headers (so the key and the certificate were accepted)."""
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
-    async with grpc.aio.insecure_channel(router_addr) as ch:
+    async with grpc.aio.insecure_channel(target) as ch:
         call = ch.stream_stream(
             "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
             request_serializer=lambda b: b,
@@ -144,61 +257,77 @@ async def check_extproc_answer(router_addr: str, body: bytes) -> None:
         raise RuntimeError(f"unexpected ext_proc answer: {last}")
 
 
+def open_config(workdir: Path) -> Path:
+    """mesh-bench.yaml with API keys and TLS off."""
+    data = yaml.safe_load((HERE / "mesh-bench.yaml").read_text())
+    data["auth"] = {"enabled": False}
+    data["tls"] = {"plaintext": True}
+    engines = data["pools"][0]["engines"]
+    for group in engines:
+        group["config"] = str((HERE / group["config"]).resolve())
+    path = workdir / "mesh-bench-open.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 async def main_async(args: argparse.Namespace) -> int:
     from services.mesh.models import default_models_dir, init_models
-    from services.mesh.up import Mesh
 
     models = default_models_dir()
     init_models(models, ["small"], progress=lambda m: say(f"[models] {m}"))
     os.environ["SWITCHYARD_MODELS"] = str(models)
-    mesh = Mesh(HERE / "mesh-bench.yaml", free_ports=True, say=say)
-    results: dict[str, object] = {}
+    if not shutil.which("h2load"):
+        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    workdir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
+    meshes = {
+        "secure": Mesh(HERE / "mesh-bench.yaml", free_ports=True, say=say),
+        "open": Mesh(open_config(workdir), free_ports=True, say=say),
+    }
+    results: dict[str, Any] = {}
     try:
-        mesh.start()
-        engine_addr = mesh.engines[0].address
-        say(f"[bench] TTFT: {args.turns} turns per path, alternating ...")
-        t = await measure_ttft(engine_addr, mesh.endpoint, args.turns)
-        d50, m50 = percentile(t["direct"], 50) * 1e3, percentile(t["mesh"], 50) * 1e3
-        d99, m99 = percentile(t["direct"], 99) * 1e3, percentile(t["mesh"], 99) * 1e3
-        results["ttft_ms"] = {
-            "direct_p50": d50,
-            "mesh_p50": m50,
-            "direct_p99": d99,
-            "mesh_p99": m99,
-            "added_p50": m50 - d50,
+        for name, mesh in meshes.items():
+            say(f"[bench] starting the {name} mesh ...")
+            mesh.start()
+        say(f"[bench] TTFT: {args.turns} turns per path, order rotating ...")
+        t = await measure_ttft(meshes, args.turns)
+        ttft = {p: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3}
+                for p, v in t.items()}  # fmt: skip
+        results["ttft_ms"] = ttft
+        for name in meshes:
+            results[f"{name}_added_ms"] = {
+                q: ttft[f"{name} mesh"][q] - ttft[f"{name} direct"][q] for q in ("p50", "p99")
+            }
+        results["trust_added_ms"] = {
+            q: results["secure_added_ms"][q] - results["open_added_ms"][q] for q in ("p50", "p99")
         }
-
-        body = extproc_body(prompts(1, 64, seed=3)[0])
-        await check_extproc_answer(mesh.router_address, body)
-        router_pid = mesh.router.pid if mesh.router else 0
-        os.sched_setaffinity(router_pid, {0})
-        say("[bench] ext_proc: router pinned to core 0, load from core 1 ...")
-        if shutil.which("h2load"):
-            rate = extproc_h2load(mesh.router_address, body, args.exchanges, 4, 64)
-            tool = "h2load"
-        else:
-            raise SystemExit("h2load not found: apt-get install nghttp2-client")
-        results["extproc_turns_per_s"] = rate
+        rates: dict[str, float] = {}
+        for name, mesh in meshes.items():
+            assert mesh.router is not None
+            body = extproc_body(prompts(1, 64, seed=3)[0], mesh.dev_key)
+            tls = mesh.cfg.tls.files("envoy") if mesh.cfg else None
+            with tcp_proxy(mesh.router_address, tls, workdir) as proxy:
+                await check_extproc_answer(proxy, body)
+                os.sched_setaffinity(mesh.router.pid, {0})
+                say(f"[bench] ext_proc, {name}: router on core 0, h2load + proxy on core 1 ...")
+                rates[name] = extproc_h2load(proxy, body, args.exchanges, 4, 64)
+            os.sched_setaffinity(mesh.router.pid, set(range(os.cpu_count() or 1)))
+        results["extproc_turns_per_s"] = rates
     finally:
-        mesh.stop()
+        for mesh in meshes.values():
+            mesh.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    ttft = results["ttft_ms"]
-    assert isinstance(ttft, dict)
     print(f"\nmesh overhead ({args.turns} turns per path, 64-word prompts, small model)\n")
-    print(
-        table(
-            ["path", "TTFT p50 ms", "TTFT p99 ms"],
-            [
-                ["direct to engine", ttft["direct_p50"], ttft["direct_p99"]],
-                ["Envoy + router", ttft["mesh_p50"], ttft["mesh_p99"]],
-                ["added", ttft["added_p50"], ttft["mesh_p99"] - ttft["direct_p99"]],
-            ],
-        )
-    )
-    print(
-        f"\nrouter ext_proc on one core ({tool}, {args.exchanges} exchanges): "
-        f"{results['extproc_turns_per_s']:.0f} turns/s"
-    )
+    rows: list[list[Any]] = [[p, ttft[p]["p50"], ttft[p]["p99"]] for p in PATHS]
+    for name in ("secure", "open"):
+        added = results[f"{name}_added_ms"]
+        rows.append([f"added by the {name} mesh", added["p50"], added["p99"]])
+    trust = results["trust_added_ms"]
+    rows.append(["added by keys + mTLS", trust["p50"], trust["p99"]])
+    print(table(["path", "TTFT p50 ms", "TTFT p99 ms"], rows))
+    print(f"\nrouter ext_proc on one core (h2load via an Envoy TCP proxy, {args.exchanges} "
+          f"exchanges): secure {rates['secure']:.0f} turns/s, open {rates['open']:.0f} turns/s "
+          f"({(rates['secure'] / rates['open'] - 1) * 100:+.1f}%)")  # fmt: skip
     write_json(args.json, results)
     return 0
 
@@ -207,7 +336,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--turns", type=int, default=100, help="TTFT samples per path")
+    p.add_argument("--turns", type=int, default=200, help="TTFT samples per path")
     p.add_argument("--exchanges", type=int, default=20000, help="ext_proc exchanges to time")
     p.add_argument("--json", help="also write the figures to this file")
     return asyncio.run(main_async(p.parse_args()))

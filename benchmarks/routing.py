@@ -114,8 +114,6 @@ async def run_policy(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    import grpc
-
     from services.mesh.client import MeshClient, channel
     from services.mesh.models import default_models_dir, init_models
     from services.mesh.up import Mesh
@@ -129,11 +127,12 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         mesh.start()
         addresses = [e.address for e in mesh.engines]
-        channels = [channel(a) for a in addresses]
+        tls = mesh.operator_tls()  # engines and the router's Pick take the operator identity
+        channels = [channel(a, tls) for a in addresses]
         stubs: dict[str, object] = {
             a: MeshClient(c) for a, c in zip(addresses, channels, strict=True)
         }
-        async with grpc.aio.insecure_channel(mesh.router_address) as rch:
+        async with channel(mesh.router_address, tls) as rch:
             router = router_pb2_grpc.RouterStub(rch)
             rr = itertools.cycle(addresses)
             in_flight: Counter[str] = Counter()

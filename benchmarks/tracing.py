@@ -190,7 +190,7 @@ def pct(on: float, off: float) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from services.mesh.client import MeshClient, channel
+    from services.mesh.client import MeshClient, bearer, channel
     from services.mesh.models import default_models_dir, init_models
     from services.mesh.otlp_sink import OtlpFileSink
     from services.mesh.up import Mesh
@@ -226,7 +226,10 @@ async def main_async(args: argparse.Namespace) -> int:
             channel(meshes["on"].endpoint) as ch_on,
             channel(meshes["off"].endpoint) as ch_off,
         ):
-            stubs = {"on": MeshClient(ch_on), "off": MeshClient(ch_off)}
+            stubs = {
+                "on": MeshClient(ch_on, metadata=bearer(meshes["on"].dev_key)),
+                "off": MeshClient(ch_off, metadata=bearer(meshes["off"].dev_key)),
+            }
             say(f"[bench] TTFT: {args.turns} turns per mesh, alternating ...")
             await measure_ttft(order, stubs, tallies, prompts, args.turns)
             say(

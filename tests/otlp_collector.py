@@ -55,6 +55,12 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
         self._server = server
         return self
 
+    def restart(self) -> None:
+        """Listen again on the same port (after `stop`), answering at once."""
+        self._address = self.endpoint
+        self.delay_seconds = 0.0
+        self.start()
+
     def stop(self) -> None:
         """Stop listening (the collector is now down); delayed Exports are cut short."""
         self._stopping.set()

@@ -31,9 +31,16 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # limit): Envoy answers a larger one RESOURCE_EXHAUSTED itself, naming the limit.
 MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
+# Request metadata a service accepts: all that Envoy forwards under its own header limits (96
+# KiB by default; the router refuses over 64 KiB with a message) plus the mesh's headers. gRPC's
+# default (8 KiB, refusing at random up to 16 KiB) would fail turns Envoy let through.
+MAX_METADATA_BYTES = 128 * 1024
+
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),

@@ -344,6 +344,8 @@ class Mesh:
             xds_port=router_port,
             log_path=self.envoy_log,
             tls=self.cfg.tls.files(ENVOY),
+            max_connections=self.cfg.envoy.max_connections,
+            max_heap_bytes=self.cfg.envoy.max_heap_mb * 1024 * 1024,
         )
         return self.envoy
 

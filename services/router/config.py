@@ -77,6 +77,18 @@ class EnvoySection(StrictModel):
     # `ca.yaml`; services/router/xds/envoy_proc.py writes them); an absolute path as Envoy sees
     # it. `switchyard up` sets it; None with TLS on: "sds" in Envoy's working directory.
     sds_dir: Path | None = None
+    # What one client may send. Request headers: more than these (bytes as Envoy forwards them,
+    # or headers) are refused by the router with RESOURCE_EXHAUSTED naming the limit; Envoy
+    # itself resets a stream whose headers are over 1.5x the size or 2x the count (HTTP/2 has no
+    # status for that). Streams: more at once on one connection wait for a slot.
+    max_request_headers_kb: int = pydantic.Field(64, ge=1, le=4096)
+    max_headers_count: int = pydantic.Field(100, ge=10, le=10_000)
+    max_concurrent_streams: int = pydantic.Field(256, ge=1, le=65_536)
+    # Envoy's overload manager: client connections past this are closed as they are accepted;
+    # past this heap, Envoy stops taking requests ("envoy overloaded", UNAVAILABLE) rather than
+    # grow until the machine kills it.
+    max_connections: int = pydantic.Field(10_000, ge=1)
+    max_heap_mb: int = pydantic.Field(1024, ge=16)
 
 
 class SafetySection(StrictModel):

@@ -38,7 +38,7 @@ from services.common.protoutil import decode_request
 from services.common.tracing import extract
 from services.router.auth.authenticator import Authenticator
 from services.router.auth.principal import Principal
-from services.router.routing import RoutingService, check_request_size
+from services.router.routing import RoutingService, check_request_headers, check_request_size
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
 from switchyard.v1 import inference_pb2
@@ -165,6 +165,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if kind == "request_headers":
                 headers = header_map(msg.request_headers)
                 try:  # who is calling, before anything else (and before the body is sent)
+                    check_request_headers(headers, self._routing.limits)
                     principal = await self._auth.authenticate(headers.get(h.AUTHORIZATION, ""))
                 except SwitchyardError as e:
                     yield immediate_error(e, "router")

@@ -90,6 +90,10 @@ class XdsPublisher:
             safety=safety,
             tracing=tracing,
             per_try_timeout_seconds=self._cfg.envoy.per_try_timeout_seconds,
+            # Envoy's own (codec) limits are above the router's, which tells the client why.
+            max_request_headers_kb=min(8192, self._cfg.envoy.max_request_headers_kb * 3 // 2),
+            max_headers_count=self._cfg.envoy.max_headers_count * 2,
+            max_concurrent_streams=self._cfg.envoy.max_concurrent_streams,
             tls=None if self._cfg.tls.plaintext else TlsSpec(str(self._cfg.envoy.sds_dir or "sds")),
         )
 

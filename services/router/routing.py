@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.tokens import (
     Tokenizer,
     TooManyTokens,
@@ -61,6 +61,8 @@ class Limits:
 
     max_prompt_bytes: int = 4 * 1024 * 1024
     max_prompt_tokens: int = 0  # 0: the model's context
+    max_request_headers_kb: int = 64
+    max_headers_count: int = 100
     # After the router starts, a turn for a pool without engines waits this long for one to
     # register (engines re-register within seconds of a router restart) instead of failing.
     registration_grace_seconds: float = 0.0
@@ -72,6 +74,18 @@ def check_request_size(size: int, limits: Limits) -> None:
         raise InvalidArgument(
             f"request is {size} bytes, over the mesh's limit of {limits.max_prompt_bytes} bytes "
             "for one turn (router.max_prompt_bytes)"
+        )
+
+
+def check_request_headers(headers: dict[str, str], limits: Limits) -> None:
+    """Refuse request headers over the mesh's limits (Envoy's HTTP/2 codec can only reset a
+    stream over its own, higher, limits: the router is where a client is told why)."""
+    size = sum(len(k) + len(v) for k, v in headers.items())
+    if size > limits.max_request_headers_kb * 1024 or len(headers) > limits.max_headers_count:
+        raise ResourceExhausted(
+            f"request headers are {size} bytes in {len(headers)} headers, over the mesh's limits "
+            f"of {limits.max_request_headers_kb} KiB and {limits.max_headers_count} headers "
+            "(envoy.max_request_headers_kb, envoy.max_headers_count)"
         )
 
 

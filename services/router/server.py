@@ -80,6 +80,8 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     limits = Limits(
         max_prompt_bytes=r.max_prompt_bytes,
         max_prompt_tokens=r.max_prompt_tokens,
+        max_request_headers_kb=cfg.envoy.max_request_headers_kb,
+        max_headers_count=cfg.envoy.max_headers_count,
         registration_grace_seconds=r.registration_grace_seconds,
     )
     routing = RoutingService(resolver, tokenizers, scheduler, registry, limits)

@@ -84,6 +84,30 @@ def control(channel: grpc.aio.Channel) -> engine_pb2_grpc.EngineControlStub:
 
 
 @pytest.fixture(scope="session")
+def idp(switchyard_home: Path) -> Any:
+    """A test identity provider: its JWKS file (mesh.yaml's auth.jwt) and a token minter."""
+    import time
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = switchyard_home / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**public, "kid": "test-1", "alg": "RS256"}]}))
+    os.environ["SWITCHYARD_TEST_JWKS"] = str(jwks)
+
+    def token(**claims: Any) -> str:
+        now = int(time.time())
+        base = {"iss": "https://idp.switchyard.test", "aud": "switchyard", "exp": now + 300}
+        return str(
+            pyjwt.encode({**base, **claims}, key, algorithm="RS256", headers={"kid": "test-1"})
+        )
+
+    return token
+
+
+@pytest.fixture(scope="session")
 def collector() -> Iterator[OtlpCollector]:
     """Where every service of the test mesh, and Envoy, export their spans (OTLP/gRPC)."""
     with OtlpCollector() as c:
@@ -92,7 +116,10 @@ def collector() -> Iterator[OtlpCollector]:
 
 @pytest.fixture(scope="session")
 def mesh(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, collector: OtlpCollector
+    models_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    collector: OtlpCollector,
+    idp: Any,
 ) -> Iterator[Mesh]:
     """The whole mesh (tests/integration/mesh.yaml): Envoy, router, safety, large x1 and
     small x2 engines, an empty pool; supervised, so processes a test kills come back."""

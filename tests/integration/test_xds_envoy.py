@@ -8,7 +8,9 @@ SERVING plus a `/switchyard.v1.Inference/Generate` that answers with its own nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -146,6 +148,8 @@ class FakeRouterExtProc:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.active = 0  # turns being decided now, and the most at once
+        self.most_active = 0
 
     async def Process(
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -159,8 +163,13 @@ class FakeRouterExtProc:
                 yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
             elif kind == "request_body":
                 self.bodies.append(msg.request_body.body)
-                if TEST_STALL in seen:
-                    await asyncio.sleep(float(seen[TEST_STALL]))
+                self.active += 1
+                self.most_active = max(self.most_active, self.active)
+                try:
+                    if TEST_STALL in seen:
+                        await asyncio.sleep(float(seen[TEST_STALL]))
+                finally:
+                    self.active -= 1
                 yield self.decide(seen)
             else:  # nothing else is configured to reach us
                 raise AssertionError(f"unexpected ext_proc message {kind}")
@@ -199,8 +208,9 @@ class Mesh:
     upstreams: dict[str, Upstream]
     envoy: Any
     log_path: Path
+    ext_proc: FakeRouterExtProc
 
-    def spec(self, *endpoints: Endpoint) -> MeshSpec:
+    def spec(self, *endpoints: Endpoint, **limits: int) -> MeshSpec:
         return MeshSpec(
             listener_address="127.0.0.1",
             listener_port=self.listener_port,
@@ -208,6 +218,7 @@ class Mesh:
             router_port=self.router_port,
             pools=(PoolSpec(POOL, endpoints),),
             ext_proc_timeout_seconds=EXT_PROC_TIMEOUT,
+            **limits,  # type: ignore[arg-type]
         )
 
     def endpoint(self, name: str, draining: bool = False) -> Endpoint:
@@ -266,32 +277,51 @@ class Mesh:
 
         await eventually(healthy, f"{names} healthy in Envoy", timeout=15)
 
-    async def call(self, **metadata: str) -> list[bytes]:
-        md = [(k.replace("_", "-"), v) for k, v in metadata.items()]
-        # A connection of its own: one made before a listener update keeps the old config.
+    def channel(self) -> grpc.aio.Channel:
+        """A channel with a connection of its own (one made before a listener update keeps the
+        old config)."""
         options = [("grpc.use_local_subchannel_pool", 1)]
-        target = f"127.0.0.1:{self.listener_port}"
-        async with grpc.aio.insecure_channel(target, options=options) as channel:
+        return grpc.aio.insecure_channel(f"127.0.0.1:{self.listener_port}", options=options)
+
+    async def call(self, channel: grpc.aio.Channel | None = None, **metadata: str) -> list[bytes]:
+        md = [(k.replace("_", "-"), v) for k, v in metadata.items()]
+        if channel is not None:
             call = channel.unary_stream(GENERATE)(b"hello", metadata=md, timeout=10)
             return [msg async for msg in call]
+        async with self.channel() as own:
+            return await self.call(own, **metadata)
 
 
-@pytest.fixture(scope="module")
-async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+@contextlib.asynccontextmanager
+async def run_mesh(workdir: Path, **envoy_limits: int) -> AsyncIterator[Mesh]:
+    """Our ADS server, the fake router, two upstreams and a real Envoy (with `envoy_limits`:
+    max_connections, max_heap_bytes)."""
     cache = SnapshotCache()
     server = grpc.aio.server()
     add_to_server(server, cache)
-    ext_grpc.add_ExternalProcessorServicer_to_server(FakeRouterExtProc(), server)
+    fake = FakeRouterExtProc()
+    ext_grpc.add_ExternalProcessorServicer_to_server(fake, server)
     router_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     upstreams = {name: await start_upstream(name) for name in ("a", "b")}
-    workdir = tmp_path_factory.mktemp("envoy")
     admin_port = free_port()
     proc = envoy_proc.start_envoy(
-        workdir, NODE_ID, admin_port=admin_port, xds_port=router_port, log_level="warning"
+        workdir,
+        NODE_ID,
+        admin_port=admin_port,
+        xds_port=router_port,
+        log_level="warning",
+        **envoy_limits,  # type: ignore[arg-type]
     )
     m = Mesh(
-        cache, router_port, free_port(), admin_port, upstreams, proc, workdir / f"{NODE_ID}.log"
+        cache,
+        router_port,
+        free_port(),
+        admin_port,
+        upstreams,
+        proc,
+        workdir / f"{NODE_ID}.log",
+        fake,
     )
     try:
         yield m
@@ -300,6 +330,12 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         for upstream in upstreams.values():
             await upstream.server.stop(None)
         await server.stop(None)
+
+
+@pytest.fixture(scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    async with run_mesh(tmp_path_factory.mktemp("envoy")) as m:
+        yield m
 
 
 def dynamic(dump: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -479,3 +515,61 @@ async def test_not_serving_engine_is_taken_out_by_health_checks(mesh: Mesh) -> N
     finally:
         await b.set_serving(True)
     await mesh.wait_healthy("a", "b")
+
+
+# -- Envoy's limits: exceed each, and see what the client is told ----------------------------
+
+
+async def test_streams_over_the_per_connection_limit_wait_for_a_slot(tmp_path: Path) -> None:
+    """A connection gets at most max_concurrent_streams streams at once: the rest wait (HTTP/2
+    flow control, no error), so one client cannot occupy the router with a flood."""
+    async with run_mesh(tmp_path) as mesh:
+        spec = mesh.spec(mesh.endpoint("a"), max_concurrent_streams=2)
+        await mesh.push_and_wait_acked(build_snapshot(spec))
+        await mesh.wait_healthy("a")
+        async with mesh.channel() as ch:
+            stall = str(EXT_PROC_TIMEOUT / 4)
+            calls = [mesh.call(ch, x_test_pool=POOL, x_test_stall=stall) for _ in range(6)]
+            assert await asyncio.gather(*calls) == [[b"served-by:a"]] * 6
+        assert mesh.ext_proc.most_active == 2
+
+
+async def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
+    async with run_mesh(tmp_path, max_connections=2) as mesh:
+        await mesh.push_and_wait_acked(build_snapshot(mesh.spec(mesh.endpoint("a"))))
+        await mesh.wait_healthy("a")
+        async with mesh.channel() as one, mesh.channel() as two:
+            for ch in (one, two):  # two client connections held open
+                assert await mesh.call(ch, x_test_pool=POOL) == [b"served-by:a"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await mesh.call(x_test_pool=POOL)  # a third is closed as it is accepted
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            stats = await mesh.admin("/stats?filter=downstream_global_cx_overflow")
+            assert f"{mesh.listener_port}.downstream_global_cx_overflow: 1" in stats, stats
+        # The operator's view is not counted, and a freed slot takes new clients.
+        assert await mesh.admin("/ready")
+
+        async def served() -> bool:
+            return await mesh.call(x_test_pool=POOL) == [b"served-by:a"]
+
+        await eventually(served, "a client served once the held connections closed")
+
+
+async def test_heap_over_the_limit_sheds_requests_with_envoy_overloaded(tmp_path: Path) -> None:
+    """Past the heap limit Envoy stops taking requests (rather than grow until it is killed),
+    answering UNAVAILABLE "envoy overloaded"; its admin stays readable."""
+    async with run_mesh(tmp_path, max_heap_bytes=1024 * 1024) as mesh:  # far below its use
+        await mesh.push_and_wait_acked(build_snapshot(mesh.spec(mesh.endpoint("a"))))
+
+        async def shedding() -> bool:
+            try:
+                await mesh.call(x_test_pool=POOL)
+                return False  # served: the monitor has not seen the heap yet
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                assert err.details() == "envoy overloaded", err
+                return True
+
+        await eventually(shedding, "Envoy to shed requests over its heap limit")
+        stats = await mesh.admin("/stats?filter=overload.envoy.overload_actions.stop_accepting")
+        assert re.search(r"stop_accepting_requests.active: 1", stats), stats

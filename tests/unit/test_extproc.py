@@ -231,3 +231,25 @@ async def test_an_authenticated_turn_is_routed_as_its_principal():
     assert set_ == {h.TENANT, h.TIER}
     assert routed.request_body.response.clear_route_cache
     assert routing.calls[0][1] == "acme"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {f"x-extra-{i}": "v" for i in range(101)},  # too many
+        {"x-big": "x" * (64 * 1024)},  # too large
+    ],
+)
+async def test_request_headers_over_the_limits_are_resource_exhausted(headers):
+    svc = ExtProcService(FakeRouting(), FakeAuth())
+    [answer] = await _process(svc, _headers_msg(**{":path": "/x"}, **headers))
+    ir = answer.immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert b"over the mesh's limits of 64 KiB and 100 headers" in ir.body
+
+
+async def test_request_headers_under_the_limits_pass():
+    svc = ExtProcService(FakeRouting(), FakeAuth())
+    headers = {f"x-extra-{i}": "v" for i in range(90)} | {"x-big": "x" * 60 * 1024}
+    [answer] = await _process(svc, _headers_msg(**{":path": "/x"}, **headers))
+    assert answer.HasField("request_headers")

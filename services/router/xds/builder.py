@@ -219,8 +219,9 @@ class MeshSpec:
     per_try_timeout_seconds: float = 5.0
     # Mutual TLS to the router, the safety service and the engines; None: plaintext.
     tls: TlsSpec | None = None
-    # Limits on what a client may send: request headers (KiB, and how many), concurrent streams
-    # on one connection (more wait for a slot, as HTTP/2 clients do).
+    # Limits on what a client may send: request headers (KiB, and how many; over these Envoy's
+    # HTTP/2 codec resets the stream, so the router refuses lower ones with a message first),
+    # concurrent streams on one connection (more wait for a slot, as HTTP/2 clients do).
     max_request_headers_kb: int = 64
     max_headers_count: int = 100
     max_concurrent_streams: int = 256
