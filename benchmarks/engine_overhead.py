@@ -160,7 +160,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
     say(f"[bench] starting the gRPC engine ({args.model}) ...")
     engine = procs.start_engine(
-        config_path, name="bench-engine", overrides={"listen": "127.0.0.1:0"}
+        config_path,
+        name="bench-engine",
+        overrides={"listen": "127.0.0.1:0", "tls": {"plaintext": args.plaintext}},
     )
     try:
         engine.wait_ready(on_progress=say)
@@ -172,7 +174,8 @@ async def main_async(args: argparse.Namespace) -> int:
         llm = AsyncLLM.from_engine_args(engine_args(cfg, ipc_endpoint("bench-inproc")))
         tokenizer = llm.get_tokenizer()
         # The engine serves mutual TLS (as in a mesh): call it with the operator's certificate.
-        async with channel(engine.address, cfg.tls.files(OPERATOR)) as ch:
+        tls = None if args.plaintext else cfg.tls.files(OPERATOR)
+        async with channel(engine.address, tls) as ch:
             paths: dict[str, Runner] = {
                 "in-process": in_process_runner(llm, tokenizer),
                 "grpc": grpc_runner(MeshClient(ch)),
@@ -213,7 +216,8 @@ async def main_async(args: argparse.Namespace) -> int:
         }
     print(
         f"\nengine overhead: model {args.model}, {args.max_tokens} output tokens/turn, "
-        f"{args.prompt_words}-word prompts, {args.rounds} rounds per path\n"
+        f"{args.prompt_words}-word prompts, {args.rounds} rounds per path, gRPC "
+        f"{'plaintext' if args.plaintext else 'mutual TLS'}\n"
     )
     print(
         table(
@@ -252,6 +256,9 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt-words", type=int, default=64)
     p.add_argument("--min-requests", type=int, default=32, help="turns per round at least")
+    p.add_argument(
+        "--plaintext", action="store_true", help="the engine without TLS (as before trust)"
+    )
     p.add_argument("--json", help="also write the figures to this file")
     return asyncio.run(main_async(p.parse_args()))
 

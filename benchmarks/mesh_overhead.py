@@ -6,15 +6,18 @@ checked per turn, mutual TLS on every internal hop) and "open" (`auth.enabled: f
 
 1. TTFT: the same prompts sent in turn to each engine directly (with the operator certificate
    where TLS is on) and through each mesh's Envoy (which asks the router over ext_proc, then
-   proxies to the engine), one turn at a time, the order rotating every round. Added TTFT is
-   mesh minus direct per mesh; trust's cost is secure-added minus open-added.
+   proxies to the engine), one turn at a time: each mesh's two paths back to back, which mesh and
+   which path first alternating, with a pause between meshes longer than vLLM's CPU worker
+   busy-waits after a step (else one engine's spin slows the other mesh's turns). Added TTFT
+   is mesh minus direct per mesh; trust's cost is secure-added minus open-added.
 2. ext_proc throughput: each router in turn pinned to core 0 and driven with exactly the exchange
    Envoy has with it per turn (request headers with the API key, then the buffered
    GenerateRequest body, answered with routing headers) by `h2load` on core 1 (Debian's
    nghttp2-client) through a local Envoy TCP proxy on core 1 that does what the mesh's Envoy
-   does: mutual TLS to the secure router with Envoy's certificate, plaintext to the open one.
+   does: mutual TLS to the secure router with Envoy's certificate, plaintext to the open one;
+   blocks alternate between the two routers, and the median block is reported.
 
-    .venv/bin/python benchmarks/mesh_overhead.py [--turns 200] [--json out.json]
+    .venv/bin/python benchmarks/mesh_overhead.py [--turns 150] [--blocks 4] [--json out.json]
 
 Figures, not pass/fail. Goals: ≤ 2 ms p50 added TTFT, ≥ 1,500 turns/s on one core; auth and TLS
 together ≤ 0.5 ms p50.
@@ -29,6 +32,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,7 +67,7 @@ async def ttft_once(client, text: str) -> float:  # type: ignore[no-untyped-def]
 PATHS = ("secure direct", "secure mesh", "open direct", "open mesh")
 
 
-async def measure_ttft(meshes: dict[str, Mesh], turns: int) -> dict[str, list[float]]:
+async def measure_ttft(meshes: dict[str, Mesh], turns: int, gap: float) -> dict[str, list[float]]:
     from services.mesh.client import MeshClient
 
     out: dict[str, list[float]] = {p: [] for p in PATHS}
@@ -78,11 +82,17 @@ async def measure_ttft(meshes: dict[str, Mesh], turns: int) -> dict[str, list[fl
         for client in clients.values():  # warm every path
             for t in prompts(5, 32, seed=7):
                 await ttft_once(client, t)
+        names = list(meshes)
         for i, text in enumerate(prompts(turns, 64, seed=11)):
-            order = PATHS[i % 4 :] + PATHS[: i % 4]
-            for path in order:
-                # Distinct prompts per path, so none rides another's prefix cache.
-                out[path].append(await ttft_once(clients[path], f"{path} {text}"))
+            # Each mesh's two paths back to back, the mesh first and the path first alternating;
+            # between meshes a pause outlasting vLLM's CPU worker busy-waiting after a step
+            # (~1 s), so that one engine's spin does not slow the other mesh's turn.
+            for name in names[i % 2 :] + names[: i % 2]:
+                await asyncio.sleep(gap)
+                paths = ("direct", "mesh") if (i // 2) % 2 == 0 else ("mesh", "direct")
+                for path in (f"{name} {p}" for p in paths):
+                    # Distinct prompts per path, so none rides another's prefix cache.
+                    out[path].append(await ttft_once(clients[path], f"{path} {text}"))
     finally:
         for client in clients.values():
             await client.close()
@@ -257,6 +267,28 @@ async def check_extproc_answer(target: str, body: bytes) -> None:
         raise RuntimeError(f"unexpected ext_proc answer: {last}")
 
 
+def hop_times(traces: Path) -> dict[str, float]:
+    """From each mesh turn's spans: p50 ms from Envoy's ingress span to the router's pick span
+    and to the engine's generate span (what the mesh's hops cost before the engine starts,
+    without the engine's own variance)."""
+    from services.mesh.trace import read_spans
+
+    turns: dict[str, dict[str, int]] = {}
+    for span in read_spans(traces):
+        turns.setdefault(span.trace_id, {})[span.name] = span.start_ns
+    out: dict[str, float] = {}
+    for key, name in (("to_pick", "switchyard.router.pick"), ("to_engine", GENERATE_SPAN)):
+        gaps = [
+            (t[name] - t["ingress"]) / 1e6 for t in turns.values() if "ingress" in t and name in t
+        ]
+        out[key] = percentile(gaps, 50)
+        out[f"{key}_n"] = len(gaps)
+    return out
+
+
+GENERATE_SPAN = "switchyard.engine.generate"
+
+
 def open_config(workdir: Path) -> Path:
     """mesh-bench.yaml with API keys and TLS off."""
     data = yaml.safe_load((HERE / "mesh-bench.yaml").read_text())
@@ -279,9 +311,11 @@ async def main_async(args: argparse.Namespace) -> int:
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     workdir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    meshes = {
-        "secure": Mesh(HERE / "mesh-bench.yaml", free_ports=True, say=say),
-        "open": Mesh(open_config(workdir), free_ports=True, say=say),
+    meshes = {  # every turn traced, as `up` does, into a directory per mesh
+        "secure": Mesh(
+            HERE / "mesh-bench.yaml", free_ports=True, say=say, traces_dir=workdir / "t-secure"
+        ),
+        "open": Mesh(open_config(workdir), free_ports=True, say=say, traces_dir=workdir / "t-open"),
     }
     results: dict[str, Any] = {}
     try:
@@ -289,7 +323,7 @@ async def main_async(args: argparse.Namespace) -> int:
             say(f"[bench] starting the {name} mesh ...")
             mesh.start()
         say(f"[bench] TTFT: {args.turns} turns per path, order rotating ...")
-        t = await measure_ttft(meshes, args.turns)
+        t = await measure_ttft(meshes, args.turns, args.gap)
         ttft = {p: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3}
                 for p, v in t.items()}  # fmt: skip
         results["ttft_ms"] = ttft
@@ -300,17 +334,31 @@ async def main_async(args: argparse.Namespace) -> int:
         results["trust_added_ms"] = {
             q: results["secure_added_ms"][q] - results["open_added_ms"][q] for q in ("p50", "p99")
         }
-        rates: dict[str, float] = {}
-        for name, mesh in meshes.items():
-            assert mesh.router is not None
-            body = extproc_body(prompts(1, 64, seed=3)[0], mesh.dev_key)
-            tls = mesh.cfg.tls.files("envoy") if mesh.cfg else None
-            with tcp_proxy(mesh.router_address, tls, workdir) as proxy:
-                await check_extproc_answer(proxy, body)
-                os.sched_setaffinity(mesh.router.pid, {0})
-                say(f"[bench] ext_proc, {name}: router on core 0, h2load + proxy on core 1 ...")
-                rates[name] = extproc_h2load(proxy, body, args.exchanges, 4, 64)
-            os.sched_setaffinity(mesh.router.pid, set(range(os.cpu_count() or 1)))
+        await asyncio.sleep(3)  # the services export spans every second
+        hops = {name: hop_times(workdir / f"t-{name}") for name in meshes}
+        results["hops_ms"] = hops
+        samples: dict[str, list[float]] = {name: [] for name in meshes}
+        with contextlib.ExitStack() as stack:
+            proxies = {}
+            for name, mesh in meshes.items():
+                assert mesh.router is not None and mesh.cfg is not None
+                body = extproc_body(prompts(1, 64, seed=3)[0], mesh.dev_key)
+                tls = mesh.cfg.tls.files("envoy")
+                proxy = stack.enter_context(tcp_proxy(mesh.router_address, tls, workdir))
+                proxies[name] = (proxy, body)
+                await check_extproc_answer(*proxies[name])
+            for r in range(args.blocks):
+                for name in list(meshes)[r % 2 :] + list(meshes)[: r % 2]:
+                    router = meshes[name].router
+                    assert router is not None
+                    os.sched_setaffinity(router.pid, {0})
+                    say(f"[bench] ext_proc block {r + 1}/{args.blocks}, {name}: router on core 0, "
+                        "h2load + proxy on core 1 ...")  # fmt: skip
+                    proxy, body = proxies[name]
+                    samples[name].append(extproc_h2load(proxy, body, args.exchanges, 4, 64))
+                    os.sched_setaffinity(router.pid, set(range(os.cpu_count() or 1)))
+        rates = {name: statistics.median(v) for name, v in samples.items()}
+        results["extproc_blocks"] = samples
         results["extproc_turns_per_s"] = rates
     finally:
         for mesh in meshes.values():
@@ -325,9 +373,27 @@ async def main_async(args: argparse.Namespace) -> int:
     trust = results["trust_added_ms"]
     rows.append(["added by keys + mTLS", trust["p50"], trust["p99"]])
     print(table(["path", "TTFT p50 ms", "TTFT p99 ms"], rows))
-    print(f"\nrouter ext_proc on one core (h2load via an Envoy TCP proxy, {args.exchanges} "
-          f"exchanges): secure {rates['secure']:.0f} turns/s, open {rates['open']:.0f} turns/s "
+    print("\nfrom the traces, p50 ms after Envoy's ingress span starts (mesh turns):\n")
+    print(
+        table(
+            ["mesh", "router pick starts", "engine starts", "turns"],
+            [[n, h["to_pick"], h["to_engine"], int(h["to_engine_n"])] for n, h in hops.items()]
+            + [
+                [
+                    "keys + mTLS add",
+                    hops["secure"]["to_pick"] - hops["open"]["to_pick"],
+                    hops["secure"]["to_engine"] - hops["open"]["to_engine"],
+                    "",
+                ]
+            ],
+        )
+    )
+    print(f"\nrouter ext_proc on one core (h2load via an Envoy TCP proxy, median of "
+          f"{args.blocks} blocks of {args.exchanges} exchanges per mesh, alternating): "
+          f"secure {rates['secure']:.0f} turns/s, open {rates['open']:.0f} turns/s "
           f"({(rates['secure'] / rates['open'] - 1) * 100:+.1f}%)")  # fmt: skip
+    for name, v in samples.items():
+        print(f"  {name} blocks: " + ", ".join(f"{x:.0f}" for x in v))
     write_json(args.json, results)
     return 0
 
@@ -336,8 +402,12 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--turns", type=int, default=200, help="TTFT samples per path")
-    p.add_argument("--exchanges", type=int, default=20000, help="ext_proc exchanges to time")
+    p.add_argument("--turns", type=int, default=150, help="TTFT samples per path")
+    p.add_argument("--exchanges", type=int, default=10000, help="ext_proc exchanges per block")
+    p.add_argument("--blocks", type=int, default=4, help="h2load blocks per mesh, alternating")
+    p.add_argument(
+        "--gap", type=float, default=1.2, help="seconds idle before each mesh's pair of turns"
+    )
     p.add_argument("--json", help="also write the figures to this file")
     return asyncio.run(main_async(p.parse_args()))
 
