@@ -27,6 +27,7 @@ does any error before an engine took the turn (Envoy already retries those on ot
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -41,6 +42,8 @@ from services.common.server import MAX_MESSAGE_BYTES
 from services.common.tls import TlsFiles
 from services.common.tls import channel as tls_channel
 from switchyard.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -250,6 +253,7 @@ class MeshClient:
         broke_at = 0.0  # when the last break happened (monotonic)
         wait = self._resume.backoff if self._resume else 0.0
         req = request
+        finished = False  # the Final arrived: the turn is whole whatever happens to the stream
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             call = self._stub.Generate(req, timeout=left, metadata=md)
@@ -258,6 +262,8 @@ class MeshClient:
                     if msg.HasField("delta"):
                         received.append(msg.delta.text)
                         tokens += msg.delta.token_count
+                    else:
+                        finished = True
                     yield msg
                 if reply is not None:
                     reply.trace_id = await _trace_id(call)
@@ -266,6 +272,11 @@ class MeshClient:
                 call.cancel()
                 raise
             except grpc.aio.AioRpcError as e:
+                if finished:
+                    # Broken after its Final (a hop died before the trailers): nothing was lost,
+                    # and resuming would add a second Final.
+                    log.info("turn complete, its stream then broke (%s); not resumed", e.code())
+                    return
                 accepted = _accepted(await call.initial_metadata())
                 policy = self._resume
                 now = time.monotonic()

@@ -37,6 +37,9 @@ class Script:
         if isinstance(end, pb.Final):
             end.resumed = request.continuation.resumed
             yield pb.GenerateResponse(final=end)
+        elif isinstance(end[0], pb.Final):  # a Final, then the stream breaks anyway
+            yield pb.GenerateResponse(final=end[0])
+            await context.abort(*end[1])
         else:
             await context.abort(*end)
 
@@ -90,6 +93,14 @@ async def test_a_stream_broken_after_the_engine_took_it_resumes_with_what_was_re
     c = second.continuation
     assert (c.received_text, c.completion_tokens, c.resumed) == ("Once upon", 3, 1)
     assert second.prompt == "Tell" and second.sampling.max_tokens == 10
+
+
+async def test_a_stream_broken_after_its_final_is_complete_and_not_resumed(serve):
+    script = Script((True, [delta("done")], (FINAL, BROKEN)), (True, [delta("again")], FINAL))
+    async with await serve(script) as mesh:
+        reply = await mesh.generate(make_request("x", max_tokens=2))
+    assert reply.text == "done" and reply.final.finish_reason == FINAL.finish_reason
+    assert len(script.requests) == 1 and not reply.resumes
 
 
 async def test_a_continuation_that_finds_no_engine_yet_is_retried(serve):
