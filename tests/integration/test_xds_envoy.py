@@ -148,6 +148,7 @@ class FakeRouterExtProc:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []  # each turn's request headers, as received
         self.active = 0  # turns being decided now, and the most at once
         self.most_active = 0
 
@@ -163,6 +164,7 @@ class FakeRouterExtProc:
                 yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
             elif kind == "request_body":
                 self.bodies.append(msg.request_body.body)
+                self.headers.append(dict(seen))
                 self.active += 1
                 self.most_active = max(self.most_active, self.active)
                 try:
@@ -515,6 +517,27 @@ async def test_not_serving_engine_is_taken_out_by_health_checks(mesh: Mesh) -> N
     finally:
         await b.set_serving(True)
     await mesh.wait_healthy("a", "b")
+
+
+async def test_client_copies_of_internal_and_envoy_headers_are_removed(mesh: Mesh) -> None:
+    await mesh.push_and_wait_acked(build_snapshot(mesh.spec(mesh.endpoint("a"))))
+    await mesh.wait_healthy("a")
+    forged = {
+        "x_switchyard_tenant": "someone-else",
+        "x_switchyard_endpoint": mesh.upstreams["b"].address,
+        "x_envoy_max_retries": "50",
+        "x_envoy_retry_on": "5xx",
+        "x_envoy_upstream_rq_timeout_ms": "1",
+        # Envoy drops x-envoy-* itself from callers it takes as external (all of them, with no
+        # internal_address_config); the listener removes them for every caller, whatever an
+        # operator later counts as internal.
+        "x_forwarded_for": "10.1.2.3",
+    }
+    assert await mesh.call(x_test_pool=POOL, **forged) == [b"served-by:a"]
+    seen = mesh.ext_proc.headers[-1]
+    assert TEST_POOL in seen  # the test's own header arrived…
+    # …and no client copy of the mesh's or Envoy's control headers did.
+    assert not [k for k in seen if k.startswith(("x-switchyard-", "x-envoy-"))], seen
 
 
 # -- Envoy's limits: exceed each, and see what the client is told ----------------------------

@@ -733,15 +733,17 @@ def _local_replies(spec: MeshSpec) -> Any:
 
 
 def _strip_internal_headers() -> Any:
-    """Before any filter: every client copy of the mesh's own headers goes (x-switchyard-*);
-    only the router sets them, from the authenticated principal."""
+    """Before any filter: every client copy of the mesh's own headers goes (x-switchyard-*;
+    only the router sets them, from the authenticated principal), and of Envoy's control
+    headers (x-envoy-*: a client must not set its own retries or timeouts)."""
     mutation = header_mutation_pb2.HeaderMutation(
         mutations=[
             mutation_rules_pb2.HeaderMutation(
                 remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
-                    key_matcher=string_pb2.StringMatcher(prefix=headers.INTERNAL_PREFIX)
+                    key_matcher=string_pb2.StringMatcher(prefix=prefix)
                 )
             )
+            for prefix in (headers.INTERNAL_PREFIX, headers.ENVOY_PREFIX)
         ]
     )
     return extension_pb2.TypedExtensionConfig(
