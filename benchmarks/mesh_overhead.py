@@ -46,6 +46,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, prompts, say, table, write_json
 
+from services.common.pki import ROUTER, spiffe_id
 from services.common.tls import TlsFiles
 from services.mesh.up import Mesh, free_port
 
@@ -106,11 +107,9 @@ def extproc_body(prompt: str, key: str) -> bytes:
 
     from services.common.extproc import GENERATE_PATH
     from services.common.frames import encode_frame as grpc_frame
-    from services.mesh.client import make_request
+    from services.mesh.client import bearer, make_request
 
-    values = [(":path", GENERATE_PATH), ("content-type", "application/grpc")]
-    if key:
-        values.append(("authorization", f"Bearer {key}"))
+    values = [(":path", GENERATE_PATH), ("content-type", "application/grpc"), *bearer(key)]
     headers = ext.ProcessingRequest(
         request_headers=ext.HttpHeaders(
             headers=base_pb2.HeaderMap(
@@ -164,7 +163,12 @@ def proxy_bootstrap(listen_port: int, router_addr: str, tls: TlsFiles | None) ->
                             "private_key": {"filename": str(tls.key)},
                         }
                     ],
-                    "validation_context": {"trusted_ca": {"filename": str(tls.ca)}},
+                    "validation_context": {  # the router's identity, as the mesh's Envoy checks
+                        "trusted_ca": {"filename": str(tls.ca)},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "URI", "matcher": {"exact": spiffe_id(ROUTER)}}
+                        ],
+                    },
                 },
             },
         }

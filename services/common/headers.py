@@ -1,10 +1,9 @@
 """Every request header the router, Envoy's config and the clients agree on, in one place.
 
-Headers named `x-switchyard-*` (`INTERNAL_PREFIX`) are the mesh's own: Envoy removes every
-client copy of them at the listener (and of `x-envoy-*`, which would steer Envoy's retries and
-timeouts) (`INTERNAL` lists them for its early header mutation) and
-the router removes any other it still sees, before it sets them from the authenticated
-principal. Engines and the safety filter trust them for that reason.
+Headers named `x-switchyard-*` (`INTERNAL_PREFIX`) are the mesh's own: Envoy's listener removes
+every client copy of them (and of `x-envoy-*`, `ENVOY_PREFIX`, which would steer Envoy's retries
+and timeouts) before any filter, and the router sets them from the authenticated principal.
+Engines and the safety filter trust them for that reason.
 
 The routing decision travels as request headers set by the router's ext_proc answer:
 
@@ -45,7 +44,6 @@ SERVED_BY = "x-switchyard-served-by-bin"
 INTERNAL_PREFIX = "x-switchyard-"
 # Headers that steer Envoy itself (retries, timeouts, tracing): no client may set them either.
 ENVOY_PREFIX = "x-envoy-"
-INTERNAL = (POOL, ENDPOINT, ENGINE, TENANT, TIER, PRIORITY)
 
 # Separator of the fallback list in `ENDPOINT` (Envoy splits on it and trims whitespace).
 ENDPOINT_SEPARATOR = ","

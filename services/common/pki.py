@@ -20,14 +20,12 @@ and ::1, so the same files serve loopback servers and their clients.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import ipaddress
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.common.files import atomic_write, file_lock, home_path
 
 ENVOY = "envoy"
 ROUTER = "router"
@@ -47,8 +45,8 @@ def spiffe_id(role: str) -> str:
 
 
 def default_pki_dir() -> Path:
-    env = os.environ.get("SWITCHYARD_PKI")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "switchyard" / "pki"
+    """$SWITCHYARD_PKI, else $SWITCHYARD_HOME/pki (~/.cache/switchyard/pki)."""
+    return home_path("pki", "SWITCHYARD_PKI")
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ def ensure_pki(directory: Path | None = None, roles: tuple[str, ...] = ROLES) ->
     Safe to call from several processes at once (a lock file serializes them)."""
     pki = Pki((directory or default_pki_dir()).expanduser())
     pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(pki.directory / ".lock"):
+    with file_lock(pki.directory / ".lock"):
         if not (pki.ca.exists() and pki.ca_key.exists()) or _expiring(pki.ca):
             _new_ca(pki)
             for role in roles:  # a new CA: every certificate again
@@ -88,16 +86,6 @@ def ensure_pki(directory: Path | None = None, roles: tuple[str, ...] = ROLES) ->
             ):
                 issue(pki, role)
     return pki
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _now() -> datetime.datetime:
@@ -112,16 +100,6 @@ def _expiring(cert_path: Path) -> bool:
     except (OSError, ValueError):
         return True
     return cert.not_valid_after_utc - _now() < datetime.timedelta(days=RENEW_DAYS)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically, so that a reader (a service reloading its certificate) never sees half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    tmp.replace(path)
 
 
 def _new_key() -> Any:
@@ -180,8 +158,8 @@ def _new_ca(pki: Pki) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
     )
-    _write(pki.ca_key, _key_pem(key), 0o600)
-    _write(pki.ca, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(pki.ca_key, _key_pem(key), 0o600)
+    atomic_write(pki.ca, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def issue(pki: Pki, role: str, days: int = LEAF_DAYS) -> None:
@@ -234,5 +212,5 @@ def issue(pki: Pki, role: str, days: int = LEAF_DAYS) -> None:
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     # The key first: a reader that sees the new certificate must find its key.
-    _write(pki.key(role), _key_pem(key), 0o600)
-    _write(pki.cert(role), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(pki.key(role), _key_pem(key), 0o600)
+    atomic_write(pki.cert(role), cert.public_bytes(serialization.Encoding.PEM), 0o644)

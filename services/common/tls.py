@@ -135,14 +135,19 @@ class AccessPolicy:
     Health checks are open to every authenticated caller unless listed."""
 
     def __init__(self, rules: dict[str, frozenset[str] | set[str]]) -> None:
-        self._rules = {"/grpc.health.v1.Health/": frozenset({ANY}), **rules}
+        rules = {"/grpc.health.v1.Health/": frozenset({ANY}), **rules}
+        self._rules = {prefix: frozenset(roles) for prefix, roles in rules.items()}
         self._prefixes = sorted(self._rules, key=len, reverse=True)
+        self._by_method: dict[str, frozenset[str]] = {}  # every call checks: looked up once
 
     def roles_for(self, method: str) -> frozenset[str]:
-        for prefix in self._prefixes:
-            if method.startswith(prefix):
-                return frozenset(self._rules[prefix])
-        return frozenset()
+        roles = self._by_method.get(method)
+        if roles is None:
+            prefix = next((p for p in self._prefixes if method.startswith(p)), None)
+            roles = self._rules[prefix] if prefix is not None else frozenset()
+            if len(self._by_method) < 1024:  # method names are a server's few, bound anyway
+                self._by_method[method] = roles
+        return roles
 
     def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
         """Raise PermissionDenied unless the caller's role may call `method`."""

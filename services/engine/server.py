@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.metrics import start_metrics_server
-from services.common.pki import ENGINE
+from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER
 from services.common.progress import Progress
 from services.common.server import (
     Server,
@@ -31,7 +31,7 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
-from services.common.tls import ANY, AccessPolicy
+from services.common.tls import AccessPolicy
 from services.common.tracing import Tracing, setup_tracing
 from services.engine import control, inference
 from services.engine.admission import Admission
@@ -51,10 +51,9 @@ STOP_GRACE_SECONDS = 5.0
 # from operators, who reach engines directly); the router drains them.
 POLICY = AccessPolicy(
     {
-        "/switchyard.v1.Inference/": {"envoy", "operator"},
-        "/switchyard.v1.EngineControl/": {"router", "operator"},
-        "/grpc.reflection.": {"operator"},
-        "/grpc.health.v1.Health/": {ANY},
+        "/switchyard.v1.Inference/": {ENVOY, OPERATOR},
+        "/switchyard.v1.EngineControl/": {ROUTER, OPERATOR},
+        "/grpc.reflection.": {OPERATOR},
     }
 )
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.common.files import file_lock, home_path
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -133,11 +134,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 
 def default_models_dir() -> Path:
     """Where models live: $SWITCHYARD_MODELS, else $SWITCHYARD_HOME/models (~/.cache/switchyard)."""
-    explicit = os.environ.get("SWITCHYARD_MODELS")
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("SWITCHYARD_HOME") or "~/.cache/switchyard"
-    return Path(home).expanduser() / "models"
+    return home_path("models", "SWITCHYARD_MODELS")
 
 
 def init_models(
@@ -166,7 +163,7 @@ def init_models(
         spec = MODEL_SPECS[name]
         spec.validate()
         target = dest / name
-        with _lock(dest / ".switchyard-init.lock"):
+        with file_lock(dest / ".switchyard-init.lock"):
             _remove_leftovers(dest, name)
             if not force and _is_up_to_date(target, spec):
                 progress(f"{name}: up to date ({target})")
@@ -247,17 +244,6 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock so two processes do not build the same model at once."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(dest: Path, name: str) -> None:

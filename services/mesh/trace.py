@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from services.common.files import home_path
 
 # Attributes worth a place on the line, most telling first; the rest stay in the files.
 KEY_ATTRIBUTE_PREFIXES = ("switchyard.", "gen_ai.", "rpc.", "grpc.", "http.", "upstream_")
@@ -93,11 +94,7 @@ class TraceSummary:
 
 def default_traces_dir() -> Path:
     """$SWITCHYARD_TRACES, else $SWITCHYARD_HOME/traces (~/.cache/switchyard/traces)."""
-    explicit = os.environ.get("SWITCHYARD_TRACES")
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("SWITCHYARD_HOME") or "~/.cache/switchyard"
-    return Path(home).expanduser() / "traces"
+    return home_path("traces", "SWITCHYARD_TRACES")
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from services.common.files import atomic_write, home_path
 from services.common.pki import ENVOY, OPERATOR
 from services.common.server import host_port, write_ready_file
 from services.common.tls import TlsFiles
@@ -65,14 +66,12 @@ def _fixed_port(address: str) -> str:
 
 def default_state_file() -> Path:
     """Where `switchyard up` says what its processes are doing ($SWITCHYARD_STATE overrides)."""
-    env = os.environ.get("SWITCHYARD_STATE")
-    return Path(env) if env else Path.home() / ".cache" / "switchyard" / "up-state.json"
+    return home_path("up-state.json", "SWITCHYARD_STATE")
 
 
 def default_dev_key_file() -> Path:
     """Where `switchyard up` keeps the local development API key ($SWITCHYARD_DEV_KEY)."""
-    env = os.environ.get("SWITCHYARD_DEV_KEY")
-    return Path(env) if env else Path.home() / ".cache" / "switchyard" / "dev-key"
+    return home_path("dev-key", "SWITCHYARD_DEV_KEY")
 
 
 DEV_TENANT = "dev"
@@ -279,11 +278,7 @@ class Mesh:
                 name="switchyard up: local development key",
             )
             self.dev_key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.dev_key_file.with_name(f".{self.dev_key_file.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key + "\n")
-            tmp.replace(self.dev_key_file)
+            atomic_write(self.dev_key_file, key + "\n", 0o600)
             self.say(f"[up] created the local development API key (tenant {DEV_TENANT!r}) in "
                      f"{self.dev_key_file}")  # fmt: skip
         self.dev_key = key

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from services.common.looplag import watch_loop
 from services.common.metrics import start_metrics_server
-from services.common.pki import ROUTER
+from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER
 from services.common.progress import Progress
 from services.common.server import (
     create_server,
@@ -20,7 +20,7 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
-from services.common.tls import ANY, AccessPolicy
+from services.common.tls import AccessPolicy
 from services.common.tracing import setup_tracing
 from services.router import api, extproc, registry_service
 from services.router import metrics as router_metrics
@@ -48,13 +48,12 @@ SERVICE_NAMES = [
 # Who may call what (roles of the callers' certificates, services/common/pki.py).
 POLICY = AccessPolicy(
     {
-        "/envoy.service.ext_proc.v3.ExternalProcessor/": {"envoy"},
-        "/envoy.service.discovery.v3.AggregatedDiscoveryService/": {"envoy"},
-        "/switchyard.v1.Registry/": {"engine"},
-        "/switchyard.v1.Router/": {"operator"},
-        "/switchyard.v1.Admin/": {"operator"},
-        "/grpc.reflection.": {"operator"},
-        "/grpc.health.v1.Health/": {ANY},
+        "/envoy.service.ext_proc.v3.ExternalProcessor/": {ENVOY},
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/": {ENVOY},
+        "/switchyard.v1.Registry/": {ENGINE},
+        "/switchyard.v1.Router/": {OPERATOR},
+        "/switchyard.v1.Admin/": {OPERATOR},
+        "/grpc.reflection.": {OPERATOR},
     }
 )
 # The loop monitor's tick (it measures the event loop's lag), and every how many ticks it

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from services.common.metrics import start_metrics_server
-from services.common.pki import SAFETY
+from services.common.pki import ENVOY, OPERATOR, SAFETY
 from services.common.progress import Progress
 from services.common.server import (
     create_server,
@@ -16,7 +16,7 @@ from services.common.server import (
     install_signal_handlers,
     write_ready_file,
 )
-from services.common.tls import ANY, AccessPolicy
+from services.common.tls import AccessPolicy
 from services.common.tracing import setup_tracing
 from services.safety import service
 from services.safety.config import SafetyConfig
@@ -27,10 +27,9 @@ SERVICE_NAMES = [service.SERVICE_NAME, "envoy.service.ext_proc.v3.ExternalProces
 # its caller: only a trusted identity may name one).
 POLICY = AccessPolicy(
     {
-        "/envoy.service.ext_proc.v3.ExternalProcessor/": {"envoy"},
-        f"/{service.SERVICE_NAME}/": {"operator"},
-        "/grpc.reflection.": {"operator"},
-        "/grpc.health.v1.Health/": {ANY},
+        "/envoy.service.ext_proc.v3.ExternalProcessor/": {ENVOY},
+        f"/{service.SERVICE_NAME}/": {OPERATOR},
+        "/grpc.reflection.": {OPERATOR},
     }
 )
 

@@ -184,8 +184,10 @@ async def test_a_body_over_the_transport_limit_is_resource_exhausted(mesh: Mesh)
 
 async def test_a_huge_prompt_stalls_nothing(mesh: Mesh):
     """A 5 MB prompt (over the byte limit) and a 3 MB one (under it, over the context) while
-    20 other turns run: the big ones are refused at once, every other turn is served, no
-    engine is mistaken for silent, and the router's loop never stalls for long."""
+    20 other turns run: the 5 MB one is refused at once (before it is decoded), the 3 MB one
+    as soon as tokenizing it passes the context (seconds on 2 shared cores, with everything
+    else running), every other turn is served, no engine is mistaken for silent, and the
+    router's loop never stalls for long."""
     stale, lag = went_stale(mesh), lag_buckets(mesh)
 
     async with MeshClient.connect(mesh.endpoint, key=mesh.dev_key) as client:

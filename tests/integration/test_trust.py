@@ -29,6 +29,7 @@ from switchyard.v1 import (
 )
 from tests.integration.conftest import mesh_channel
 from tests.integration.test_engine import long_text
+from tests.integration.test_resilience import status as _status
 from tests.otlp_collector import OtlpCollector
 
 pytestmark = pytest.mark.integration
@@ -179,7 +180,7 @@ async def test_the_tier_sets_the_priority_and_a_client_may_only_lower_it(
 
 
 async def test_sessions_belong_to_their_tenant(mesh: Mesh, tenant_keys):
-    a, b = tenant_keys["tenant-0"], tenant_keys["tenant-1"]
+    a = tenant_keys["tenant-0"]
     engine = (await served(mesh, a, long_text(30), session_id="shared-id")).final.served_by.engine
     async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
         router = router_pb2_grpc.RouterStub(ch)
@@ -191,7 +192,6 @@ async def test_sessions_belong_to_their_tenant(mesh: Mesh, tenant_keys):
 
         assert (await session_scores("tenant-0"))[engine] > 0
         assert set((await session_scores("tenant-1")).values()) == {0.0}
-    assert b  # tenant-1 has its own key, and no claim on tenant-0's session
 
 
 # -- mutual TLS on every internal hop --------------------------------------------------------
@@ -247,11 +247,6 @@ async def test_an_engine_without_a_mesh_certificate_cannot_register(mesh: Mesh, 
     assert await _call(mesh.router_address, None, register) == "UNAVAILABLE"
     states = {e.engine_id for p in (await _status(mesh)).pools for e in p.engines}
     assert "impostor" not in states
-
-
-async def _status(mesh: Mesh) -> Any:
-    async with tls_channel(mesh.router_address, mesh.operator_tls()) as ch:
-        return await router_pb2_grpc.AdminStub(ch).Status(router_pb2.StatusRequest())
 
 
 async def test_drain_needs_the_operator_identity(mesh: Mesh):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -570,7 +569,7 @@ async def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
             stats = await mesh.admin("/stats?filter=downstream_global_cx_overflow")
             assert f"{mesh.listener_port}.downstream_global_cx_overflow: 1" in stats, stats
         # The operator's view is not counted, and a freed slot takes new clients.
-        assert await mesh.admin("/ready")
+        assert (await mesh.admin("/ready")).strip() == "LIVE"
 
         async def served() -> bool:
             return await mesh.call(x_test_pool=POOL) == [b"served-by:a"]
@@ -595,4 +594,4 @@ async def test_heap_over_the_limit_sheds_requests_with_envoy_overloaded(tmp_path
 
         await eventually(shedding, "Envoy to shed requests over its heap limit")
         stats = await mesh.admin("/stats?filter=overload.envoy.overload_actions.stop_accepting")
-        assert re.search(r"stop_accepting_requests.active: 1", stats), stats
+        assert "stop_accepting_requests.active: 1" in stats, stats

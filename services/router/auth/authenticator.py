@@ -26,6 +26,8 @@ class Authenticator:
         self.keys = keys or KeyStore(cfg.keys_file or default_keys_file())
         self._jwt = JwtVerifier(cfg.jwt) if cfg.jwt is not None else None
         self._anonymous = self._principal(ANONYMOUS, cfg.default_tier, (), "")
+        # Each key's principal, built once per record (a reload makes new records).
+        self._of_key: dict[str, tuple[KeyRecord, Principal]] = {}
         if not cfg.enabled:
             log.warning(
                 "authentication is OFF (auth.enabled: false): every caller is tenant %r",
@@ -51,7 +53,12 @@ class Authenticator:
         )
 
     def of_key(self, rec: KeyRecord) -> Principal:
-        return self._principal(rec.tenant, rec.tier, rec.models, f"k:{rec.key_id}", rec.quotas)
+        cached = self._of_key.get(rec.key_id)
+        if cached is not None and cached[0] is rec:
+            return cached[1]
+        principal = self._principal(rec.tenant, rec.tier, rec.models, f"k:{rec.key_id}", rec.quotas)
+        self._of_key[rec.key_id] = (rec, principal)
+        return principal
 
     async def authenticate(self, authorization: str) -> Principal:
         """The caller's principal; raises Unauthenticated saying what is wrong."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pydantic
 
 from services.common.config import StrictModel
+from services.common.files import home_path
 from services.router.auth.jwt import JwtConfig
 
 
@@ -52,7 +53,5 @@ class AuthSection(StrictModel):
 
 
 def default_keys_file() -> Path:
-    import os
-
-    env = os.environ.get("SWITCHYARD_KEYS")
-    return Path(env) if env else Path.home() / ".cache" / "switchyard" / "keys.json"
+    """$SWITCHYARD_KEYS, else $SWITCHYARD_HOME/keys.json (~/.cache/switchyard/keys.json)."""
+    return home_path("keys.json", "SWITCHYARD_KEYS")

@@ -17,11 +17,9 @@ keys survive restarts.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.files import atomic_write, file_lock
 
 PREFIX = "sy-"
 ID_HEX = 12
@@ -140,20 +139,12 @@ class KeyStore:
     def _writing(self) -> Iterator[dict[str, Any]]:
         """The file's data, under an exclusive lock, written back atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = {"version": 1, "keys": {}}
-                if self.path.exists():
-                    data = json.loads(self.path.read_text())
-                yield data
-                tmp = self.path.with_name(f".{self.path.name}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1, sort_keys=True)
-                tmp.replace(self.path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            data = {"version": 1, "keys": {}}
+            if self.path.exists():
+                data = json.loads(self.path.read_text())
+            yield data
+            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True), 0o600)
         self._refresh(force=True)
 
     def create(
