@@ -16,6 +16,7 @@ from tests.integration.conftest import start_test_engine
 
 FR = inference_pb2.FinishReason
 INFERENCE = "switchyard.v1.Inference"
+LONG_TURN = 1900  # tokens; the test engine's context is 2048
 
 
 async def health_status(channel: grpc.aio.Channel) -> int:
@@ -128,7 +129,9 @@ async def test_sigterm_drains_then_exits(sigterm_engine, operator_tls):
     async with tls_channel(sigterm_engine.address, operator_tls, CHANNEL_OPTIONS) as ch:
         inference = inference_pb2_grpc.InferenceStub(ch)
         control = engine_pb2_grpc.EngineControlStub(ch)
-        call = await started(inference, 600)
+        # As long a turn as the context allows, so it is still streaming when the health check
+        # gets through even if vLLM's busy-waiting CPU worker starves this process for seconds.
+        call = await started(inference, LONG_TURN)
         sigterm_engine.proc.send_signal(signal.SIGTERM)
         for _ in range(50):
             if await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING:
@@ -141,6 +144,6 @@ async def test_sigterm_drains_then_exits(sigterm_engine, operator_tls):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         msgs = await rest(call)
     assert msgs[-1].final.finish_reason == FR.FINISH_REASON_LENGTH
-    assert msgs[-1].final.usage.completion_tokens == 600
+    assert msgs[-1].final.usage.completion_tokens == LONG_TURN
     code = await asyncio.to_thread(sigterm_engine.proc.wait, 60)
     assert code == 0

@@ -491,6 +491,10 @@ def _pool_cluster(pool: str, tls: Any) -> Any:
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
             eds_config=_ads(), service_name=name
         ),
+        # An engine the control plane removes leaves at once: by default Envoy keeps a removed
+        # host while it still passes health checks, and the fallback balancer would go on
+        # sending it turns. (In-flight streams on its connections finish either way.)
+        ignore_health_on_host_removal=True,
         connect_timeout=_duration(CONNECT_TIMEOUT_SECONDS),
         transport_socket=tls,  # the gRPC health checks ride it too
         typed_extension_protocol_options=_http2_only(),
