@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import RedisServer
+
 
 @pytest.fixture(scope="session", autouse=True)
 def switchyard_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -18,6 +20,7 @@ def switchyard_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "SWITCHYARD_KEYS": str(home / "keys.json"),
         "SWITCHYARD_DEV_KEY": str(home / "dev-key"),
         "SWITCHYARD_STATE": str(home / "up-state.json"),
+        "SWITCHYARD_TENANTS": str(home / "tenants.json"),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # subprocesses (engines, the router, `switchyard up`) inherit it
@@ -36,3 +39,11 @@ def operator_tls(switchyard_home: Path):  # type: ignore[no-untyped-def]
     from services.common.tls import TlsConfig
 
     return TlsConfig.model_validate({}).files(OPERATOR)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (Debian's package) on loopback for this test session."""
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

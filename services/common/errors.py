@@ -26,6 +26,14 @@ class SwitchyardError(Exception):
         super().__init__(message)
         self.message = message
 
+    def details(self) -> list[Any]:
+        """google.rpc detail messages (e.g. RetryInfo) for the status; none by default."""
+        return []
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """Extra response metadata that goes with the error; none by default."""
+        return []
+
 
 class InvalidArgument(SwitchyardError):
     code = grpc.StatusCode.INVALID_ARGUMENT

@@ -4,10 +4,13 @@ Envoy sends to the client itself, without reaching an engine."""
 
 from __future__ import annotations
 
+import base64
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
+from google.rpc import status_pb2
 
 from services.common import headers as h
 from services.common.errors import SwitchyardError
@@ -20,6 +23,8 @@ CONTENT_LENGTH = "content-length"
 # (within the filter's max_message_timeout, see the xDS builder).
 LONG_BODY_BYTES = 256 * 1024
 LONG_BODY_SECONDS = 20.0
+# gRPC's rich error status (google.rpc.Status with details), as binary metadata.
+STATUS_DETAILS = "grpc-status-details-bin"
 
 
 def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
@@ -59,11 +64,21 @@ def extend_timeout(seconds: float) -> ext.ProcessingResponse:
 def immediate_error(err: SwitchyardError, source: str) -> ext.ProcessingResponse:
     """A gRPC error for the client; `source` ("router", "safety") names who refused the turn in
     Envoy's response-code details (access logs, stats)."""
+    extra = [set_header(k, v) for k, v in err.metadata()]
+    details = err.details()
+    if details:
+        status = status_pb2.Status(code=err.code.value[0], message=err.message)
+        for d in details:
+            status.details.add().Pack(d)
+        # Binary metadata is sent base64-encoded; gRPC clients decode it (rpc_status.from_call).
+        encoded = base64.b64encode(status.SerializeToString()).decode()
+        extra.append(set_header(STATUS_DETAILS, encoded))
     return ext.ProcessingResponse(
         immediate_response=ext.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=http_status_pb2.OK),
             grpc_status=ext.GrpcStatus(status=err.code.value[0]),
             body=err.message.encode(),
             details=f"switchyard_{source}_{err.code.name.lower()}",
+            headers=ext.HeaderMutation(set_headers=extra) if extra else None,
         )
     )

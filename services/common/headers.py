@@ -29,6 +29,14 @@ ENGINE = "x-switchyard-engine"
 TENANT = "x-switchyard-tenant"
 TIER = "x-switchyard-tier"
 PRIORITY = "x-switchyard-priority"
+# Set by the router at admission: the turn's quota reservation, which the engine serving it
+# reports its usage against; and the prefix-cache salt of the tenant (or its cache group), so
+# no tenant shares KV blocks with another.
+RESERVATION = "x-switchyard-reservation"
+CACHE_SALT = "x-switchyard-cache-salt"
+# Set by the router at admission, and copied by Envoy into the response headers: what the
+# caller's quotas have left after this turn's reservation ("tokens_per_minute=9100, …").
+QUOTA_REMAINING = "x-switchyard-quota-remaining"
 # Client metadata naming a conversation, so its turns stay on the engine holding its cache.
 SESSION_ID = "x-session-id"
 # Client metadata carrying the API key: "Bearer <key>".

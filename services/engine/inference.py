@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from services.engine.admission import Admission
 from services.engine.metrics import EngineMetrics
 from services.engine.params import PreparedRequest, prepare
 from services.engine.runtime import Runtime
-from switchyard.v1 import inference_pb2
+from switchyard.v1 import engine_pb2, inference_pb2
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ class InferenceService:
         metrics: EngineMetrics,
         served_by: inference_pb2.ServedBy,
         tracer: trace.Tracer | None = None,
+        usage: Callable[[engine_pb2.TurnUsage], None] | None = None,
     ) -> None:
+        # Where turn usage reports go (the registration stream to the router); None: nowhere.
+        self._usage = usage
         # runtime_ref[0] is None while the engine loads; the server answers health meanwhile.
         self._runtime_ref = runtime_ref
         self._admission = admission
@@ -149,12 +152,17 @@ class InferenceService:
         if isinstance(request, Malformed):
             raise request.error
         self._admission.check()
+        reservation = salt = ""
         for key, value in context.invocation_metadata() or ():
             if key == headers.PRIORITY:  # set by the router from the caller's tier
                 try:
                     request.priority = int(value)
                 except ValueError:
                     raise InvalidArgument(f"{headers.PRIORITY} must be an integer") from None
+            elif key == headers.RESERVATION:  # the router's quota reservation for the turn
+                reservation = value
+            elif key == headers.CACHE_SALT:  # the tenant's prefix-cache salt
+                salt = value
         runtime = self._runtime_ref[0]
         if runtime is None:
             raise Unavailable("engine is not ready")
@@ -164,6 +172,7 @@ class InferenceService:
             prepared = prepare(request, runtime.tokenizer, runtime.limits)
         else:  # a long prompt: tokenize it off the loop that streams everyone else's tokens
             prepared = await asyncio.to_thread(prepare, request, runtime.tokenizer, runtime.limits)
+        prepared.reservation_id, prepared.cache_salt = reservation, salt
         turn = _Turn(prepared, arrived)
         turn.span, turn.arrived_ns = span, arrived_ns
         if span.is_recording():
@@ -172,53 +181,69 @@ class InferenceService:
         # may resume a stream that breaks after this; Envoy retries elsewhere one that does
         # not get this far within its per-try timeout (a frozen engine).
         await context.send_initial_metadata(self._accepted)
-        if prepared.exhausted:  # a resumed turn that had used its whole budget already
+        reservation = prepared.reservation_id
+        if reservation and self._usage is not None:
+            self._usage(engine_pb2.TurnUsage(reservation_id=reservation))
+        try:
+            if prepared.exhausted:  # a resumed turn that had used its whole budget already
+                yield inference_pb2.GenerateResponse(final=self._final(turn))
+                return
+
+            # The wait for vLLM's next output is cut short at the call's deadline (shortly
+            # before it, so the Final still reaches the client) or when a drain's grace runs
+            # out: cutting it aborts the request inside vLLM, and the Final goes out at once.
+            loop = asyncio.get_running_loop()
+            stopper = _Stopper(loop)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                stopper.at = loop.time() + remaining - deadline_margin(remaining)
+
+            with self._admission.turn(turn.req.engine_request_id, stopper.drained):
+                pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
+                outputs = self._outputs(runtime, turn)
+                while True:
+                    # Checked here too: when vLLM is ahead of the stream, the next output is ready
+                    # at once and the wait below never suspends, so its timeout could never fire.
+                    if stopper.at is not None and loop.time() >= stopper.at:
+                        turn.deadline_hit = not stopper.drain_expired
+                        await outputs.aclose()
+                        break
+                    try:
+                        async with asyncio.timeout_at(stopper.at) as stopper.timeout:
+                            out = await anext(outputs)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        turn.deadline_hit = not stopper.drain_expired
+                        await outputs.aclose()
+                        break
+                    finally:
+                        stopper.timeout = None
+                    c = out.outputs[0]
+                    turn.completion_tokens += len(c.token_ids)
+                    pending += len(c.token_ids)
+                    if c.text:
+                        if turn.first_text_at is None:
+                            turn.first_text_at = time.monotonic()
+                            self._metrics.ttft.observe(turn.first_text_at - arrived)
+                        yield inference_pb2.GenerateResponse(
+                            delta=inference_pb2.Delta(text=c.text, token_count=pending)
+                        )
+                        pending = 0
+                    turn.last = out
             yield inference_pb2.GenerateResponse(final=self._final(turn))
-            return
-
-        # The wait for vLLM's next output is cut short at the call's deadline (shortly before
-        # it, so the Final still reaches the client) or when a drain's grace runs out: cutting it
-        # aborts the request inside vLLM, and the Final goes out at once.
-        loop = asyncio.get_running_loop()
-        stopper = _Stopper(loop)
-        remaining = context.time_remaining()
-        if remaining is not None:
-            stopper.at = loop.time() + remaining - deadline_margin(remaining)
-
-        with self._admission.turn(turn.req.engine_request_id, stopper.drained):
-            pending = 0  # tokens whose text has not been sent yet (partial UTF-8)
-            outputs = self._outputs(runtime, turn)
-            while True:
-                # Checked here too: when vLLM is ahead of the stream, the next output is ready
-                # at once and the wait below never suspends, so its timeout could never fire.
-                if stopper.at is not None and loop.time() >= stopper.at:
-                    turn.deadline_hit = not stopper.drain_expired
-                    await outputs.aclose()
-                    break
-                try:
-                    async with asyncio.timeout_at(stopper.at) as stopper.timeout:
-                        out = await anext(outputs)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    turn.deadline_hit = not stopper.drain_expired
-                    await outputs.aclose()
-                    break
-                finally:
-                    stopper.timeout = None
-                c = out.outputs[0]
-                turn.completion_tokens += len(c.token_ids)
-                pending += len(c.token_ids)
-                if c.text:
-                    if turn.first_text_at is None:
-                        turn.first_text_at = time.monotonic()
-                        self._metrics.ttft.observe(turn.first_text_at - arrived)
-                    yield inference_pb2.GenerateResponse(
-                        delta=inference_pb2.Delta(text=c.text, token_count=pending)
+        finally:
+            if reservation and self._usage is not None:
+                # However the turn ended: what it used goes back to its tenant's ledger (a
+                # resumed turn's prompt was charged by the turn it continues).
+                self._usage(
+                    engine_pb2.TurnUsage(
+                        reservation_id=reservation,
+                        done=True,
+                        prompt_tokens=0 if prepared.resumed else prepared.prompt_tokens,
+                        completion_tokens=turn.completion_tokens,
                     )
-                    pending = 0
-                turn.last = out
-        yield inference_pb2.GenerateResponse(final=self._final(turn))
+                )
 
     async def _outputs(self, runtime: Runtime, turn: _Turn) -> AsyncGenerator[Any, None]:
         """vLLM's outputs, with its exceptions turned into gRPC-aware errors."""

@@ -42,6 +42,16 @@ def block_hash_bytes(h: bytes | int) -> bytes:
     return h.to_bytes(8, "big", signed=h < 0)
 
 
+def _cache_salt(ev: Any) -> str:
+    """The cache salt of a stored run's first block: vLLM publishes each block's extra keys
+    untagged, in order: the LoRA name (when set), (mm id, offset) pairs, the salt, digests."""
+    keys = (getattr(ev, "extra_keys", None) or [None])[0]
+    strings = [k for k in keys or () if isinstance(k, str)]
+    if getattr(ev, "lora_name", None) and strings:
+        strings = strings[1:]
+    return strings[0] if strings else ""
+
+
 def convert_event(ev: Any) -> engine_pb2.KvCacheEvent | None:
     """One vLLM KV event → protobuf, or None for tiers other than the device cache."""
     from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
@@ -58,6 +68,7 @@ def convert_event(ev: Any) -> engine_pb2.KvCacheEvent | None:
                 else block_hash_bytes(ev.parent_block_hash),
                 token_ids=ev.token_ids,
                 block_size=ev.block_size,
+                cache_salt=_cache_salt(ev) if ev.parent_block_hash is None else "",
             )
         )
     if isinstance(ev, BlockRemoved):
@@ -127,8 +138,9 @@ class KvBlockLedger:
 
     def __init__(self, max_blocks: int = 200_000) -> None:
         self.max_blocks = max(1, max_blocks)
-        # vLLM block hash → (parent hash or b"", block size, tokens), in store order.
-        self._blocks: OrderedDict[bytes, tuple[bytes, int, array[int]]] = OrderedDict()
+        # vLLM block hash → (parent hash or b"", block size, tokens, cache salt of a first
+        # block), in store order.
+        self._blocks: OrderedDict[bytes, tuple[bytes, int, array[int], str]] = OrderedDict()
         self.last_sequence = 0  # of the last batch applied
 
     def __len__(self) -> int:
@@ -144,11 +156,12 @@ class KvBlockLedger:
                 bs = st.block_size
                 parent = st.parent_block_hash
                 tokens = st.token_ids
+                salt = st.cache_salt
                 for i, h in enumerate(st.block_hashes):
                     chunk = tokens[i * bs : (i + 1) * bs]
                     if bs <= 0 or len(chunk) != bs:
                         break
-                    blocks[h] = (parent, bs, array("I", chunk))
+                    blocks[h] = (parent, bs, array("I", chunk), "" if parent else salt)
                     blocks.move_to_end(h)
                     parent = h
             elif kind == "removed":
@@ -168,9 +181,9 @@ class KvBlockLedger:
         pending = list(self._blocks.items())
         while pending:
             waiting = []
-            for h, (parent, bs, tokens) in pending:
+            for h, (parent, bs, tokens, salt) in pending:
                 if parent and parent not in emitted:
-                    waiting.append((h, (parent, bs, tokens)))
+                    waiting.append((h, (parent, bs, tokens, salt)))
                     continue
                 events.append(
                     engine_pb2.KvCacheEvent(
@@ -179,6 +192,7 @@ class KvBlockLedger:
                             parent_block_hash=parent,
                             token_ids=tokens.tolist(),
                             block_size=bs,
+                            cache_salt=salt,
                         )
                     )
                 )

@@ -23,6 +23,9 @@ from switchyard.v1 import engine_pb2
 # Per-watcher buffer of KV event batches; a watcher that falls this far behind is cut off
 # (its stream ends) so it resynchronises instead of silently missing events.
 WATCHER_QUEUE_LIMIT = 10_000
+# Usage reports kept while no registration stream is up (the oldest go first; their
+# reservations then settle on the router's lease).
+USAGE_OUTBOX_LIMIT = 100_000
 
 
 @dataclass
@@ -60,10 +63,12 @@ class Watcher:
     missing events.
     """
 
-    def __init__(self, tracker: LoadTracker, kv_events: bool) -> None:
+    def __init__(self, tracker: LoadTracker, kv_events: bool, usage: bool = False) -> None:
         self._tracker = tracker
         self.kv_events = kv_events
+        self.usage = usage  # turn usage reports (the registration stream takes them)
         self._queue: deque[engine_pb2.KvCacheEvents] = deque()
+        self.usage_queue: deque[engine_pb2.TurnUsage] = deque()
         self._wake = asyncio.Event()
         self._load_pending = False
         self.overflowed = False
@@ -81,6 +86,10 @@ class Watcher:
             self._queue.append(batch)
         self._wake.set()
 
+    def push_usage(self, usage: engine_pb2.TurnUsage) -> None:
+        self.usage_queue.append(usage)
+        self._wake.set()
+
     @property
     def queued(self) -> int:
         """KV batches waiting to be sent."""
@@ -91,12 +100,15 @@ class Watcher:
         yield engine_pb2.EngineEvent(load=self._tracker.report())
         last_load = time.monotonic()
         queue = self._queue
+        usage = self.usage_queue
         while not self.overflowed:
             now = time.monotonic()
             if self._load_pending or now - last_load >= heartbeat:
                 self._load_pending = False
                 last_load = now
                 yield engine_pb2.EngineEvent(load=self._tracker.report())
+            elif usage:
+                yield engine_pb2.EngineEvent(usage=usage.popleft())
             elif queue:
                 yield engine_pb2.EngineEvent(kv=queue.popleft())
             else:
@@ -122,6 +134,8 @@ class LoadTracker:
         self._last_key = self.state.key()
         self._last_sent = 0.0
         self._scheduled: asyncio.TimerHandle | None = None
+        # Usage reports made while no registration stream was up, sent when one is.
+        self._usage_outbox: deque[engine_pb2.TurnUsage] = deque(maxlen=USAGE_OUTBOX_LIMIT)
 
     # -- producers --------------------------------------------------------------------------
 
@@ -153,18 +167,33 @@ class LoadTracker:
             if w.kv_events:
                 w.push_kv(batch)
 
+    def publish_usage(self, usage: engine_pb2.TurnUsage) -> None:
+        """A turn's usage report for the router: to the registration stream, or kept until
+        one is up again (a report is sent on one stream only)."""
+        for w in self._watchers:
+            if w.usage:
+                w.push_usage(usage)
+                return
+        self._usage_outbox.append(usage)
+
     # -- watchers ---------------------------------------------------------------------------
 
-    def watch(self, kv_events: bool) -> Watcher:
-        """A new watcher; with `kv_events`, its first batch replays the blocks held now."""
-        w = Watcher(self, kv_events)
+    def watch(self, kv_events: bool, usage: bool = False) -> Watcher:
+        """A new watcher; with `kv_events`, its first batch replays the blocks held now; with
+        `usage`, it takes the turn usage reports (and those kept meanwhile)."""
+        w = Watcher(self, kv_events, usage)
         if kv_events:
             w.push_kv(self.ledger.replay())
+        if usage:
+            w.usage_queue.extend(self._usage_outbox)
+            self._usage_outbox.clear()
         self._watchers.add(w)
         return w
 
     def unwatch(self, w: Watcher) -> None:
         self._watchers.discard(w)
+        if w.usage and w.usage_queue:  # not sent: keep them for the next stream
+            self._usage_outbox.extend(w.usage_queue)
 
     def report(self) -> engine_pb2.LoadReport:
         s = self.state

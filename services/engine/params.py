@@ -55,6 +55,10 @@ class PreparedRequest:
     resumed: int = 0
     # The resumed turn had already used its whole budget: it ends at once (LENGTH), unrun.
     exhausted: bool = False
+    # vLLM's prefix-cache salt (the router's, per tenant): blocks are shared only within it.
+    cache_salt: str = ""
+    # The router's quota reservation for the turn, reported against when the turn ends.
+    reservation_id: str = ""
 
     def anon_repr(self) -> str:
         """A log line that carries no prompt text."""

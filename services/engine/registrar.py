@@ -56,7 +56,7 @@ class Registrar:
         self.connects = 0
 
     async def _messages(self) -> AsyncIterator[router_pb2.RegistryMessage]:
-        watcher = self._tracker.watch(kv_events=True)
+        watcher = self._tracker.watch(kv_events=True, usage=True)
         try:
             yield router_pb2.RegistryMessage(
                 register=router_pb2.EngineRegistration(info=self._info(), address=self._address)

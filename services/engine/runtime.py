@@ -74,7 +74,7 @@ class Runtime:
     def generate(self, req: PreparedRequest) -> AsyncIterator[Any]:
         """Stream vLLM RequestOutputs (DELTA kind) for a prepared turn."""
         gen: AsyncIterator[Any] = self.llm.generate(
-            tokens_input(req.prompt_token_ids),
+            tokens_input(req.prompt_token_ids, cache_salt=req.cache_salt or None),
             req.sampling,
             req.engine_request_id,
             priority=req.priority,

@@ -140,7 +140,7 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         resource_attributes={"service.instance.id": engine_id, "switchyard.pool": cfg.pool},
     )
     inference_svc = inference.InferenceService(
-        runtime_ref, admission, metrics, served_by, tracing.tracer(__name__)
+        runtime_ref, admission, metrics, served_by, tracing.tracer(__name__), tracker.publish_usage
     )
     control_svc = control.EngineControlService(
         cfg, engine_id, runtime_ref, tracker, admission, server.set_serving

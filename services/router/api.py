@@ -11,9 +11,12 @@ from services.common.tls import TlsFiles
 from services.common.tls import channel as tls_channel
 from services.router.auth.authenticator import Authenticator
 from services.router.auth.keys import KeyRecord
+from services.router.auth.principal import Quotas
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.routing import RoutingService, check_request_size
+from services.router.tenancy.admission import Admission
+from services.router.tenancy.policy import TenantPolicy
 from services.router.xds.cache import SnapshotCache
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -65,11 +68,31 @@ def key_proto(rec: KeyRecord) -> router_pb2.ApiKey:
         models=list(rec.models),
         created=rec.created,
         revoked=rec.revoked,
+        quotas=router_pb2.Quotas(**rec.quotas),
+    )
+
+
+QUOTA_FIELDS = tuple(Quotas.model_fields)
+
+
+def quotas_dict(q: router_pb2.Quotas) -> dict[str, int]:
+    """The non-zero fields of a Quotas message (0 means unlimited: not stored)."""
+    return {f: getattr(q, f) for f in QUOTA_FIELDS if getattr(q, f)}
+
+
+def policy_proto(tenant: str, policy: TenantPolicy, source: str) -> router_pb2.TenantPolicy:
+    return router_pb2.TenantPolicy(
+        tenant=tenant,
+        weight=policy.weight,
+        tier=policy.tier or "",
+        quotas=router_pb2.Quotas(**policy.quotas.model_dump()),
+        cache_group=policy.cache_group,
+        source=source,
     )
 
 
 class AdminService(router_pb2_grpc.AdminServicer):
-    """Operators only (the router's access policy): status, drain, API keys."""
+    """Operators only (the router's access policy): status, drain, API keys, tenants."""
 
     def __init__(
         self,
@@ -80,7 +103,9 @@ class AdminService(router_pb2_grpc.AdminServicer):
         router_id: str,
         auth: Authenticator,
         tls: TlsFiles | None,
+        admission: Admission,
     ) -> None:
+        self._admission = admission
         self._cfg = cfg
         self._resolver = resolver
         self._registry = registry
@@ -171,7 +196,11 @@ class AdminService(router_pb2_grpc.AdminServicer):
                     f"({', '.join(sorted(known))})"
                 )
         rec, secret = self._auth.keys.create(
-            tenant=request.tenant, tier=tier, models=list(request.models), name=request.name
+            tenant=request.tenant,
+            tier=tier,
+            models=list(request.models),
+            name=request.name,
+            quotas=quotas_dict(request.quotas),
         )
         return router_pb2.CreateKeyResponse(key=key_proto(rec), secret=secret)
 
@@ -184,3 +213,58 @@ class AdminService(router_pb2_grpc.AdminServicer):
         self, request: router_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RevokeKeyResponse:
         return router_pb2.RevokeKeyResponse(key=key_proto(self._auth.keys.revoke(request.key_id)))
+
+    async def SetTenant(
+        self, request: router_pb2.SetTenantRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.SetTenantResponse:
+        policies = self._admission.policies
+        tenant = request.tenant
+        if not tenant:
+            raise InvalidArgument("tenant is required")
+        if request.reset:
+            policies.reset(tenant)
+        else:
+            fields: dict[str, object] = {}
+            quotas: dict[str, int] = {}
+            p = request.policy
+            for path in request.update:
+                name = path.removeprefix("quotas.")
+                if path in ("weight", "cache_group"):
+                    fields[path] = getattr(p, path)
+                elif path == "tier":
+                    fields["tier"] = p.tier or None
+                elif path.startswith("quotas.") and name in QUOTA_FIELDS:
+                    quotas[name] = getattr(p.quotas, name)
+                else:
+                    raise InvalidArgument(
+                        f"update: {path!r} is not a tenant policy field (weight, tier, "
+                        f"cache_group, {', '.join('quotas.' + f for f in QUOTA_FIELDS)})"
+                    )
+            if quotas:
+                fields["quotas"] = quotas
+            if not fields:
+                raise InvalidArgument("update: name at least one field to change")
+            policies.set(tenant, fields)
+        return router_pb2.SetTenantResponse(
+            policy=policy_proto(tenant, policies.get(tenant), policies.source(tenant))
+        )
+
+    async def ListTenants(
+        self, request: router_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListTenantsResponse:
+        adm = self._admission
+        policies = adm.policies
+        names = sorted({*policies.all(), *adm.stats})
+        resp = router_pb2.ListTenantsResponse(ledger=adm.ledger.name)
+        for tenant in names:
+            st = adm.stats.get(tenant)
+            status = resp.tenants.add(
+                policy=policy_proto(tenant, policies.get(tenant), policies.source(tenant)),
+                remaining=await adm.remaining(tenant),
+            )
+            if st is not None:
+                status.in_flight = max(0, st.in_flight)
+                status.admitted, status.over_quota = st.admitted, st.over_quota
+                status.shed, status.tokens = st.shed, st.tokens
+            status.queued = adm.queued(tenant)
+        return resp

@@ -26,6 +26,8 @@ from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.router.auth.config import AuthSection
+from services.router.tenancy.admission import QuotaSection
+from services.router.tenancy.policy import TenantsSection
 
 
 class ModelEntry(StrictModel):
@@ -112,6 +114,13 @@ class MeshConfig(StrictModel):
     )
     # Who may call the mesh (API keys, JWTs) and what tiers mean.
     auth: AuthSection = pydantic.Field(default_factory=lambda: AuthSection.model_validate({}))
+    # Where the quota ledger lives (the router, or Redis shared by replicas) and how it fails.
+    quotas: QuotaSection = pydantic.Field(default_factory=lambda: QuotaSection.model_validate({}))
+    # Each tenant's quotas, fair-share weight, tier override and cache group (defaults; the
+    # admin API changes them live).
+    tenants: TenantsSection = pydantic.Field(
+        default_factory=lambda: TenantsSection.model_validate({})
+    )
     # Mutual TLS between the mesh's services: the router's identity and the CA (default: the
     # local PKI); `plaintext: true` turns it off everywhere (loudly).
     tls: TlsConfig = pydantic.Field(default_factory=lambda: TlsConfig.model_validate({}))
@@ -139,6 +148,12 @@ class MeshConfig(StrictModel):
                 raise ValueError(f"aliases.{alias}: {target!r} is not a model of any pool")
             if alias in models:
                 raise ValueError(f"aliases.{alias}: an alias may not shadow a model name")
+        for tenant, policy in self.tenants.policies.items():
+            if policy.tier is not None and policy.tier not in self.auth.tiers:
+                raise ValueError(
+                    f"tenants.policies.{tenant}.tier: {policy.tier!r} is not one of auth.tiers "
+                    f"({', '.join(sorted(self.auth.tiers))})"
+                )
         if self.default_model and self.default_model not in models:
             raise ValueError(f"default_model: {self.default_model!r} is not a model of any pool")
         return self
@@ -157,6 +172,10 @@ class MeshConfig(StrictModel):
             jwt = auth.jwt.model_copy(update={"jwks_file": _abs(base, auth.jwt.jwks_file)})
             auth = auth.model_copy(update={"jwt": jwt})
         update["auth"] = auth
+        if self.tenants.file is not None:
+            update["tenants"] = self.tenants.model_copy(
+                update={"file": _abs(base, self.tenants.file.expanduser())}
+            )
         tls = {k: _abs(base, v.expanduser()) for k in ("ca", "cert", "key", "pki_dir")
                if (v := getattr(self.tls, k)) is not None}  # fmt: skip
         update["tls"] = self.tls.model_copy(update=tls)

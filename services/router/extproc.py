@@ -41,6 +41,8 @@ from services.router.auth.principal import Principal
 from services.router.routing import RoutingService, check_request_headers, check_request_size
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
+from services.router.tenancy.admission import Admission, QuotaExceeded
+from services.router.tenancy.policy import TenantPolicy
 from switchyard.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,11 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
     )
 
 
+def cache_salt(tenant: str, policy: TenantPolicy) -> str:
+    """The prefix-cache salt of a tenant's turns: its cache group's, or its own."""
+    return f"group:{policy.cache_group}" if policy.cache_group else f"tenant:{tenant}"
+
+
 def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:
     """The headers answer once the caller is known: the mesh's own headers set from the
     principal, and every client copy of an internal header and the credential removed (Envoy
@@ -85,10 +92,12 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self,
         routing: RoutingService,
         auth: Authenticator,
+        admission: Admission,
         tracer: trace.Tracer | None = None,
     ) -> None:
         self._routing = routing
         self._auth = auth
+        self._admission = admission
         self._tracer = tracer  # None: tracing off, nothing extracted or recorded per turn
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -119,11 +128,39 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             req = decode_request(inference_pb2.GenerateRequest, single_message(body))
             if span.is_recording():
                 span.set_attribute("gen_ai.request.model", req.model or "auto")
-            decision, routed = await self._routing.route(
-                req, principal=principal, session_id=headers.get(h.SESSION_ID, "")
+            policy = self._admission.policies.get(principal.tenant)
+            routed = await self._routing.prepare(
+                req,
+                principal=principal,
+                session_id=headers.get(h.SESSION_ID, ""),
+                cache_salt=cache_salt(principal.tenant, policy),
+                default_max_tokens=Admission.default_max_tokens(principal, policy),
             )
+            ticket = await self._admission.admit(
+                principal,
+                policy,
+                prompt_tokens=routed.prompt_tokens,
+                max_tokens=routed.output_bound,
+                resumed=routed.resumed,
+            )
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "switchyard.quota.decision": ticket.decision,
+                        "switchyard.quota.remaining": ticket.remaining,
+                        "switchyard.quota.reserved": routed.output_bound
+                        + (0 if routed.resumed else routed.prompt_tokens),
+                    }
+                )
+            try:
+                decision = await self._routing.pick(routed)
+            except BaseException:
+                await self._admission.release(ticket)
+                raise
         except SwitchyardError as e:
             span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
+            if isinstance(e, QuotaExceeded) and span.is_recording():
+                span.set_attribute("switchyard.quota.decision", "over_quota")
             return immediate_error(e, "router")
         except Exception as e:
             log.exception("routing a turn failed")
@@ -140,12 +177,17 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 set_header(h.ENDPOINT, h.endpoint_list(endpoints)),
                 set_header(h.ENGINE, decision.engine.engine_id),
                 set_header(h.PRIORITY, str(routed.priority)),
+                set_header(h.CACHE_SALT, routed.cache_salt),
+                *(set_header(k, v) for k, v in ticket.headers),
             ]
         )
         body_mutation = None
-        if req.model != routed.model:
-            # An alias or "auto": the engine sees the served model name it answers to.
+        if req.model != routed.model or routed.capped:
+            # An alias or "auto": the engine sees the served model name it answers to; a turn
+            # without max_tokens gets its tenant's default cap (what its quota reserved).
             req.model = routed.model
+            if routed.capped:
+                req.sampling.max_tokens = routed.capped
             body_mutation = replace_request_body(encode_frame(req.SerializeToString()), mutation)
         return ext.ProcessingResponse(
             request_body=ext.BodyResponse(
@@ -167,6 +209,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 try:  # who is calling, before anything else (and before the body is sent)
                     check_request_headers(headers, self._routing.limits)
                     principal = await self._auth.authenticate(headers.get(h.AUTHORIZATION, ""))
+                    principal, _ = self._admission.effective(principal)
                 except SwitchyardError as e:
                     yield immediate_error(e, "router")
                     return

@@ -5,6 +5,10 @@ Blocks are named by OUR OWN chained hash, computed from token ids alone:
     own(block_0) = hash((ROOT_HASH, tuple(tokens_0)))
     own(block_i) = hash((own(block_i-1), tuple(tokens_i)))
 
+A prompt cached under a cache salt (one per tenant, or per cache group) chains from
+`salt_root(salt)` instead of ROOT_HASH, as vLLM folds the salt into the first block's hash:
+one tenant's prompt never matches another's blocks.
+
 Python's hash of a tuple of ints is deterministic across processes (PYTHONHASHSEED only salts
 str/bytes) and C-fast, and the same function names a request's blocks and an engine's stored
 blocks. vLLM's own block hashes depend on a per-process random seed, so they are never recomputed
@@ -31,6 +35,7 @@ Not thread-safe: the router feeds and reads it from one event loop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -61,9 +66,18 @@ def chain_hashes(token_ids: Sequence[int], block_size: int, parent: int = ROOT_H
     return out
 
 
-def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
+def salt_root(salt: str) -> int:
+    """The parent of the first block of a prompt cached under `salt` (vLLM's cache_salt enters
+    the first block's hash: the same tokens under another salt are other blocks)."""
+    if not salt:
+        return ROOT_HASH
+    # An int from the salt (str hashes vary per process; tuples of ints do not).
+    return hash((ROOT_HASH, int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "big")))
+
+
+def block_hashes(token_ids: Sequence[int], block_size: int, salt: str = "") -> list[int]:
     """Own hashes of a prompt's full blocks (a partial last block is never cached by vLLM)."""
-    return chain_hashes(token_ids, block_size, ROOT_HASH)
+    return chain_hashes(token_ids, block_size, salt_root(salt))
 
 
 @dataclass(frozen=True)
@@ -255,7 +269,7 @@ class KvIndex:
                 self.stats.orphaned_blocks += n
                 return
         else:
-            parent = ROOT_HASH
+            parent = salt_root(ev.cache_salt)
         owns = chain_hashes(tokens[: n * bs], bs, parent)
         present, chain, refs, precise, bit = v.present, v.chain, v.refs, self._precise, v.bit
         for vh, own in zip(hashes, owns, strict=False):

@@ -1,7 +1,8 @@
 """`switchyard.v1.Registry`: engines register and stream their load and KV-cache events.
 
 A stream's first message must be the registration; every later message is an engine event fed
-to the registry (load → routability and in-flight accounting, KV events → the prefix index).
+to the registry (load → routability and in-flight accounting, KV events → the prefix index)
+or to quota admission (turn usage reports: reservations accepted and settled).
 When the stream ends, for whatever reason, the engine leaves the routable set at once.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -17,17 +18,28 @@ from services.common.errors import InvalidArgument
 from services.common.headers import endpoint_address
 from services.common.server import host_port
 from services.router.registry import Registry
-from switchyard.v1 import router_pb2, router_pb2_grpc
+from switchyard.v1 import engine_pb2, router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 
 class RegistryService(router_pb2_grpc.RegistryServicer):
-    def __init__(self, registry: Registry, heartbeat_seconds: float, pools: set[str]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        heartbeat_seconds: float,
+        pools: set[str],
+        on_usage: Callable[[str, engine_pb2.TurnUsage], None] | None = None,
+        on_gone: Callable[[str], None] | None = None,
+        router_id: str = "",
+    ) -> None:
         self._registry = registry
+        # Turn usage reports (quota settlement), and an engine's stream closing.
+        self._on_usage = on_usage
+        self._on_gone = on_gone
         self._heartbeat = heartbeat_seconds
         self._pools = pools
-        self.router_id = f"router-{uuid.uuid4().hex[:8]}"
+        self.router_id = router_id or f"router-{uuid.uuid4().hex[:8]}"
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_RegistryServicer_to_server(self, server)
@@ -63,7 +75,11 @@ class RegistryService(router_pb2_grpc.RegistryServicer):
                     self._registry.on_load(engine_id, ev.load)
                 elif ev.HasField("kv"):
                     self._registry.on_kv_events(engine_id, ev.kv)
+                elif ev.HasField("usage") and self._on_usage is not None:
+                    self._on_usage(engine_id, ev.usage)
         finally:
+            if self._on_gone is not None:
+                self._on_gone(engine_id)
             # Only drop the engine if this stream still owns it (it may have re-registered).
             if self._registry.get(engine_id) is mine:
                 self._registry.remove(engine_id, "registration stream closed")

@@ -128,6 +128,22 @@ class RoutingService:
         a clear message. The caller's `principal` (the ext_proc path) names the tenant, the
         models it may use and its priority ceiling; without one (Router.Pick, an operator's
         question) the turn is `tenant`'s with the priority it asks for."""
+        rr = await self.prepare(req, principal=principal, tenant=tenant, session_id=session_id)
+        return await self.pick(rr, commit), rr
+
+    async def prepare(
+        self,
+        req: inference_pb2.GenerateRequest,
+        *,
+        principal: Principal | None = None,
+        tenant: str = "",
+        session_id: str = "",
+        cache_salt: str = "",
+        default_max_tokens: int = 0,
+    ) -> RoutingRequest:
+        """Everything but the pick: model and pool, limits, the prompt's tokens as the engine
+        will prefill them. `default_max_tokens` caps a turn that leaves sampling.max_tokens
+        unset (the tenant's policy; `RoutingRequest.capped` says it applied)."""
         pool, model = self.resolver.resolve(req.model)
         priority = req.priority
         if principal is not None:
@@ -136,7 +152,10 @@ class RoutingService:
         context, max_tokens_limit = self._model_limits(pool, model)
         s = req.sampling
         requested = s.max_tokens if s.HasField("max_tokens") else None
-        if requested is not None:
+        capped = 0
+        if requested is None and default_max_tokens:
+            requested = capped = min(default_max_tokens, max_tokens_limit or default_max_tokens)
+        elif requested is not None:
             if requested == 0:
                 raise InvalidArgument("sampling.max_tokens must be at least 1, got 0")
             if max_tokens_limit and requested > max_tokens_limit:
@@ -171,6 +190,8 @@ class RoutingService:
         if req.HasField("continuation"):  # a resumed turn has only what is left of its budget
             max_tokens = max(1, max_tokens - req.continuation.completion_tokens)
         tokens = turn.ids
+        # The most the engine may generate: what the quota reserves.
+        output_bound = max_tokens
         if context:
             max_tokens, truncated = fit_context(
                 turn.count,
@@ -181,6 +202,7 @@ class RoutingService:
             )
             kept = turn.count - truncated  # the engine prefills the last `kept` tokens
             tokens = tokens[len(tokens) - kept :]
+            output_bound = max_tokens if requested else max(1, context - kept)
         session = req.session_id or session_id
         rr = RoutingRequest(
             request_id=req.request_id,
@@ -192,10 +214,14 @@ class RoutingService:
             prompt_token_ids=tokens,
             max_tokens=max_tokens,
             priority=priority,
+            cache_salt=cache_salt,
+            output_bound=output_bound,
+            capped=capped,
+            resumed=req.HasField("continuation"),
         )
-        return await self._pick(rr, commit), rr
+        return rr
 
-    async def _pick(self, rr: RoutingRequest, commit: bool) -> Decision:
+    async def pick(self, rr: RoutingRequest, commit: bool = True) -> Decision:
         """The scheduler's pick; right after the router starts, a pool with no engine yet
         waits (up to the registration grace) for engines to register again."""
         while True:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from pathlib import Path
 
 from services.common.looplag import watch_loop
@@ -33,6 +34,8 @@ from services.router.routing import Limits, RoutingService, TokenizerCache
 from services.router.scheduling.profile import load_profile
 from services.router.scheduling.scheduler import Scheduler
 from services.router.sessions import SessionTable
+from services.router.tenancy.admission import Admission, make_ledger
+from services.router.tenancy.policy import PolicyStore
 from services.router.xds import server as xds_server
 from services.router.xds.cache import SnapshotCache
 
@@ -94,17 +97,28 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     cache = SnapshotCache()
     publisher = XdsPublisher(cfg, registry, cache, address)
 
+    router_id = f"router-{uuid.uuid4().hex[:8]}"
+    policies = PolicyStore(cfg.tenants, set(cfg.auth.tiers))
+    ledger = make_ledger(cfg.quotas)
+    admission = Admission(cfg.quotas, policies, cfg.auth.tiers, ledger, router_id)
+    if cfg.quotas.redis_url:
+        progress.say(f"quota ledger: redis at {cfg.quotas.redis_url}")
     reg = registry_service.RegistryService(
-        registry, cfg.router.heartbeat_seconds, {p.name for p in cfg.pools}
+        registry,
+        cfg.router.heartbeat_seconds,
+        {p.name for p in cfg.pools},
+        on_usage=admission.on_usage,
+        on_gone=admission.engine_gone,
+        router_id=router_id,
     )
     reg.add_to_server(server.grpc)
     extproc.ExtProcService(
-        routing, auth, tracing.tracer(__name__) if tracing.enabled else None
+        routing, auth, admission, tracing.tracer(__name__) if tracing.enabled else None
     ).add_to_server(server.grpc)
     api.RouterService(routing).add_to_server(server.grpc)
-    api.AdminService(cfg, resolver, registry, cache, reg.router_id, auth, tls).add_to_server(
-        server.grpc
-    )
+    api.AdminService(
+        cfg, resolver, registry, cache, reg.router_id, auth, tls, admission
+    ).add_to_server(server.grpc)
     xds_server.add_to_server(server.grpc, cache)
 
     metrics_host, metrics_port = host_port(cfg.router.metrics_listen)
@@ -141,6 +155,7 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
             log.info("engine %s reports again; routable", engine_id)
 
     sweeper = asyncio.create_task(watch_loop(TICK_SECONDS, tick), name="loop-monitor")
+    settling = asyncio.create_task(admission.run(), name="quota-settlement")
     if ready_file is not None:
         write_ready_file(
             ready_file,
@@ -159,9 +174,11 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     )
     await stop.wait()
     progress.say("stopping")
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
+    for task in (sweeper, settling):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await ledger.close()
     await server.stop(2.0)
     await asyncio.to_thread(tracing.shutdown)
     progress.say("stopped")

@@ -11,14 +11,32 @@ from services.common.extproc import immediate_error
 from services.common.frames import single_message
 from services.router.auth.principal import Principal
 from services.router.extproc import ExtProcService, identify
+from services.router.auth.config import AuthSection
 from services.router.routing import Limits
+from services.router.tenancy.admission import Admission, QuotaSection
+from services.router.tenancy.ledger import MemoryLedger
+from services.router.tenancy.policy import PolicyStore, TenantsSection
 from switchyard.v1 import inference_pb2
 
 ACME = Principal(tenant="acme", tier="premium", priority=10)
 
 
-def service(routing):
-    return ExtProcService(routing, auth=None)
+def admission(tmp_path=None, **policies):
+    """A real Admission over an in-memory ledger; `policies`: tenant → TenantPolicy fields."""
+    cfg = TenantsSection.model_validate(
+        {"policies": policies, **({"file": tmp_path / "tenants.json"} if tmp_path else {})}
+    )
+    return Admission(
+        QuotaSection.model_validate({}),
+        PolicyStore(cfg),
+        AuthSection.model_validate({}).tiers,
+        MemoryLedger(),
+        "router-test",
+    )
+
+
+def service(routing, adm=None):
+    return ExtProcService(routing, auth=None, admission=adm or admission())
 
 
 def frame(msg: bytes, compressed: int = 0) -> bytes:
@@ -56,6 +74,11 @@ class FakeDecision:
 class FakeRouted:
     model = "small"
     priority = 10
+    prompt_tokens = 12
+    output_bound = 100
+    resumed = False
+    capped = 0
+    cache_salt = "tenant:acme"
 
 
 class FakeRouting:
@@ -66,11 +89,17 @@ class FakeRouting:
         self.calls = []
         self.limits = limits or Limits()
 
-    async def route(self, req, *, principal=None, tenant="", session_id="", commit=True):
+    async def prepare(self, req, *, principal=None, tenant="", session_id="", **kw):
         self.calls.append((req, principal.tenant if principal else tenant, session_id))
         if self.error:
             raise self.error
-        return FakeDecision(), FakeRouted()
+        routed = FakeRouted()
+        routed.cache_salt = kw.get("cache_salt", "")
+        routed.capped = 0 if req.sampling.HasField("max_tokens") else kw["default_max_tokens"]
+        return routed
+
+    async def pick(self, routed, commit=True):
+        return FakeDecision()
 
 
 HEADERS = {":path": "/switchyard.v1.Inference/Generate", h.SESSION_ID: "s1"}
@@ -209,7 +238,8 @@ def _headers_msg(**headers):
 async def test_a_caller_without_valid_credentials_is_refused_at_the_headers():
     from services.common.errors import Unauthenticated
 
-    svc = ExtProcService(FakeRouting(), FakeAuth(Unauthenticated("the API key is not valid")))
+    svc = service(FakeRouting(), None)
+    svc._auth = FakeAuth(Unauthenticated("the API key is not valid"))
     [answer] = await _process(svc, _headers_msg(**{":path": "/x"}))
     ir = answer.immediate_response
     assert ir.grpc_status.status == grpc.StatusCode.UNAUTHENTICATED.value[0]
@@ -220,7 +250,8 @@ async def test_an_authenticated_turn_is_routed_as_its_principal():
     from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
     routing = FakeRouting()
-    svc = ExtProcService(routing, FakeAuth())
+    svc = service(routing)
+    svc._auth = FakeAuth()
     body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
     head, routed = await _process(
         svc,
@@ -241,7 +272,8 @@ async def test_an_authenticated_turn_is_routed_as_its_principal():
     ],
 )
 async def test_request_headers_over_the_limits_are_resource_exhausted(headers):
-    svc = ExtProcService(FakeRouting(), FakeAuth())
+    svc = service(FakeRouting())
+    svc._auth = FakeAuth()
     [answer] = await _process(svc, _headers_msg(**{":path": "/x"}, **headers))
     ir = answer.immediate_response
     assert ir.grpc_status.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -249,7 +281,62 @@ async def test_request_headers_over_the_limits_are_resource_exhausted(headers):
 
 
 async def test_request_headers_under_the_limits_pass():
-    svc = ExtProcService(FakeRouting(), FakeAuth())
+    svc = service(FakeRouting())
+    svc._auth = FakeAuth()
     headers = {f"x-extra-{i}": "v" for i in range(90)} | {"x-big": "x" * 60 * 1024}
     [answer] = await _process(svc, _headers_msg(**{":path": "/x"}, **headers))
     assert answer.HasField("request_headers")
+
+
+def _set(resp):
+    m = resp.request_body.response.header_mutation
+    return {o.header.key: o.header.raw_value.decode() for o in m.set_headers}
+
+
+async def test_an_admitted_turn_carries_its_reservation_salt_and_what_is_left():
+    adm = admission(acme={"quotas": {"tokens_per_minute": 1000}})
+    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    got = _set(await service(FakeRouting(), adm).decide(HEADERS, body, ACME))
+    assert got[h.RESERVATION].startswith("router-test-") and got[h.RESERVATION].endswith(".m")
+    assert got[h.CACHE_SALT] == "tenant:acme"
+    assert got[h.QUOTA_REMAINING] == "tokens_per_minute=888"  # 1000 - (12 prompt + 100)
+
+
+async def test_a_turn_over_quota_is_resource_exhausted_with_retry_info_and_what_is_left():
+    import base64
+
+    from google.rpc import error_details_pb2, status_pb2
+
+    adm = admission(acme={"quotas": {"tokens_per_minute": 150}})
+    svc = service(FakeRouting(), adm)
+    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    assert h.RESERVATION in _set(await svc.decide(HEADERS, body, ACME))
+    ir = (await svc.decide(HEADERS, body, ACME)).immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "tenant acme is over its tokens_per_minute quota (150)" in ir.body.decode()
+    extra = {o.header.key: o.header.raw_value.decode() for o in ir.headers.set_headers}
+    assert extra[h.QUOTA_REMAINING] == "tokens_per_minute=38"
+    status = status_pb2.Status.FromString(base64.b64decode(extra["grpc-status-details-bin"]))
+    assert status.message == ir.body.decode()  # what grpc-status's from_call checks
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    # 74 tokens short at 150 per minute: about 30 s.
+    assert 29 <= info.retry_delay.ToTimedelta().total_seconds() <= 31
+
+
+async def test_a_turn_without_max_tokens_gets_its_tenants_default_cap_in_the_body():
+    adm = admission(acme={"quotas": {"default_max_tokens": 64}})
+    body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
+    resp = await service(FakeRouting(), adm).decide(HEADERS, body, ACME)
+    req = inference_pb2.GenerateRequest.FromString(
+        single_message(resp.request_body.response.body_mutation.body)
+    )
+    assert req.sampling.max_tokens == 64
+
+
+async def test_a_tenant_in_a_cache_group_shares_its_groups_salt():
+    adm = admission(acme={"cache_group": "partners"})
+    body = frame(inference_pb2.GenerateRequest(prompt="hi").SerializeToString())
+    assert _set(await service(FakeRouting(), adm).decide(HEADERS, body, ACME))[h.CACHE_SALT] == (
+        "group:partners"
+    )

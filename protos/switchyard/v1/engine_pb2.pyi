@@ -76,12 +76,26 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, kv_events: _Optional[bool] = ...) -> None: ...
 
 class EngineEvent(_message.Message):
-    __slots__ = ("load", "kv")
+    __slots__ = ("load", "kv", "usage")
     LOAD_FIELD_NUMBER: _ClassVar[int]
     KV_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     load: LoadReport
     kv: KvCacheEvents
-    def __init__(self, load: _Optional[_Union[LoadReport, _Mapping]] = ..., kv: _Optional[_Union[KvCacheEvents, _Mapping]] = ...) -> None: ...
+    usage: TurnUsage
+    def __init__(self, load: _Optional[_Union[LoadReport, _Mapping]] = ..., kv: _Optional[_Union[KvCacheEvents, _Mapping]] = ..., usage: _Optional[_Union[TurnUsage, _Mapping]] = ...) -> None: ...
+
+class TurnUsage(_message.Message):
+    __slots__ = ("reservation_id", "done", "prompt_tokens", "completion_tokens")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    done: bool
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, reservation_id: _Optional[str] = ..., done: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class KvCacheEvents(_message.Message):
     __slots__ = ("time", "sequence", "events")
@@ -104,16 +118,18 @@ class KvCacheEvent(_message.Message):
     def __init__(self, stored: _Optional[_Union[BlockStored, _Mapping]] = ..., removed: _Optional[_Union[BlockRemoved, _Mapping]] = ..., cleared: _Optional[_Union[AllBlocksCleared, _Mapping]] = ...) -> None: ...
 
 class BlockStored(_message.Message):
-    __slots__ = ("block_hashes", "parent_block_hash", "token_ids", "block_size")
+    __slots__ = ("block_hashes", "parent_block_hash", "token_ids", "block_size", "cache_salt")
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     PARENT_BLOCK_HASH_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
     block_hashes: _containers.RepeatedScalarFieldContainer[bytes]
     parent_block_hash: bytes
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     block_size: int
-    def __init__(self, block_hashes: _Optional[_Iterable[bytes]] = ..., parent_block_hash: _Optional[bytes] = ..., token_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ...) -> None: ...
+    cache_salt: str
+    def __init__(self, block_hashes: _Optional[_Iterable[bytes]] = ..., parent_block_hash: _Optional[bytes] = ..., token_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ..., cache_salt: _Optional[str] = ...) -> None: ...
 
 class BlockRemoved(_message.Message):
     __slots__ = ("block_hashes",)

@@ -26,7 +26,7 @@ from switchyard.v1 import engine_pb2 as switchyard_dot_v1_dot_engine__pb2
 from switchyard.v1 import inference_pb2 as switchyard_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\x1a\x1aswitchyard/v1/engine.proto\x1a\x1dswitchyard/v1/inference.proto\"|\n\x0fRegistryMessage\x12\x35\n\x08register\x18\x01 \x01(\x0b\x32!.switchyard.v1.EngineRegistrationH\x00\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1a.switchyard.v1.EngineEventH\x00\x42\x05\n\x03msg\"N\n\x12\x45ngineRegistration\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.switchyard.v1.EngineInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"=\n\rRegistryReply\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"^\n\x0bPickRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.switchyard.v1.GenerateRequest\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x08\"\xb1\x01\n\x0cPickResponse\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tengine_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x1a\n\x12\x66\x61llback_endpoints\x18\x05 \x03(\t\x12,\n\ncandidates\x18\x06 \x03(\x0b\x32\x18.switchyard.v1.Candidate\x12\x15\n\rprompt_tokens\x18\x07 \x01(\r\"\xb9\x01\n\tCandidate\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x13\n\x0b\x66iltered_by\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x34\n\x06scores\x18\x05 \x03(\x0b\x32$.switchyard.v1.Candidate.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0f\n\rStatusRequest\"~\n\x0eStatusResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.PoolStatus\x12/\n\txds_nodes\x18\x02 \x03(\x0b\x32\x1c.switchyard.v1.XdsNodeStatus\x12\x11\n\trouter_id\x18\x03 \x01(\t\"~\n\nPoolStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12,\n\x07\x65ngines\x18\x05 \x03(\x0b\x32\x1b.switchyard.v1.EngineStatus\"\xf5\x01\n\x0c\x45ngineStatus\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\'\n\x04load\x18\x06 \x01(\x0b\x32\x19.switchyard.v1.LoadReport\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x07 \x01(\x01\x12\x14\n\x0crouted_turns\x18\x08 \x01(\x04\x12\x16\n\x0eindexed_blocks\x18\t \x01(\x04\x12\x1c\n\x14seconds_since_report\x18\n \x01(\x01\"M\n\rXdsNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x05types\x18\x02 \x03(\x0b\x32\x1c.switchyard.v1.XdsTypeStatus\"|\n\rXdsTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_sent\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x0e\n\x06nacked\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"=\n\x11\x41\x64minDrainRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"\'\n\x12\x41\x64minDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\r\"(\n\x13\x41\x64minUndrainRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\"\x16\n\x14\x41\x64minUndrainResponse\"v\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0f\n\x07revoked\x18\x07 \x01(\x01\"N\n\x10\x43reateKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"G\n\x11\x43reateKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"7\n\x10ListKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.switchyard.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"7\n\x11RevokeKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey2W\n\x08Registry\x12K\n\x07\x43onnect\x12\x1e.switchyard.v1.RegistryMessage\x1a\x1c.switchyard.v1.RegistryReply(\x01\x30\x01\x32I\n\x06Router\x12?\n\x04Pick\x12\x1a.switchyard.v1.PickRequest\x1a\x1b.switchyard.v1.PickResponse2\xdd\x03\n\x05\x41\x64min\x12\x45\n\x06Status\x12\x1c.switchyard.v1.StatusRequest\x1a\x1d.switchyard.v1.StatusResponse\x12L\n\x05\x44rain\x12 .switchyard.v1.AdminDrainRequest\x1a!.switchyard.v1.AdminDrainResponse\x12R\n\x07Undrain\x12\".switchyard.v1.AdminUndrainRequest\x1a#.switchyard.v1.AdminUndrainResponse\x12N\n\tCreateKey\x12\x1f.switchyard.v1.CreateKeyRequest\x1a .switchyard.v1.CreateKeyResponse\x12K\n\x08ListKeys\x12\x1e.switchyard.v1.ListKeysRequest\x1a\x1f.switchyard.v1.ListKeysResponse\x12N\n\tRevokeKey\x12\x1f.switchyard.v1.RevokeKeyRequest\x1a .switchyard.v1.RevokeKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\x1a\x1aswitchyard/v1/engine.proto\x1a\x1dswitchyard/v1/inference.proto\"|\n\x0fRegistryMessage\x12\x35\n\x08register\x18\x01 \x01(\x0b\x32!.switchyard.v1.EngineRegistrationH\x00\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1a.switchyard.v1.EngineEventH\x00\x42\x05\n\x03msg\"N\n\x12\x45ngineRegistration\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.switchyard.v1.EngineInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"=\n\rRegistryReply\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"^\n\x0bPickRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.switchyard.v1.GenerateRequest\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x08\"\xb1\x01\n\x0cPickResponse\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tengine_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x1a\n\x12\x66\x61llback_endpoints\x18\x05 \x03(\t\x12,\n\ncandidates\x18\x06 \x03(\x0b\x32\x18.switchyard.v1.Candidate\x12\x15\n\rprompt_tokens\x18\x07 \x01(\r\"\xb9\x01\n\tCandidate\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x13\n\x0b\x66iltered_by\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x34\n\x06scores\x18\x05 \x03(\x0b\x32$.switchyard.v1.Candidate.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0f\n\rStatusRequest\"~\n\x0eStatusResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.PoolStatus\x12/\n\txds_nodes\x18\x02 \x03(\x0b\x32\x1c.switchyard.v1.XdsNodeStatus\x12\x11\n\trouter_id\x18\x03 \x01(\t\"~\n\nPoolStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12,\n\x07\x65ngines\x18\x05 \x03(\x0b\x32\x1b.switchyard.v1.EngineStatus\"\xf5\x01\n\x0c\x45ngineStatus\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\'\n\x04load\x18\x06 \x01(\x0b\x32\x19.switchyard.v1.LoadReport\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x07 \x01(\x01\x12\x14\n\x0crouted_turns\x18\x08 \x01(\x04\x12\x16\n\x0eindexed_blocks\x18\t \x01(\x04\x12\x1c\n\x14seconds_since_report\x18\n \x01(\x01\"M\n\rXdsNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x05types\x18\x02 \x03(\x0b\x32\x1c.switchyard.v1.XdsTypeStatus\"|\n\rXdsTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_sent\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x0e\n\x06nacked\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"=\n\x11\x41\x64minDrainRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"\'\n\x12\x41\x64minDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\r\"(\n\x13\x41\x64minUndrainRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\"\x16\n\x14\x41\x64minUndrainResponse\"\x9d\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0f\n\x07revoked\x18\x07 \x01(\x01\x12%\n\x06quotas\x18\x08 \x01(\x0b\x32\x15.switchyard.v1.Quotas\"\x90\x01\n\x06Quotas\x12\x19\n\x11tokens_per_minute\x18\x01 \x01(\x04\x12\x16\n\x0etokens_per_day\x18\x02 \x01(\x04\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x04\x12\x1a\n\x12\x63oncurrent_streams\x18\x04 \x01(\x04\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x05 \x01(\x04\"u\n\x10\x43reateKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\x06quotas\x18\x05 \x01(\x0b\x32\x15.switchyard.v1.Quotas\"G\n\x11\x43reateKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"7\n\x10ListKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.switchyard.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"7\n\x11RevokeKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\"\x88\x01\n\x0cTenantPolicy\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12%\n\x06quotas\x18\x04 \x01(\x0b\x32\x15.switchyard.v1.Quotas\x12\x13\n\x0b\x63\x61\x63he_group\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"n\n\x10SetTenantRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06update\x18\x02 \x03(\t\x12+\n\x06policy\x18\x03 \x01(\x0b\x32\x1b.switchyard.v1.TenantPolicy\x12\r\n\x05reset\x18\x04 \x01(\x08\"@\n\x11SetTenantResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.switchyard.v1.TenantPolicy\"\x14\n\x12ListTenantsRequest\"\x93\x02\n\x0cTenantStatus\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.switchyard.v1.TenantPolicy\x12=\n\tremaining\x18\x02 \x03(\x0b\x32*.switchyard.v1.TenantStatus.RemainingEntry\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x0e\n\x06queued\x18\x04 \x01(\r\x12\x10\n\x08\x61\x64mitted\x18\x05 \x01(\x04\x12\x12\n\nover_quota\x18\x06 \x01(\x04\x12\x0c\n\x04shed\x18\x07 \x01(\x04\x12\x0e\n\x06tokens\x18\x08 \x01(\x04\x1a\x30\n\x0eRemainingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"S\n\x13ListTenantsResponse\x12,\n\x07tenants\x18\x01 \x03(\x0b\x32\x1b.switchyard.v1.TenantStatus\x12\x0e\n\x06ledger\x18\x02 \x01(\t2W\n\x08Registry\x12K\n\x07\x43onnect\x12\x1e.switchyard.v1.RegistryMessage\x1a\x1c.switchyard.v1.RegistryReply(\x01\x30\x01\x32I\n\x06Router\x12?\n\x04Pick\x12\x1a.switchyard.v1.PickRequest\x1a\x1b.switchyard.v1.PickResponse2\x83\x05\n\x05\x41\x64min\x12\x45\n\x06Status\x12\x1c.switchyard.v1.StatusRequest\x1a\x1d.switchyard.v1.StatusResponse\x12L\n\x05\x44rain\x12 .switchyard.v1.AdminDrainRequest\x1a!.switchyard.v1.AdminDrainResponse\x12R\n\x07Undrain\x12\".switchyard.v1.AdminUndrainRequest\x1a#.switchyard.v1.AdminUndrainResponse\x12N\n\tCreateKey\x12\x1f.switchyard.v1.CreateKeyRequest\x1a .switchyard.v1.CreateKeyResponse\x12K\n\x08ListKeys\x12\x1e.switchyard.v1.ListKeysRequest\x1a\x1f.switchyard.v1.ListKeysResponse\x12N\n\tRevokeKey\x12\x1f.switchyard.v1.RevokeKeyRequest\x1a .switchyard.v1.RevokeKeyResponse\x12N\n\tSetTenant\x12\x1f.switchyard.v1.SetTenantRequest\x1a .switchyard.v1.SetTenantResponse\x12T\n\x0bListTenants\x12!.switchyard.v1.ListTenantsRequest\x1a\".switchyard.v1.ListTenantsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CANDIDATE_SCORESENTRY']._loaded_options = None
   _globals['_CANDIDATE_SCORESENTRY']._serialized_options = b'8\001'
+  _globals['_TENANTSTATUS_REMAININGENTRY']._loaded_options = None
+  _globals['_TENANTSTATUS_REMAININGENTRY']._serialized_options = b'8\001'
   _globals['_REGISTRYMESSAGE']._serialized_start=104
   _globals['_REGISTRYMESSAGE']._serialized_end=228
   _globals['_ENGINEREGISTRATION']._serialized_start=230
@@ -69,24 +71,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINUNDRAINREQUEST']._serialized_end=1707
   _globals['_ADMINUNDRAINRESPONSE']._serialized_start=1709
   _globals['_ADMINUNDRAINRESPONSE']._serialized_end=1731
-  _globals['_APIKEY']._serialized_start=1733
-  _globals['_APIKEY']._serialized_end=1851
-  _globals['_CREATEKEYREQUEST']._serialized_start=1853
-  _globals['_CREATEKEYREQUEST']._serialized_end=1931
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1933
-  _globals['_CREATEKEYRESPONSE']._serialized_end=2004
-  _globals['_LISTKEYSREQUEST']._serialized_start=2006
-  _globals['_LISTKEYSREQUEST']._serialized_end=2023
-  _globals['_LISTKEYSRESPONSE']._serialized_start=2025
-  _globals['_LISTKEYSRESPONSE']._serialized_end=2080
-  _globals['_REVOKEKEYREQUEST']._serialized_start=2082
-  _globals['_REVOKEKEYREQUEST']._serialized_end=2116
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=2118
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=2173
-  _globals['_REGISTRY']._serialized_start=2175
-  _globals['_REGISTRY']._serialized_end=2262
-  _globals['_ROUTER']._serialized_start=2264
-  _globals['_ROUTER']._serialized_end=2337
-  _globals['_ADMIN']._serialized_start=2340
-  _globals['_ADMIN']._serialized_end=2817
+  _globals['_APIKEY']._serialized_start=1734
+  _globals['_APIKEY']._serialized_end=1891
+  _globals['_QUOTAS']._serialized_start=1894
+  _globals['_QUOTAS']._serialized_end=2038
+  _globals['_CREATEKEYREQUEST']._serialized_start=2040
+  _globals['_CREATEKEYREQUEST']._serialized_end=2157
+  _globals['_CREATEKEYRESPONSE']._serialized_start=2159
+  _globals['_CREATEKEYRESPONSE']._serialized_end=2230
+  _globals['_LISTKEYSREQUEST']._serialized_start=2232
+  _globals['_LISTKEYSREQUEST']._serialized_end=2249
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2251
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2306
+  _globals['_REVOKEKEYREQUEST']._serialized_start=2308
+  _globals['_REVOKEKEYREQUEST']._serialized_end=2342
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=2344
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=2399
+  _globals['_TENANTPOLICY']._serialized_start=2402
+  _globals['_TENANTPOLICY']._serialized_end=2538
+  _globals['_SETTENANTREQUEST']._serialized_start=2540
+  _globals['_SETTENANTREQUEST']._serialized_end=2650
+  _globals['_SETTENANTRESPONSE']._serialized_start=2652
+  _globals['_SETTENANTRESPONSE']._serialized_end=2716
+  _globals['_LISTTENANTSREQUEST']._serialized_start=2718
+  _globals['_LISTTENANTSREQUEST']._serialized_end=2738
+  _globals['_TENANTSTATUS']._serialized_start=2741
+  _globals['_TENANTSTATUS']._serialized_end=3016
+  _globals['_TENANTSTATUS_REMAININGENTRY']._serialized_start=2968
+  _globals['_TENANTSTATUS_REMAININGENTRY']._serialized_end=3016
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=3018
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=3101
+  _globals['_REGISTRY']._serialized_start=3103
+  _globals['_REGISTRY']._serialized_end=3190
+  _globals['_ROUTER']._serialized_start=3192
+  _globals['_ROUTER']._serialized_end=3265
+  _globals['_ADMIN']._serialized_start=3268
+  _globals['_ADMIN']._serialized_end=3911
 # @@protoc_insertion_point(module_scope)

@@ -182,7 +182,7 @@ class AdminUndrainResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "name", "tenant", "tier", "models", "created", "revoked")
+    __slots__ = ("key_id", "name", "tenant", "tier", "models", "created", "revoked", "quotas")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class ApiKey(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     tenant: str
@@ -197,19 +198,36 @@ class ApiKey(_message.Message):
     models: _containers.RepeatedScalarFieldContainer[str]
     created: float
     revoked: float
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., tier: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., created: _Optional[float] = ..., revoked: _Optional[float] = ...) -> None: ...
+    quotas: Quotas
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant: _Optional[str] = ..., tier: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., created: _Optional[float] = ..., revoked: _Optional[float] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ...) -> None: ...
+
+class Quotas(_message.Message):
+    __slots__ = ("tokens_per_minute", "tokens_per_day", "requests_per_minute", "concurrent_streams", "default_max_tokens")
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens_per_minute: int
+    tokens_per_day: int
+    requests_per_minute: int
+    concurrent_streams: int
+    default_max_tokens: int
+    def __init__(self, tokens_per_minute: _Optional[int] = ..., tokens_per_day: _Optional[int] = ..., requests_per_minute: _Optional[int] = ..., concurrent_streams: _Optional[int] = ..., default_max_tokens: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("tenant", "tier", "models", "name")
+    __slots__ = ("tenant", "tier", "models", "name", "quotas")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     tier: str
     models: _containers.RepeatedScalarFieldContainer[str]
     name: str
-    def __init__(self, tenant: _Optional[str] = ..., tier: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
+    quotas: Quotas
+    def __init__(self, tenant: _Optional[str] = ..., tier: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key", "secret")
@@ -240,3 +258,76 @@ class RevokeKeyResponse(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: ApiKey
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class TenantPolicy(_message.Message):
+    __slots__ = ("tenant", "weight", "tier", "quotas", "cache_group", "source")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    weight: float
+    tier: str
+    quotas: Quotas
+    cache_group: str
+    source: str
+    def __init__(self, tenant: _Optional[str] = ..., weight: _Optional[float] = ..., tier: _Optional[str] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ..., cache_group: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class SetTenantRequest(_message.Message):
+    __slots__ = ("tenant", "update", "policy", "reset")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    update: _containers.RepeatedScalarFieldContainer[str]
+    policy: TenantPolicy
+    reset: bool
+    def __init__(self, tenant: _Optional[str] = ..., update: _Optional[_Iterable[str]] = ..., policy: _Optional[_Union[TenantPolicy, _Mapping]] = ..., reset: _Optional[bool] = ...) -> None: ...
+
+class SetTenantResponse(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: TenantPolicy
+    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TenantStatus(_message.Message):
+    __slots__ = ("policy", "remaining", "in_flight", "queued", "admitted", "over_quota", "shed", "tokens")
+    class RemainingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    ADMITTED_FIELD_NUMBER: _ClassVar[int]
+    OVER_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    SHED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    policy: TenantPolicy
+    remaining: _containers.ScalarMap[str, int]
+    in_flight: int
+    queued: int
+    admitted: int
+    over_quota: int
+    shed: int
+    tokens: int
+    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ..., remaining: _Optional[_Mapping[str, int]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., admitted: _Optional[int] = ..., over_quota: _Optional[int] = ..., shed: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants", "ledger")
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStatus]
+    ledger: str
+    def __init__(self, tenants: _Optional[_Iterable[_Union[TenantStatus, _Mapping]]] = ..., ledger: _Optional[str] = ...) -> None: ...

@@ -219,6 +219,16 @@ class AdminStub:
                 request_serializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyResponse.FromString,
                 _registered_method=True)
+        self.SetTenant = channel.unary_unary(
+                '/switchyard.v1.Admin/SetTenant',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.SetTenantRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.SetTenantResponse.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/switchyard.v1.Admin/ListTenants',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -264,6 +274,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTenant(self, request, context):
+        """Tenants: their policies (quotas, fair-share weight, tier, cache group), changed live, and
+        what they have left and are doing now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +320,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeKey,
                     request_deserializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_router__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'SetTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenant,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.SetTenantRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.SetTenantResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.ListTenantsRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.ListTenantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +496,60 @@ class Admin:
             '/switchyard.v1.Admin/RevokeKey',
             switchyard_dot_v1_dot_router__pb2.RevokeKeyRequest.SerializeToString,
             switchyard_dot_v1_dot_router__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/SetTenant',
+            switchyard_dot_v1_dot_router__pb2.SetTenantRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.SetTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/ListTenants',
+            switchyard_dot_v1_dot_router__pb2.ListTenantsRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

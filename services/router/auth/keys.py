@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.files import atomic_write, file_lock
+from services.common.files import WatchedJson
 
 PREFIX = "sy-"
 ID_HEX = 12
@@ -76,43 +75,26 @@ class KeyStore:
         reload_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = path.expanduser()
-        self._reload = reload_seconds
-        self._clock = clock
+        self._doc = WatchedJson(
+            path, {"version": 1, "keys": {}}, reload_seconds=reload_seconds, clock=clock
+        )
+        self.path = self._doc.path
         self._records: dict[str, KeyRecord] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._checked = float("-inf")
-        self._refresh(force=True)
+        self._version = -1
 
     # -- reading ---------------------------------------------------------------------------
 
     def _refresh(self, force: bool = False) -> None:
-        now = self._clock()
-        if not force and now - self._checked < self._reload:
-            return
-        self._checked = now
         try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._records, self._stamp = {}, None
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp and not force:
-            return
-        self._records = self._read()
-        self._stamp = stamp
-
-    def _read(self) -> dict[str, KeyRecord]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
+            data = self._doc.data(force)
         except ValueError as e:
             raise ValueError(f"{self.path}: not a key file ({e})") from None
-        return {
-            key_id: KeyRecord(key_id=key_id, **{**rec, "models": tuple(rec.get("models", ()))})
-            for key_id, rec in data.get("keys", {}).items()
-        }
+        if self._doc.version != self._version:
+            self._records = {
+                key_id: KeyRecord(key_id=key_id, **{**rec, "models": tuple(rec.get("models", ()))})
+                for key_id, rec in data.get("keys", {}).items()
+            }
+            self._version = self._doc.version
 
     def lookup(self, token: str) -> KeyRecord | None:
         """The active record whose secret `token` is; None for anything else."""
@@ -135,17 +117,9 @@ class KeyStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _writing(self) -> Iterator[dict[str, Any]]:
+    def _writing(self) -> AbstractContextManager[dict[str, Any]]:
         """The file's data, under an exclusive lock, written back atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
-            data = {"version": 1, "keys": {}}
-            if self.path.exists():
-                data = json.loads(self.path.read_text())
-            yield data
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True), 0o600)
-        self._refresh(force=True)
+        return self._doc.edit()
 
     def create(
         self,

@@ -52,6 +52,11 @@ class RoutingRequest:
     prompt_token_ids: Sequence[int] = field(repr=False)  # the prompt, as the engine will see it
     max_tokens: int = 1  # upper bound on generated tokens
     priority: int = 0  # higher runs first on a saturated engine
+    # The tenant's (or its cache group's) prefix-cache salt: its blocks are its own.
+    cache_salt: str = ""
+    output_bound: int = 1  # the most tokens the engine may generate (reserved against quotas)
+    capped: int = 0  # sampling.max_tokens the router sets (the tenant's default cap); 0: none
+    resumed: bool = False  # a resumed turn (its prompt was charged by the turn it continues)
     # Own block hashes of the prompt by block size, computed on first use.
     _hashes: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 
@@ -63,7 +68,9 @@ class RoutingRequest:
         """Own chained hashes of the prompt's full blocks (see kvindex), cached per size."""
         got = self._hashes.get(block_size)
         if got is None:
-            got = self._hashes[block_size] = block_hashes(self.prompt_token_ids, block_size)
+            got = self._hashes[block_size] = block_hashes(
+                self.prompt_token_ids, block_size, salt=self.cache_salt
+            )
         return got
 
     def anon_repr(self) -> str:

@@ -849,6 +849,16 @@ def _no_pool_route() -> Any:
 def _route_configuration(pools: list[PoolSpec], per_try_timeout: float) -> Any:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
+        # What the caller's quotas have left, as the router wrote it at admission, goes back in
+        # the response headers (omitted when empty: an unmetered turn).
+        response_headers_to_add=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key=headers.QUOTA_REMAINING, value=f"%REQ({headers.QUOTA_REMAINING})%"
+                ),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
         virtual_hosts=[
             route_components_pb2.VirtualHost(
                 name=VIRTUAL_HOST_NAME,

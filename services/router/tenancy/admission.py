@@ -1,0 +1,391 @@
+"""Admission: a turn reserves its worst case against its tenant's (and key's) quotas before it is
+routed, and settles from what the engine reports it used.
+
+    admission = Admission(cfg.quotas, policies, tiers, ledger, router_id)
+    principal, policy = admission.effective(principal)     # the tenant's tier override applied
+    ticket = await admission.admit(principal, policy, prompt_tokens=812, max_tokens=256)
+    ...headers ticket.headers go to the engine; on a failed pick: await admission.release(ticket)
+    admission.on_usage(engine_id, usage)                   # from the engine's registry stream
+
+The reservation is the prompt's tokens plus `max_tokens` (a resumed turn: only what is left of
+its budget; its prompt was charged by the turn it continues). Over a limit: RESOURCE_EXHAUSTED
+naming it, with `google.rpc.RetryInfo` and what is left. The engine serving the turn reports on
+its registry stream when it accepts the turn and what it used when the turn ends, however it ends
+(finished, cancelled, deadline, drained); the unused rest goes back. Reports are applied in the
+background, in order, off the registry stream's loop iteration. An engine whose stream closes
+has its accepted turns settled at their prompt; reservations nobody accepted expire whole (see
+`ledger`).
+
+With the ledger in Redis and Redis unreachable: `fail_open` admits turns unmetered, otherwise
+they are refused with UNAVAILABLE; either way a metric counts it and the log says so (at most
+every 10 s), and nothing waits longer than the Redis timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from google.rpc import error_details_pb2
+from prometheus_client import Counter, Histogram
+
+from services.common import headers as h
+from services.common.config import StrictModel
+from services.common.errors import ResourceExhausted, Unavailable
+from services.router.auth.config import TierConfig
+from services.router.auth.principal import Principal
+from services.router.tenancy.ledger import Ledger, Limit, MemoryLedger, limits_of
+from services.router.tenancy.policy import PolicyStore, TenantPolicy
+from services.router.tenancy.redis_ledger import LedgerUnavailable, RedisLedger
+from switchyard.v1 import engine_pb2
+
+log = logging.getLogger(__name__)
+
+# Tenants with labels of their own in metrics; the rest share "other" (bounded cardinality).
+MAX_TENANT_LABELS = 100
+OTHER = "other"
+LOG_EVERY_SECONDS = 10.0
+METERED = ".m"  # suffix of reservation ids held in the ledger
+SWEEP_SECONDS = 1.0
+
+QUOTA_DECISIONS = Counter(
+    "switchyard_router_quota_decisions_total",
+    "Turns checked against quotas: admitted, over_quota (by limit), unmetered (ledger down, "
+    "failing open) or refused_ledger_down.",
+    ["tenant", "decision", "limit"],
+)
+QUOTA_TOKENS = Counter(
+    "switchyard_router_tenant_tokens_total",
+    "Tokens charged to tenants as engines reported them (prompt and completion).",
+    ["tenant", "kind"],
+)
+LEDGER_ERRORS = Counter(
+    "switchyard_router_quota_ledger_errors_total",
+    "Quota ledger operations that failed (Redis unreachable or erroring), by operation.",
+    ["operation"],
+)
+LEDGER_SECONDS = Histogram(
+    "switchyard_router_quota_reserve_seconds",
+    "Time to reserve a turn's quota in the ledger.",
+    ["ledger"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+
+class QuotaSection(StrictModel):
+    # Where the ledger lives: "" keeps it in the router (one replica); a redis:// URL shares
+    # it between router replicas (`switchyard up --redis URL`).
+    redis_url: str = ""
+    redis_timeout_seconds: float = pydantic.Field(0.25, gt=0, le=5)
+    # Redis unreachable: false refuses metered turns (UNAVAILABLE); true admits them unmetered.
+    fail_open: bool = False
+    # A reservation no engine accepted within this long is refunded whole (the turn never
+    # reached one); an accepted one is settled at its prompt after `max_turn_seconds`.
+    accept_seconds: float = pydantic.Field(30.0, gt=0)
+    max_turn_seconds: float = pydantic.Field(3600.0, gt=0)
+
+
+class QuotaExceeded(ResourceExhausted):
+    """Over a quota: the message names the limit; `retry_after` (None: never, the turn is
+    larger than the limit) and `remaining` go to the client in the status details/metadata."""
+
+    def __init__(self, message: str, retry_after: float | None, remaining: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.remaining = remaining
+
+    def details(self) -> list[Any]:
+        if self.retry_after is None:
+            return []
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+        return [info]
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [(h.QUOTA_REMAINING, self.remaining)] if self.remaining else []
+
+
+def make_ledger(cfg: QuotaSection) -> Ledger:
+    if cfg.redis_url:
+        return RedisLedger(cfg.redis_url, timeout=cfg.redis_timeout_seconds)
+    return MemoryLedger()
+
+
+def remaining_header(remaining: dict[str, int], scopes: dict[str, str]) -> str:
+    """ "tokens_per_minute=9100, key.requests_per_minute=4" (a key's own limits prefixed)."""
+    return ", ".join(f"{scopes.get(name, '')}{name}={v}" for name, v in remaining.items())
+
+
+@dataclass
+class Ticket:
+    """An admitted turn's reservation; `res_id` "" when nothing was reserved."""
+
+    res_id: str = ""
+    tenant: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    decision: str = "unmetered"  # "admitted", "unmetered"
+    remaining: str = ""
+
+
+@dataclass
+class TenantStats:
+    in_flight: int = 0
+    admitted: int = 0
+    over_quota: int = 0
+    shed: int = 0
+    tokens: int = 0
+
+
+class Admission:
+    def __init__(
+        self,
+        cfg: QuotaSection,
+        policies: PolicyStore,
+        tiers: dict[str, TierConfig],
+        ledger: Ledger,
+        router_id: str,
+    ) -> None:
+        self.cfg = cfg
+        self.policies = policies
+        self.ledger = ledger
+        self._tiers = tiers
+        self._router_id = router_id
+        self._seq = itertools.count(1)
+        self.stats: dict[str, TenantStats] = defaultdict(TenantStats)
+        self._labels: dict[str, str] = {}
+        # Reservation → tenant, for turns admitted here and not yet settled; and which engine
+        # accepted which (settled at their prompt if the engine's stream closes).
+        self._tenant_of: dict[str, str] = {}
+        self._by_engine: dict[str, set[str]] = defaultdict(set)
+        self._deadline: dict[str, float] = {}  # when this replica stops waiting for a report
+        self._reports: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._logged: dict[str, float] = {}
+        self._principals: dict[tuple[Principal, str], Principal] = {}
+        self.flow: Any = None  # the fair-share flow control, when on (tenancy.flow)
+
+    # -- who, under which policy -------------------------------------------------------------
+
+    def label(self, tenant: str) -> str:
+        got = self._labels.get(tenant)
+        if got is None:
+            got = tenant if len(self._labels) < MAX_TENANT_LABELS else OTHER
+            self._labels[tenant] = got
+        return got
+
+    def effective(self, principal: Principal) -> tuple[Principal, TenantPolicy]:
+        """The principal with its tenant's tier override applied, and the tenant's policy."""
+        policy = self.policies.get(principal.tenant)
+        if policy.tier is None or policy.tier == principal.tier or policy.tier not in self._tiers:
+            return principal, policy
+        key = (principal, policy.tier)
+        got = self._principals.get(key)
+        if got is None:
+            if len(self._principals) > 10_000:
+                self._principals.clear()
+            got = Principal(
+                tenant=principal.tenant,
+                tier=policy.tier,
+                priority=self._tiers[policy.tier].priority,
+                models=principal.models,
+                key_id=principal.key_id,
+                quotas=principal.quotas,
+            )
+            self._principals[key] = got
+        return got, policy
+
+    def limits(
+        self, principal: Principal, policy: TenantPolicy
+    ) -> tuple[list[Limit], dict[str, str]]:
+        limits = limits_of(f"tenant:{principal.tenant}", policy.quotas)
+        scopes: dict[str, str] = {}
+        if principal.key_id:
+            own = limits_of(f"key:{principal.key_id}", principal.quotas)
+            limits += own
+            scopes = {lim.name: "key." for lim in own}
+        return limits, scopes
+
+    @staticmethod
+    def default_max_tokens(principal: Principal, policy: TenantPolicy) -> int:
+        """The cap a turn without sampling.max_tokens gets (0: none, the engine's)."""
+        caps = [c for c in (principal.quotas.default_max_tokens,
+                            policy.quotas.default_max_tokens) if c]  # fmt: skip
+        return min(caps) if caps else 0
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        principal: Principal,
+        policy: TenantPolicy,
+        *,
+        prompt_tokens: int,
+        max_tokens: int,
+        resumed: bool = False,
+    ) -> Ticket:
+        """Reserve the turn's worst case; raises QuotaExceeded or (ledger down, failing
+        closed) Unavailable."""
+        tenant = principal.tenant
+        label = self.label(tenant)
+        limits, scopes = self.limits(principal, policy)
+        stats = self.stats[tenant]
+        # Every turn gets a reservation id, so its usage report reaches the tenant's counters;
+        # only metered ones (".m") are held in the ledger.
+        res_id = f"{self._router_id}-{next(self._seq)}"
+        if not limits:
+            return self._admitted(tenant, res_id, "admitted", "")
+        prompt = 0 if resumed else prompt_tokens
+        tokens = prompt + max_tokens
+        res_id += METERED
+        start = time.perf_counter()
+        try:
+            verdict = await self.ledger.reserve(
+                res_id, limits, tokens=tokens, prompt=prompt, lease=self.cfg.accept_seconds
+            )
+        except LedgerUnavailable as e:
+            LEDGER_ERRORS.labels("reserve").inc()
+            self._log_down(str(e))
+            if self.cfg.fail_open:
+                return self._admitted(tenant, res_id.removesuffix(METERED), "unmetered", "")
+            QUOTA_DECISIONS.labels(label, "refused_ledger_down", "").inc()
+            raise Unavailable(
+                "the quota ledger is unreachable, so metered turns are refused "
+                "(quotas.fail_open: false); retry shortly"
+            ) from None
+        LEDGER_SECONDS.labels(self.ledger.name).observe(time.perf_counter() - start)
+        remaining = remaining_header(verdict.remaining, scopes)
+        if not verdict.granted:
+            stats.over_quota += 1
+            assert verdict.limit is not None
+            QUOTA_DECISIONS.labels(label, "over_quota", verdict.limit.name).inc()
+            raise QuotaExceeded(verdict.describe(tokens), verdict.retry_after, remaining)
+        return self._admitted(tenant, res_id, "admitted", remaining)
+
+    def _admitted(self, tenant: str, res_id: str, decision: str, remaining: str) -> Ticket:
+        s = self.stats[tenant]
+        s.admitted += 1
+        s.in_flight += 1
+        self._tenant_of[res_id] = tenant
+        self._deadline[res_id] = time.monotonic() + self.cfg.accept_seconds
+        QUOTA_DECISIONS.labels(self.label(tenant), decision, "").inc()
+        return self._ticket(tenant, res_id, decision, remaining)
+
+    def _ticket(self, tenant: str, res_id: str, decision: str, remaining: str) -> Ticket:
+        hdrs = []
+        if res_id:
+            hdrs.append((h.RESERVATION, res_id))
+        if remaining:
+            hdrs.append((h.QUOTA_REMAINING, remaining))
+        return Ticket(res_id, tenant, hdrs, decision, remaining)
+
+    async def release(self, ticket: Ticket) -> None:
+        """A turn admitted but never sent on (no engine, shed): everything goes back."""
+        self._deadline.pop(ticket.res_id, None)
+        if self._tenant_of.pop(ticket.res_id, None) is None:
+            return
+        self.stats[ticket.tenant].in_flight -= 1
+        if ticket.res_id.endswith(METERED):
+            with contextlib.suppress(LedgerUnavailable):
+                await self.ledger.settle(ticket.res_id, used=0)
+
+    def _log_down(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get("down", float("-inf")) >= LOG_EVERY_SECONDS:
+            self._logged["down"] = now
+            log.error(
+                "quota ledger unreachable (%s): %s", why,
+                "admitting turns unmetered (fail_open)" if self.cfg.fail_open
+                else "refusing metered turns (fail closed)",
+            )  # fmt: skip
+
+    # -- what the engines report -------------------------------------------------------------
+
+    def on_usage(self, engine_id: str, usage: engine_pb2.TurnUsage) -> None:
+        """An engine's report on its registry stream; applied in order, in the background."""
+        if usage.reservation_id:
+            self._reports.put_nowait((engine_id, usage))
+
+    def engine_gone(self, engine_id: str) -> None:
+        if self._by_engine.get(engine_id):
+            self._reports.put_nowait((engine_id, None))
+
+    async def _apply(self, engine_id: str, usage: engine_pb2.TurnUsage | None) -> None:
+        if usage is None:  # the engine's stream closed: its turns settle at their prompt
+            for res_id in self._by_engine.pop(engine_id, set()):
+                self._ended(res_id, 0)
+                if res_id.endswith(METERED):
+                    await self.ledger.settle_prompt(res_id)
+            return
+        res_id = usage.reservation_id
+        if not usage.done:
+            self._by_engine[engine_id].add(res_id)
+            if res_id in self._deadline:
+                self._deadline[res_id] = time.monotonic() + self.cfg.max_turn_seconds
+            if res_id.endswith(METERED):
+                await self.ledger.accept(res_id, lease=self.cfg.max_turn_seconds)
+            return
+        self._by_engine[engine_id].discard(res_id)
+        used = usage.prompt_tokens + usage.completion_tokens
+        tenant = self._ended(res_id, used)
+        if tenant is not None:
+            label = self.label(tenant)
+            QUOTA_TOKENS.labels(label, "prompt").inc(usage.prompt_tokens)
+            QUOTA_TOKENS.labels(label, "completion").inc(usage.completion_tokens)
+        if res_id.endswith(METERED):
+            await self.ledger.settle(res_id, used=used)
+
+    def _ended(self, res_id: str, used: int) -> str | None:
+        tenant = self._tenant_of.pop(res_id, None)
+        self._deadline.pop(res_id, None)
+        if tenant is not None:  # admitted by this replica
+            s = self.stats[tenant]
+            s.in_flight -= 1
+            s.tokens += used
+        return tenant
+
+    async def run(self) -> None:
+        """Apply engine reports as they come, and sweep expired reservations every second."""
+        next_sweep = time.monotonic() + SWEEP_SECONDS
+        while True:
+            timeout = max(0.0, next_sweep - time.monotonic())
+            try:
+                engine_id, usage = await asyncio.wait_for(self._reports.get(), timeout)
+            except TimeoutError:
+                now = time.monotonic()
+                next_sweep = now + SWEEP_SECONDS
+                for res_id in [r for r, d in self._deadline.items() if d <= now]:
+                    self._ended(res_id, 0)  # never reported here (the ledger's lease settles it)
+                try:
+                    expired = await self.ledger.expire()
+                except LedgerUnavailable as e:
+                    LEDGER_ERRORS.labels("expire").inc()
+                    self._log_down(str(e))
+                    continue
+                if expired:
+                    log.info("%d quota reservation(s) expired unreported and were settled", expired)
+                continue
+            try:
+                await self._apply(engine_id, usage)
+            except LedgerUnavailable as e:
+                LEDGER_ERRORS.labels("settle").inc()
+                self._log_down(str(e))  # the lease settles it once the ledger is back
+            except Exception:
+                log.exception("applying a usage report from engine %s failed", engine_id)
+
+    def queued(self, tenant: str) -> int:
+        """Turns of `tenant` waiting in the router for a saturated pool (fair share)."""
+        return self.flow.queued(tenant) if self.flow is not None else 0
+
+    async def remaining(self, principal_tenant: str) -> dict[str, int]:
+        policy = self.policies.get(principal_tenant)
+        limits = limits_of(f"tenant:{principal_tenant}", policy.quotas)
+        try:
+            return await self.ledger.remaining(limits)
+        except LedgerUnavailable:
+            return {}
