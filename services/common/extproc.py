@@ -27,6 +27,18 @@ LONG_BODY_SECONDS = 20.0
 STATUS_DETAILS = "grpc-status-details-bin"
 
 
+GRPC_TIMEOUT = "grpc-timeout"
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def grpc_timeout(headers: dict[str, str]) -> float | None:
+    """The client's deadline as seconds from now (its `grpc-timeout` header); None: none."""
+    raw = headers.get(GRPC_TIMEOUT, "")
+    if len(raw) < 2 or raw[-1] not in _TIMEOUT_UNITS or not raw[:-1].isdigit():
+        return None
+    return int(raw[:-1]) * _TIMEOUT_UNITS[raw[-1]]
+
+
 def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
     """Envoy's header message as a dict (Envoy sends raw_value; older versions value)."""
     return {x.key: (x.raw_value.decode(errors="replace") or x.value) for x in msg.headers.headers}

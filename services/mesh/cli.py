@@ -5,6 +5,8 @@ switchyard chat [--session S] PROMPT  stream a reply through Envoy
 switchyard status                     pools, engines, load, hit rate, xDS ACK/NACK, processes
 switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
 switchyard admin keys create|list|revoke   API keys (the secret is shown once)
+switchyard admin tenants set|list|reset    quotas, weights, tiers, cache groups (live)
+switchyard status --tenants           each tenant's policy, quota left, turns, tokens
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
 switchyard safety --config FILE       run the safety filter (ext_proc, Safety API)
@@ -244,6 +246,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         trace_sampling=args.trace_sampling,
         traces_dir=Path(args.traces_dir).expanduser() if args.traces_dir else None,
         metrics_targets=Path(args.metrics_targets) if args.metrics_targets else None,
+        redis_url=args.redis,
     )
 
     def on_signal(signum: int, frame: object) -> None:
@@ -321,10 +324,23 @@ def _router_call(args: argparse.Namespace, method: str, request: object) -> obje
 def cmd_status(args: argparse.Namespace) -> int:
     import grpc
 
-    from services.mesh.status import format_processes, format_status, read_up_state
+    from services.mesh.status import (
+        format_processes,
+        format_status,
+        format_tenants,
+        read_up_state,
+    )
     from services.mesh.up import default_state_file
     from switchyard.v1 import router_pb2
 
+    if args.tenants:
+        try:
+            tenants = _router_call(args, "ListTenants", router_pb2.ListTenantsRequest())
+        except grpc.aio.AioRpcError as e:
+            print(f"error: router {args.router}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+        print(format_tenants(tenants))  # type: ignore[arg-type]
+        return 0
     state = read_up_state(Path(args.state) if args.state else default_state_file(), args.router)
     try:
         resp = _router_call(args, "Status", router_pb2.StatusRequest())
@@ -363,7 +379,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 args,
                 "CreateKey",
                 router_pb2.CreateKeyRequest(
-                    tenant=args.tenant, tier=args.tier or "", models=args.model, name=args.name
+                    tenant=args.tenant,
+                    tier=args.tier or "",
+                    models=args.model,
+                    name=args.name,
+                    quotas=router_pb2.Quotas(**_quota_flags(args)),
                 ),
             )
             key = created.key  # type: ignore[attr-defined]
@@ -384,6 +404,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
                     f"{k.key_id}  {state:<7}  tenant {k.tenant:<16} tier {k.tier:<9} "
                     f"models {models:<12} created {when}  {k.name}"
                 )
+        elif args.action == "tenants":
+            return _admin_tenants(args)
         else:
             revoked = _router_call(
                 args, "RevokeKey", router_pb2.RevokeKeyRequest(key_id=args.key_id)
@@ -392,6 +414,68 @@ def cmd_admin(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+    return 0
+
+
+QUOTA_FLAGS = (
+    ("tokens_per_minute", "tokens (prompt + completion) per minute"),
+    ("tokens_per_day", "tokens per day"),
+    ("requests_per_minute", "turns per minute"),
+    ("concurrent_streams", "turns streaming at once"),
+    ("default_max_tokens", "max_tokens for turns that leave it unset (and what they reserve)"),
+)
+
+
+def _quota_flags(args: argparse.Namespace) -> dict[str, int]:
+    return {name: v for name, _ in QUOTA_FLAGS if (v := getattr(args, name, None)) is not None}
+
+
+def _add_quota_flags(p: argparse.ArgumentParser) -> None:
+    for name, what in QUOTA_FLAGS:
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=int,
+            metavar="N",
+            help=f"{what}; 0: no limit",
+        )
+
+
+def _admin_tenants(args: argparse.Namespace) -> int:
+    from services.mesh.status import format_tenants
+    from switchyard.v1 import router_pb2
+
+    if args.tenants_action == "list":
+        listed = _router_call(args, "ListTenants", router_pb2.ListTenantsRequest())
+        print(format_tenants(listed))  # type: ignore[arg-type]
+        return 0
+    if args.tenants_action == "reset":
+        req = router_pb2.SetTenantRequest(tenant=args.tenant, reset=True)
+    else:
+        quotas = _quota_flags(args)
+        update = [f"quotas.{k}" for k in quotas]
+        policy = router_pb2.TenantPolicy(quotas=router_pb2.Quotas(**quotas))
+        if args.weight is not None:
+            policy.weight = args.weight
+            update.append("weight")
+        if args.tier is not None:
+            policy.tier = args.tier
+            update.append("tier")
+        if args.cache_group is not None:
+            policy.cache_group = args.cache_group
+            update.append("cache_group")
+        if not update:
+            print("error: say what to change (see --help)", file=sys.stderr)
+            return 2
+        req = router_pb2.SetTenantRequest(tenant=args.tenant, update=update, policy=policy)
+    got = _router_call(args, "SetTenant", req).policy  # type: ignore[attr-defined]
+    q = {f: getattr(got.quotas, f) for f, _ in QUOTA_FLAGS if getattr(got.quotas, f)}
+    print(
+        f"tenant {got.tenant} ({got.source}): weight {got.weight:g}, "
+        f"tier {got.tier or '(its keys)'}, cache group {got.cache_group or '(own)'}, quotas "
+        f"{', '.join(f'{k}={v}' for k, v in q.items()) or 'none'}; every router applies it "
+        "within a second"
+    )
     return 0
 
 
@@ -431,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--metrics-targets", metavar="FILE", help="write a Prometheus file_sd list of /metrics"
     )
+    u.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep the quota ledger in this Redis (redis://HOST:PORT/DB), shared by routers",
+    )
     u.set_defaults(func=cmd_up)
 
     c = sub.add_parser("chat", help="stream a reply through the mesh")
@@ -456,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="switchyard up's state file (default $SWITCHYARD_STATE or "
         "~/.cache/switchyard/up-state.json): processes, restarts, uptime",
     )
+    st.add_argument(
+        "--tenants", action="store_true", help="tenants: policy, quota left, turns, tokens"
+    )
     st.set_defaults(func=cmd_status)
 
     ad = sub.add_parser("admin", help="operate the mesh through the router (operator identity)")
@@ -475,10 +567,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="append", default=[], help="a model it may use (repeat; default all)"
     )
     kc.add_argument("--name", default="", help="a label for people")
+    _add_quota_flags(kc)  # the key's own limits, on top of its tenant's
     kr = ksub.add_parser("revoke", help="revoke a key (within a second, every router)")
     kr.add_argument("key_id", help="the key's id (see `switchyard admin keys list`)")
     kl = ksub.add_parser("list", help="every key: id, state, tenant, tier, models")
     for k in (kc, kr, kl):
+        _router_flags(k)
+    tenants = asub.add_parser(
+        "tenants", help="tenant policies: quotas, fair-share weight, tier, cache group"
+    )
+    tsub = tenants.add_subparsers(dest="tenants_action", required=True, metavar="TENANTS_ACTION")
+    ts = tsub.add_parser("set", help="change a tenant's policy (live, every router)")
+    ts.add_argument("tenant")
+    ts.add_argument("--weight", type=float, help="share of a saturated pool (default 1)")
+    ts.add_argument("--tier", help="override its keys' tier ('' to stop overriding)")
+    ts.add_argument(
+        "--cache-group", help="share prefix-cache entries with tenants of this group ('': own)"
+    )
+    _add_quota_flags(ts)
+    trs = tsub.add_parser("reset", help="drop the live policy (the config's applies again)")
+    trs.add_argument("tenant")
+    tl = tsub.add_parser("list", help="every tenant: policy, quota left, turns, tokens")
+    for k in (ts, trs, tl):
         _router_flags(k)
     ad.set_defaults(func=cmd_admin)
 

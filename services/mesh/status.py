@@ -85,3 +85,28 @@ def format_status(resp: router_pb2.StatusResponse) -> str:
                 f"acked {t.version_acked or '-':<14} {state}"
             )
     return "\n".join(lines)
+
+
+def format_tenants(resp: router_pb2.ListTenantsResponse) -> str:
+    """One block per tenant: policy, what its quotas have left, turns and tokens."""
+    if not resp.tenants:
+        return f"no tenants yet (quota ledger: {resp.ledger})"
+    lines = [f"quota ledger: {resp.ledger}"]
+    for t in resp.tenants:
+        p = t.policy
+        quotas = [
+            f"{name}={getattr(p.quotas, name)}"
+            + (f" ({t.remaining[name]} left)" if name in t.remaining else "")
+            for name in p.quotas.DESCRIPTOR.fields_by_name
+            if getattr(p.quotas, name)
+        ]
+        lines.append(
+            f"{p.tenant}  [{p.source}]  weight {p.weight:g}  tier {p.tier or '(its keys)'}  "
+            f"cache {p.cache_group or 'own'}"
+        )
+        lines.append(f"  quotas: {', '.join(quotas) or 'none'}")
+        lines.append(
+            f"  turns: {t.in_flight} in flight, {t.queued} queued, {t.admitted} admitted, "
+            f"{t.over_quota} over quota, {t.shed} shed; {t.tokens} tokens"
+        )
+    return "\n".join(lines)

@@ -103,6 +103,10 @@ class Mesh:
     # The local development key (tenant "dev"), created once: `dev_key` once started.
     dev_key_file: Path = field(default_factory=default_dev_key_file)
     dev_key: str = ""
+    # The quota ledger in this Redis (redis://host:port/db) instead of the router's memory.
+    redis_url: str | None = None
+    # Tenant policies (live, admin API) in this file; None: the config's, else the user default.
+    tenants_file: Path | None = None
     sink: OtlpFileSink | None = None
     cfg: MeshConfig | None = None
     router: procs.ServiceProcess | None = None
@@ -159,6 +163,10 @@ class Mesh:
         data.setdefault("envoy", {})["sds_dir"] = str((self.workdir / "sds").resolve())
         if self.keys_file is not None:
             data.setdefault("auth", {})["keys_file"] = str(self.keys_file)
+        if self.tenants_file is not None:
+            data.setdefault("tenants", {})["file"] = str(self.tenants_file)
+        if self.redis_url is not None:
+            data.setdefault("quotas", {})["redis_url"] = self.redis_url
         for pool in data.get("pools", []):
             for group in pool.get("engines", []):
                 p = Path(group["config"])

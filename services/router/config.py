@@ -26,7 +26,9 @@ from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.router.auth.config import AuthSection
+from services.router.saturation import SaturationSection
 from services.router.tenancy.admission import QuotaSection
+from services.router.tenancy.flow import FlowSection
 from services.router.tenancy.policy import TenantsSection
 
 
@@ -121,6 +123,12 @@ class MeshConfig(StrictModel):
     tenants: TenantsSection = pydantic.Field(
         default_factory=lambda: TenantsSection.model_validate({})
     )
+    # When a pool counts as saturated (per-engine capacity by accelerator, KV-cache usage), and
+    # the fair-share flow control that holds turns in the router while it is.
+    saturation: SaturationSection = pydantic.Field(
+        default_factory=lambda: SaturationSection.model_validate({})
+    )
+    flow: FlowSection = pydantic.Field(default_factory=lambda: FlowSection.model_validate({}))
     # Mutual TLS between the mesh's services: the router's identity and the CA (default: the
     # local PKI); `plaintext: true` turns it off everywhere (loudly).
     tls: TlsConfig = pydantic.Field(default_factory=lambda: TlsConfig.model_validate({}))

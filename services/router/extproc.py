@@ -13,7 +13,9 @@ it is decoded, and long prompts are tokenized in a worker thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -28,6 +30,7 @@ from services.common.extproc import (
     LONG_BODY_BYTES,
     LONG_BODY_SECONDS,
     extend_timeout,
+    grpc_timeout,
     header_map,
     immediate_error,
     replace_request_body,
@@ -41,7 +44,8 @@ from services.router.auth.principal import Principal
 from services.router.routing import RoutingService, check_request_headers, check_request_size
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
-from services.router.tenancy.admission import Admission, QuotaExceeded
+from services.router.tenancy.admission import Admission, QuotaExceeded, Ticket
+from services.router.tenancy.flow import FlowControl, Shed
 from services.router.tenancy.policy import TenantPolicy
 from switchyard.v1 import inference_pb2
 
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 
 
 PICK_SPAN = "switchyard.router.pick"
+# Asked of Envoy on top of the longest a turn may wait for a saturated pool: time to answer.
+EXTENSION_MARGIN_SECONDS = 2.0
 
 
 def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> None:
@@ -87,6 +93,16 @@ def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutatio
     )
 
 
+@dataclass
+class _Admitted:
+    """A turn past its quota check, about to be (queued and) routed."""
+
+    req: inference_pb2.GenerateRequest
+    routed: RoutingRequest
+    ticket: Ticket
+    policy: TenantPolicy
+
+
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -94,10 +110,12 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         auth: Authenticator,
         admission: Admission,
         tracer: trace.Tracer | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         self._routing = routing
         self._auth = auth
         self._admission = admission
+        self._flow = flow  # fair share under saturation; None: turns are never held
         self._tracer = tracer  # None: tracing off, nothing extracted or recorded per turn
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -109,9 +127,19 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         body: bytes,
         principal: Principal,
         span: trace.Span | None = None,
+        max_wait: float | None = None,
     ) -> ext.ProcessingResponse:
         """The answer to a turn's buffered body: route headers, or an immediate error."""
         span = span or trace.INVALID_SPAN
+        turn = await self.admit(headers, body, principal, span)
+        if isinstance(turn, ext.ProcessingResponse):
+            return turn
+        return await self.route(turn, span, max_wait)
+
+    async def admit(
+        self, headers: dict[str, str], body: bytes, principal: Principal, span: trace.Span
+    ) -> _Admitted | ext.ProcessingResponse:
+        """Decode, resolve and tokenize the turn, and reserve its quota; or an immediate error."""
         if span.is_recording():
             span.set_attributes(
                 {
@@ -143,31 +171,67 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 max_tokens=routed.output_bound,
                 resumed=routed.resumed,
             )
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        "switchyard.quota.decision": ticket.decision,
-                        "switchyard.quota.remaining": ticket.remaining,
-                        "switchyard.quota.reserved": routed.output_bound
-                        + (0 if routed.resumed else routed.prompt_tokens),
-                    }
-                )
-            try:
-                decision = await self._routing.pick(routed)
-            except BaseException:
-                await self._admission.release(ticket)
-                raise
-        except SwitchyardError as e:
-            span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
-            if isinstance(e, QuotaExceeded) and span.is_recording():
-                span.set_attribute("switchyard.quota.decision", "over_quota")
-            return immediate_error(e, "router")
         except Exception as e:
-            log.exception("routing a turn failed")
-            span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {e!r}"))
-            return immediate_error(
-                Internal(f"the router failed to route the turn ({type(e).__name__})"), "router"
+            return self._refused(e, span)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "switchyard.quota.decision": ticket.decision,
+                    "switchyard.quota.remaining": ticket.remaining,
+                    "switchyard.quota.reserved": routed.output_bound
+                    + (0 if routed.resumed else routed.prompt_tokens),
+                }
             )
+        return _Admitted(req, routed, ticket, policy)
+
+    def _refused(self, e: Exception, span: trace.Span) -> ext.ProcessingResponse:
+        if isinstance(e, SwitchyardError):
+            span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
+            if span.is_recording() and isinstance(e, QuotaExceeded | Shed):
+                span.set_attribute(
+                    "switchyard.quota.decision", "over_quota" if isinstance(e, QuotaExceeded)
+                    else "shed",
+                )  # fmt: skip
+            return immediate_error(e, "router")
+        log.error("routing a turn failed", exc_info=e)
+        span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {e!r}"))
+        return immediate_error(
+            Internal(f"the router failed to route the turn ({type(e).__name__})"), "router"
+        )
+
+    def would_wait(self, turn: _Admitted) -> bool:
+        return self._flow is not None and self._flow.would_wait(turn.routed.pool)
+
+    async def route(
+        self, turn: _Admitted, span: trace.Span, max_wait: float | None = None
+    ) -> ext.ProcessingResponse:
+        """Wait for room in a saturated pool (fair share), pick the engine, answer Envoy."""
+        req, routed, ticket = turn.req, turn.routed, turn.ticket
+        try:
+            if self._flow is not None:
+                let = await self._flow.admit(
+                    routed.pool,
+                    ticket.tenant,
+                    priority=routed.priority,
+                    weight=turn.policy.weight,
+                    input_tokens=0 if routed.resumed else routed.prompt_tokens,
+                    output_bound=routed.output_bound,
+                    res_id=ticket.res_id,
+                    max_wait=max_wait,
+                )
+                if span.is_recording():
+                    span.set_attribute("switchyard.queue.wait_seconds", let.waited)
+                try:
+                    decision = await self._routing.pick(routed)
+                finally:
+                    let.picked()
+            else:
+                decision = await self._routing.pick(routed)
+        except BaseException as e:
+            await self._admission.release(ticket)
+            if not isinstance(e, Exception):
+                raise
+            return self._refused(e, span)
         if span.is_recording():
             _annotate(span, decision, routed)
         endpoints = [decision.engine.address, *(f.address for f in decision.fallbacks)]
@@ -197,6 +261,36 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             )
         )
 
+    async def _body(
+        self,
+        headers: dict[str, str],
+        body: bytes,
+        principal: Principal,
+        span: trace.Span,
+    ) -> AsyncIterator[ext.ProcessingResponse]:
+        """The answers to a turn's body: the decision, preceded by a request for more time
+        when tokenizing a long prompt or waiting for a saturated pool may take longer than
+        Envoy's message timeout (Envoy takes one such request per message)."""
+        started = time.monotonic()
+        extended = 0.0
+        if len(body) >= LONG_BODY_BYTES:
+            extended = LONG_BODY_SECONDS  # tokenizing it takes a while
+            yield extend_timeout(extended)
+        turn = await self.admit(headers, body, principal, span)
+        if isinstance(turn, ext.ProcessingResponse):
+            yield turn
+            return
+        deadline = grpc_timeout(headers)
+        # Never past the client's deadline (keeping a moment to start the turn), nor past the
+        # time Envoy already granted.
+        max_wait = None if deadline is None else deadline * 0.9 - (time.monotonic() - started)
+        if extended:
+            left = extended - (time.monotonic() - started) - EXTENSION_MARGIN_SECONDS
+            max_wait = left if max_wait is None else min(max_wait, left)
+        elif self._flow is not None and self.would_wait(turn):
+            yield extend_timeout(self._flow.wait_limit(max_wait) + EXTENSION_MARGIN_SECONDS)
+        yield await self.route(turn, span, max_wait)
+
     async def Process(
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ext.ProcessingResponse]:
@@ -223,15 +317,20 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 )
             elif kind == "request_body":
                 assert principal is not None  # Envoy sends the headers first
-                if len(msg.request_body.body) >= LONG_BODY_BYTES:
-                    yield extend_timeout(LONG_BODY_SECONDS)  # tokenizing it takes a while
+                body = msg.request_body.body
                 if self._tracer is None:
-                    yield await self.decide(headers, msg.request_body.body, principal)
+                    async for answer in self._body(headers, body, principal, trace.INVALID_SPAN):
+                        yield answer
                     continue
                 parent = extract(context.invocation_metadata() or ()) if context else None
-                with self._tracer.start_as_current_span(PICK_SPAN, context=parent) as span:
-                    answer = await self.decide(headers, msg.request_body.body, principal, span)
-                yield answer
+                # Not made current: the answers are yielded while it is open (nothing below
+                # starts spans of its own; each is given `span`).
+                span = self._tracer.start_span(PICK_SPAN, context=parent)
+                try:
+                    async for answer in self._body(headers, body, principal, span):
+                        yield answer
+                finally:
+                    span.end()
             elif kind == "request_trailers":
                 yield ext.ProcessingResponse(request_trailers=ext.TrailersResponse())
             elif kind == "response_headers":

@@ -103,6 +103,8 @@ class Registry:
         self._pools: dict[str, dict[str, EngineState]] = {}
         self._subscribers: list[Callable[[], None]] = []
         self._waiters: list[asyncio.Future[None]] = []
+        # Called with the pool of every load report (cheap: flow control's release check).
+        self.on_load_listener: Callable[[str], None] | None = None
 
     # -- membership ------------------------------------------------------------------------
 
@@ -206,6 +208,8 @@ class Registry:
         state.update_load(report, self.clock())  # a stale engine is back at the next sweep
         if state.serving != was:
             self._notify()
+        if self.on_load_listener is not None:
+            self.on_load_listener(state.pool)
         return True
 
     def on_kv_events(self, engine_id: str, batch: engine_pb2.KvCacheEvents) -> bool:

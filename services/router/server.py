@@ -35,6 +35,7 @@ from services.router.scheduling.profile import load_profile
 from services.router.scheduling.scheduler import Scheduler
 from services.router.sessions import SessionTable
 from services.router.tenancy.admission import Admission, make_ledger
+from services.router.tenancy.flow import FlowControl
 from services.router.tenancy.policy import PolicyStore
 from services.router.xds import server as xds_server
 from services.router.xds.cache import SnapshotCache
@@ -101,6 +102,10 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     policies = PolicyStore(cfg.tenants, set(cfg.auth.tiers))
     ledger = make_ledger(cfg.quotas)
     admission = Admission(cfg.quotas, policies, cfg.auth.tiers, ledger, router_id)
+    flow = FlowControl(cfg.flow, cfg.saturation, registry, admission.label)
+    admission.attach_flow(flow)
+    registry.on_load_listener = flow.kick  # a slot may have freed: release waiting turns
+    registry.subscribe(flow.kick)  # engines came or went
     if cfg.quotas.redis_url:
         progress.say(f"quota ledger: redis at {cfg.quotas.redis_url}")
     reg = registry_service.RegistryService(
@@ -113,7 +118,7 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     )
     reg.add_to_server(server.grpc)
     extproc.ExtProcService(
-        routing, auth, admission, tracing.tracer(__name__) if tracing.enabled else None
+        routing, auth, admission, tracing.tracer(__name__) if tracing.enabled else None, flow
     ).add_to_server(server.grpc)
     api.RouterService(routing).add_to_server(server.grpc)
     api.AdminService(

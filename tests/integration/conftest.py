@@ -120,9 +120,11 @@ def mesh(
     tmp_path_factory: pytest.TempPathFactory,
     collector: OtlpCollector,
     idp: Any,
+    redis_server: Any,
 ) -> Iterator[Mesh]:
     """The whole mesh (tests/integration/mesh.yaml): Envoy, router, safety, large x1 and
-    small x2 engines, an empty pool; supervised, so processes a test kills come back."""
+    small x2 engines, an empty pool; supervised, so processes a test kills come back. Its
+    quota ledger lives in a real Redis (as with several router replicas)."""
     workdir = tmp_path_factory.mktemp("mesh")
     m = Mesh(
         MESH_CONFIG,
@@ -133,6 +135,7 @@ def mesh(
         state_file=workdir / "up-state.json",
         keys_file=workdir / "keys.json",
         dev_key_file=workdir / "dev-key",
+        redis_url=redis_server.url,
     )
     try:
         m.start()

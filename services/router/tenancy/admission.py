@@ -41,6 +41,7 @@ from services.common.config import StrictModel
 from services.common.errors import ResourceExhausted, Unavailable
 from services.router.auth.config import TierConfig
 from services.router.auth.principal import Principal
+from services.router.tenancy.flow import FlowControl
 from services.router.tenancy.ledger import Ledger, Limit, MemoryLedger, limits_of
 from services.router.tenancy.policy import PolicyStore, TenantPolicy
 from services.router.tenancy.redis_ledger import LedgerUnavailable, RedisLedger
@@ -168,7 +169,16 @@ class Admission:
         self._reports: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._logged: dict[str, float] = {}
         self._principals: dict[tuple[Principal, str], Principal] = {}
-        self.flow: Any = None  # the fair-share flow control, when on (tenancy.flow)
+        self.flow: FlowControl | None = None  # fair share under saturation (attach_flow)
+
+    def attach_flow(self, flow: FlowControl) -> None:
+        """Tell `flow` of turns' ends (counter corrections, freed slots) and count its sheds."""
+        self.flow = flow
+
+        def shed(tenant: str) -> None:
+            self.stats[tenant].shed += 1
+
+        flow.on_shed = shed
 
     # -- who, under which policy -------------------------------------------------------------
 
@@ -287,6 +297,8 @@ class Admission:
     async def release(self, ticket: Ticket) -> None:
         """A turn admitted but never sent on (no engine, shed): everything goes back."""
         self._deadline.pop(ticket.res_id, None)
+        if self.flow is not None:
+            self.flow.forget(ticket.res_id)
         if self._tenant_of.pop(ticket.res_id, None) is None:
             return
         self.stats[ticket.tenant].in_flight -= 1
@@ -320,7 +332,8 @@ class Admission:
             for res_id in self._by_engine.pop(engine_id, set()):
                 self._ended(res_id, 0)
                 if res_id.endswith(METERED):
-                    await self.ledger.settle_prompt(res_id)
+                    with contextlib.suppress(LedgerUnavailable):  # the lease settles it then
+                        await self.ledger.settle_prompt(res_id)
             return
         res_id = usage.reservation_id
         if not usage.done:
@@ -332,17 +345,23 @@ class Admission:
             return
         self._by_engine[engine_id].discard(res_id)
         used = usage.prompt_tokens + usage.completion_tokens
-        tenant = self._ended(res_id, used)
-        if tenant is not None:
-            label = self.label(tenant)
-            QUOTA_TOKENS.labels(label, "prompt").inc(usage.prompt_tokens)
-            QUOTA_TOKENS.labels(label, "completion").inc(usage.completion_tokens)
-        if res_id.endswith(METERED):
-            await self.ledger.settle(res_id, used=used)
+        try:
+            if res_id.endswith(METERED):
+                await self.ledger.settle(res_id, used=used)
+        finally:  # the turn ended here whatever the ledger said (its lease settles it then)
+            if self.flow is not None:
+                self.flow.on_done(res_id, usage.completion_tokens)
+            tenant = self._ended(res_id, used)
+            if tenant is not None:
+                label = self.label(tenant)
+                QUOTA_TOKENS.labels(label, "prompt").inc(usage.prompt_tokens)
+                QUOTA_TOKENS.labels(label, "completion").inc(usage.completion_tokens)
 
     def _ended(self, res_id: str, used: int) -> str | None:
         tenant = self._tenant_of.pop(res_id, None)
         self._deadline.pop(res_id, None)
+        if self.flow is not None:
+            self.flow.forget(res_id)
         if tenant is not None:  # admitted by this replica
             s = self.stats[tenant]
             s.in_flight -= 1
@@ -380,7 +399,7 @@ class Admission:
 
     def queued(self, tenant: str) -> int:
         """Turns of `tenant` waiting in the router for a saturated pool (fair share)."""
-        return self.flow.queued(tenant) if self.flow is not None else 0
+        return self.flow.queued(tenant=tenant) if self.flow is not None else 0
 
     async def remaining(self, principal_tenant: str) -> dict[str, int]:
         policy = self.policies.get(principal_tenant)

@@ -1,0 +1,337 @@
+"""Fair share of a saturated pool: turns wait in the router, per tenant, and are released by a
+weighted virtual token counter (VTC, Sheng et al., "Fairness in Serving Large Language
+Models", OSDI '24).
+
+While a pool has free slots (see `saturation`) and nobody waits, a turn goes straight on. Once
+it is saturated, turns queue per tenant inside priority bands (the tier's priority: premium
+before standard before free). Whenever a slot frees (an engine's load report, a turn's end),
+the highest band is served first and, within it, the backlogged tenant with the lowest counter.
+A released turn adds (input tokens + 2 x output tokens) / weight to its tenant's counter: the
+output bound at release, corrected to the tokens really generated when the turn ends. A tenant
+that becomes backlogged is lifted to the lowest counter of those already waiting, so idle time
+banks no credit. A flooding tenant therefore gets its weight's share, never the others'.
+
+Queues are bounded: a pool holds at most `max_queue` turns, and none waits more than
+`max_wait_seconds` (nor past its client's deadline): over either, the turn is shed with
+RESOURCE_EXHAUSTED and a retry delay; a full queue sheds its lowest band's newest turn first to
+make room for a higher one. A waiting turn keeps its Envoy ext_proc exchange open: the router
+extends Envoy's message timeout for it (see extproc).
+
+The queues and counters are per router replica (they hold turns this replica routes); quotas
+are global (the ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pydantic
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common.config import StrictModel
+from services.common.errors import ResourceExhausted
+from services.router.registry import Registry
+from services.router.saturation import SaturationSection
+
+QUEUE_WAIT = Histogram(
+    "switchyard_router_queue_wait_seconds",
+    "Time turns waited in the router for a saturated pool (0 when they went straight on).",
+    ["pool", "tenant"],
+    buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
+)
+SHED = Counter(
+    "switchyard_router_shed_total",
+    "Turns shed under saturation: queue_full (or pushed out by a higher band), waited_too_long.",
+    ["pool", "tenant", "reason"],
+)
+QUEUED = Gauge("switchyard_router_queued_turns", "Turns waiting in the router.", ["pool"])
+
+
+class FlowSection(StrictModel):
+    # Hold turns in the router while their pool is saturated, released by weighted fair share.
+    enabled: bool = True
+    max_queue: int = pydantic.Field(256, ge=1)  # per pool
+    # The most a turn waits (Envoy's max ext_proc message timeout must be above it).
+    max_wait_seconds: float = pydantic.Field(20.0, gt=0, le=25)
+    # Output tokens weigh this much against input tokens in the counter (VTC: 2).
+    output_weight: float = pydantic.Field(2.0, ge=0)
+
+
+class Shed(ResourceExhausted):
+    """A turn shed under saturation: retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def details(self) -> list[object]:
+        from google.rpc import error_details_pb2
+
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+        return [info]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    tenant: str
+    priority: int
+    cost: float  # counter charge at release (already divided by the weight)
+    weight: float
+    future: asyncio.Future[None]
+    since: float
+
+
+@dataclass
+class _Pool:
+    # priority → tenant → its waiting turns (oldest first)
+    bands: dict[int, dict[str, deque[_Waiter]]] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    waiting: int = 0
+    released: int = 0  # turns released (or let through) that have not been picked yet
+
+    def backlogged_min(self) -> float | None:
+        mins = [
+            self.counters.get(t, 0.0) for band in self.bands.values() for t, q in band.items() if q
+        ]
+        return min(mins) if mins else None
+
+
+@dataclass
+class Admitted:
+    """A turn let through by flow control: how long it waited; call `picked()` once routed."""
+
+    pool: str
+    waited: float
+    _done: Callable[[str], None]
+    _called: bool = False
+
+    def picked(self) -> None:
+        if not self._called:
+            self._called = True
+            self._done(self.pool)
+
+
+class FlowControl:
+    def __init__(
+        self,
+        cfg: FlowSection,
+        saturation: SaturationSection,
+        registry: Registry,
+        label: Callable[[str], str] = lambda t: t,
+    ) -> None:
+        self.cfg = cfg
+        self.saturation = saturation
+        self._registry = registry
+        self._label = label
+        self._pools: dict[str, _Pool] = {}
+        # reservation → (pool, tenant, output bound, weight): the counter's correction at the end
+        self._charged: dict[str, tuple[str, str, int, float]] = {}
+        self.on_shed: Callable[[str], None] | None = None  # a tenant's turn was shed
+
+    # -- the pool's state ----------------------------------------------------------------------
+
+    def free_slots(self, pool: str) -> int | None:
+        """Free slots of the pool's routable engines, less turns released but not yet routed;
+        None when it has no routable engine (nothing to wait for: routing says why)."""
+        engines = self._registry.routable(pool)
+        if not engines:
+            return None
+        p = self._pools.get(pool)
+        return self.saturation.pool_free_slots(engines) - (p.released if p else 0)
+
+    def queued(self, tenant: str | None = None, pool: str | None = None) -> int:
+        n = 0
+        for name, p in self._pools.items():
+            if pool is not None and name != pool:
+                continue
+            for band in p.bands.values():
+                n += sum(len(q) for t, q in band.items() if tenant is None or t == tenant)
+        return n
+
+    def would_wait(self, pool: str) -> bool:
+        """Whether a turn for `pool` would queue now (its ext_proc exchange then asks Envoy
+        for more time before it waits)."""
+        if not self.cfg.enabled:
+            return False
+        p = self._pools.get(pool)
+        free = self.free_slots(pool)
+        return free is not None and ((p is not None and p.waiting > 0) or free <= 0)
+
+    def wait_limit(self, max_wait: float | None) -> float:
+        """The longest a turn may wait: the configured limit, within its own (deadline)."""
+        return min(self.cfg.max_wait_seconds, max_wait if max_wait is not None else float("inf"))
+
+    # -- admission -----------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        pool: str,
+        tenant: str,
+        *,
+        priority: int,
+        weight: float,
+        input_tokens: int,
+        output_bound: int,
+        res_id: str = "",
+        max_wait: float | None = None,
+        on_queue: Callable[[float], None] | None = None,
+    ) -> Admitted:
+        """Return once the turn may be routed (at once while the pool has room); raises Shed.
+        `on_queue(seconds)` is called when the turn starts waiting, with the longest it may."""
+        p = self._pools.setdefault(pool, _Pool())
+        cost = (input_tokens + self.cfg.output_weight * output_bound) / weight
+        if res_id:
+            self._charged[res_id] = (pool, tenant, output_bound, weight)
+        free = self.free_slots(pool)
+        if not self.cfg.enabled or free is None or (p.waiting == 0 and free > 0):
+            self._charge(p, tenant, cost)
+            p.released += 1
+            QUEUE_WAIT.labels(pool, self._label(tenant)).observe(0.0)
+            return Admitted(pool, 0.0, self._picked)
+        wait = self.wait_limit(max_wait)
+        if wait <= 0:
+            self._shed(pool, tenant, "waited_too_long")
+            raise Shed(self._saturated_message(pool, "its deadline leaves no time to wait"), 1.0)
+        w = _Waiter(
+            tenant, priority, cost, weight, asyncio.get_running_loop().create_future(),
+            time.monotonic(),
+        )  # fmt: skip
+        self._make_room(pool, p, w)
+        self._enqueue(p, w)
+        QUEUED.labels(pool).set(p.waiting)
+        if on_queue is not None:
+            on_queue(wait)
+        self.kick(pool)
+        try:
+            await asyncio.wait_for(asyncio.shield(w.future), wait)
+        except TimeoutError:
+            if not w.future.done():
+                self._remove(p, w)
+                w.future.cancel()
+                QUEUED.labels(pool).set(p.waiting)
+                self._shed(pool, tenant, "waited_too_long")
+                raise Shed(
+                    self._saturated_message(pool, f"the turn waited {wait:.1f}s for a slot"), 1.0
+                ) from None
+        except asyncio.CancelledError:  # the client went away while waiting
+            if not w.future.done():
+                self._remove(p, w)
+                w.future.cancel()
+                QUEUED.labels(pool).set(p.waiting)
+            elif not w.future.cancelled() and w.future.exception() is None:
+                p.released -= 1
+            raise
+        exc = w.future.exception() if w.future.done() and not w.future.cancelled() else None
+        if exc is not None:
+            raise exc
+        waited = time.monotonic() - w.since
+        QUEUE_WAIT.labels(pool, self._label(tenant)).observe(waited)
+        return Admitted(pool, waited, self._picked)
+
+    def _saturated_message(self, pool: str, why: str) -> str:
+        return f"pool {pool} is saturated and {why}; retry shortly"
+
+    def _shed(self, pool: str, tenant: str, reason: str) -> None:
+        SHED.labels(pool, self._label(tenant), reason).inc()
+        if self.on_shed is not None:
+            self.on_shed(tenant)
+
+    def _make_room(self, pool: str, p: _Pool, w: _Waiter) -> None:
+        """A full queue sheds its lowest band's newest turn for a higher one, else this one."""
+        if p.waiting < self.cfg.max_queue:
+            return
+        lowest = min((prio for prio, band in p.bands.items() if any(band.values())), default=None)
+        if lowest is None or lowest >= w.priority:
+            self._shed(pool, w.tenant, "queue_full")
+            raise Shed(
+                self._saturated_message(pool, f"its queue is full ({self.cfg.max_queue} turns)"),
+                1.0,
+            )
+        band = p.bands[lowest]
+        victim_q = max((q for q in band.values() if q), key=lambda q: q[-1].since)
+        victim = victim_q.pop()
+        p.waiting -= 1
+        self._shed(pool, victim.tenant, "queue_full")
+        victim.future.set_exception(
+            Shed(self._saturated_message(pool, "higher-priority turns took its place"), 1.0)
+        )
+
+    def _enqueue(self, p: _Pool, w: _Waiter) -> None:
+        band = p.bands.setdefault(w.priority, {})
+        q = band.get(w.tenant)
+        if q is None:
+            q = band[w.tenant] = deque()
+        if not q:  # newly backlogged: no credit for the time it was idle (VTC's lift)
+            floor = p.backlogged_min()
+            if floor is not None:
+                p.counters[w.tenant] = max(p.counters.get(w.tenant, 0.0), floor)
+        q.append(w)
+        p.waiting += 1
+
+    def _remove(self, p: _Pool, w: _Waiter) -> None:
+        q = p.bands.get(w.priority, {}).get(w.tenant)
+        if q is not None and w in q:
+            q.remove(w)
+            p.waiting -= 1
+
+    def _charge(self, p: _Pool, tenant: str, cost: float) -> None:
+        p.counters[tenant] = p.counters.get(tenant, 0.0) + cost
+
+    def _picked(self, pool: str) -> None:
+        p = self._pools.get(pool)
+        if p is not None:
+            p.released = max(0, p.released - 1)
+            if p.waiting:
+                self.kick(pool)
+
+    # -- release -------------------------------------------------------------------------------
+
+    def kick(self, pool: str | None = None) -> None:
+        """Release what the pool(s) have room for (on load reports and turns' ends)."""
+        for name in [pool] if pool is not None else list(self._pools):
+            p = self._pools.get(name)
+            if p is None or not p.waiting:
+                continue
+            free = self.free_slots(name)
+            if free is None:  # no engine left: release everyone; routing tells them why
+                free = p.waiting
+            while free > 0 and p.waiting:
+                w = self._next(p)
+                if w is None:
+                    break
+                p.waiting -= 1
+                self._charge(p, w.tenant, w.cost)
+                p.released += 1
+                free -= 1
+                w.future.set_result(None)
+            QUEUED.labels(name).set(p.waiting)
+
+    def _next(self, p: _Pool) -> _Waiter | None:
+        for prio in sorted(p.bands, reverse=True):
+            band = p.bands[prio]
+            backlogged = [t for t, q in band.items() if q]
+            if not backlogged:
+                continue
+            tenant = min(backlogged, key=lambda t: p.counters.get(t, 0.0))
+            return band[tenant].popleft()
+        return None
+
+    def on_done(self, res_id: str, completion_tokens: int) -> None:
+        """A turn ended: correct its tenant's counter from its output bound to what it used."""
+        got = self._charged.pop(res_id, None)
+        if got is None:
+            return
+        pool, tenant, bound, weight = got
+        p = self._pools.get(pool)
+        if p is not None and tenant in p.counters:
+            unused = max(0, bound - completion_tokens)
+            p.counters[tenant] -= self.cfg.output_weight * unused / weight
+        self.kick(pool)
+
+    def forget(self, res_id: str) -> None:
+        self._charged.pop(res_id, None)

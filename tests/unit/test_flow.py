@@ -1,0 +1,160 @@
+"""Fair share under saturation, without engines: a registry of fake engine states whose load
+the tests set, and the flow control's release order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.router.registry import EngineState
+from services.router.saturation import SaturationSection
+from services.router.tenancy.flow import FlowControl, FlowSection, Shed
+
+
+class Engines:
+    """What FlowControl reads of the registry: the routable engines of a pool."""
+
+    def __init__(self, *states: EngineState) -> None:
+        self.states = list(states)
+
+    def routable(self, pool: str | None = None) -> list[EngineState]:
+        return [e for e in self.states if pool in (None, e.pool)]
+
+
+def engine(depth: int = 0, accelerator: str = "cpu", kv: float = 0.0) -> EngineState:
+    e = EngineState("e", "p", "127.0.0.1:1", "m", accelerator=accelerator)
+    e.reported_depth, e.kv_usage, e.serving = depth, kv, True
+    return e
+
+
+def flow(engines: Engines, **cfg: object) -> FlowControl:
+    return FlowControl(
+        FlowSection.model_validate(cfg),
+        SaturationSection.model_validate({}),
+        engines,  # type: ignore[arg-type]
+    )
+
+
+def test_an_h100_engine_counts_for_more_than_an_l4_and_a_full_kv_cache_counts_as_full():
+    sat = SaturationSection.model_validate({})
+    assert sat.free_slots(engine(10, "h100")) == 54
+    assert sat.free_slots(engine(10, "l4")) == 6
+    assert sat.free_slots(engine(0, "h100", kv=0.95)) == 0
+    assert sat.pressure(engine(8, "l4")) == 0.5
+
+
+async def test_a_pool_with_room_lets_turns_straight_through():
+    fc = flow(Engines(engine(depth=1)))
+    got = await fc.admit("p", "a", priority=0, weight=1, input_tokens=10, output_bound=10)
+    assert got.waited == 0.0
+    got.picked()
+
+
+async def _drain_order(
+    fc: FlowControl, eng: EngineState, turns: list[tuple[str, int]]
+) -> list[str]:
+    """Queue `turns` (tenant, priority) on a saturated pool, then free one slot at a time."""
+    order: list[str] = []
+
+    async def one(tenant: str, prio: int) -> None:
+        let = await fc.admit("p", tenant, priority=prio, weight=1, input_tokens=10, output_bound=10)
+        order.append(tenant)
+        eng.reported_depth += 1  # routed: it takes the slot
+        let.picked()
+
+    tasks = []
+    for tenant, prio in turns:
+        tasks.append(asyncio.create_task(one(tenant, prio)))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    assert order == [] and fc.queued() == len(turns)
+    for _ in turns:
+        eng.reported_depth -= 1  # one turn ended: a slot
+        fc.kick("p")
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*tasks)
+    return order
+
+
+async def test_a_flooding_tenant_does_not_starve_another():
+    eng = engine(depth=4)  # cpu capacity 4: full
+    fc = flow(Engines(eng))
+    order = await _drain_order(fc, eng, [("a", 0)] * 6 + [("b", 0)] * 3)
+    # B's turns are released in turn with A's, not after all of A's.
+    assert order[:6].count("b") == 3, order
+
+
+async def test_premium_turns_start_before_free_ones():
+    eng = engine(depth=4)
+    fc = flow(Engines(eng))
+    order = await _drain_order(fc, eng, [("free", -10)] * 3 + [("premium", 10)] * 2)
+    assert order == ["premium", "premium", "free", "free", "free"]
+
+
+async def test_a_heavier_weight_gets_a_larger_share():
+    eng = engine(depth=4)
+    fc = flow(Engines(eng))
+    order: list[str] = []
+
+    async def one(tenant: str, weight: float) -> None:
+        let = await fc.admit("p", tenant, priority=0, weight=weight, input_tokens=10,
+                             output_bound=10)  # fmt: skip
+        order.append(tenant)
+        eng.reported_depth += 1
+        let.picked()
+
+    tasks = [asyncio.create_task(one("heavy", 2.0)) for _ in range(8)]
+    tasks += [asyncio.create_task(one("light", 1.0)) for _ in range(8)]
+    await asyncio.sleep(0.01)
+    for _ in range(9):
+        eng.reported_depth -= 1
+        fc.kick("p")
+        await asyncio.sleep(0.005)
+    assert len(order) == 9
+    assert 5 <= order.count("heavy") <= 7, order  # about 2 of every 3
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert fc.queued() == 0  # the cancelled ones left the queue
+
+
+async def test_a_full_queue_sheds_the_lowest_band_first():
+    eng = engine(depth=4)
+    fc = flow(Engines(eng), max_queue=2)
+
+    async def one(tenant: str, prio: int) -> str:
+        let = await fc.admit("p", tenant, priority=prio, weight=1, input_tokens=1, output_bound=1)
+        let.picked()
+        return tenant
+
+    free = [asyncio.create_task(one("free", -10)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    premium = asyncio.create_task(one("premium", 10))
+    await asyncio.sleep(0.01)
+    shed = [t for t in free if t.done()]
+    assert len(shed) == 1 and isinstance(shed[0].exception(), Shed)
+    assert "higher-priority turns took its place" in str(shed[0].exception())
+    with pytest.raises(Shed, match="queue is full"):  # a free turn cannot push out anyone now
+        await one("free", -10)
+    eng.reported_depth = 0
+    fc.kick("p")
+    assert await premium == "premium"
+    for t in free:
+        if not t.done():
+            assert await t == "free"
+
+
+async def test_a_turn_waits_no_longer_than_its_limit_then_is_shed_with_a_retry_delay():
+    fc = flow(Engines(engine(depth=4)), max_wait_seconds=0.05)
+    with pytest.raises(Shed) as e:
+        await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1)
+    assert "waited 0.1s for a slot" in str(e.value) or "waited 0.0s" in str(e.value)
+    assert e.value.retry_after > 0
+    assert fc.queued() == 0
+
+
+async def test_without_routable_engines_nothing_waits():
+    fc = flow(Engines())
+    got = await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1)
+    assert got.waited == 0.0
