@@ -257,14 +257,16 @@ class AdminService(router_pb2_grpc.AdminServicer):
         names = sorted({*policies.all(), *adm.stats})
         resp = router_pb2.ListTenantsResponse(ledger=adm.ledger.name)
         for tenant in names:
-            st = adm.stats.get(tenant)
+            # The counters first, then what the ledger says: a turn that ends meanwhile shows
+            # as in flight, never as ended with its refund missing.
             status = resp.tenants.add(
                 policy=policy_proto(tenant, policies.get(tenant), policies.source(tenant)),
-                remaining=await adm.remaining(tenant),
+                queued=adm.queued(tenant),
             )
+            st = adm.stats.get(tenant)
             if st is not None:
                 status.in_flight = max(0, st.in_flight)
                 status.admitted, status.over_quota = st.admitted, st.over_quota
                 status.shed, status.tokens = st.shed, st.tokens
-            status.queued = adm.queued(tenant)
+            status.remaining.update(await adm.remaining(tenant))
         return resp

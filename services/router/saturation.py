@@ -3,8 +3,9 @@
 An engine serves `capacity` turns at once before it counts as full (per accelerator: an H100
 engine absorbs far more than an L4 one; tune to the engines' max_num_seqs and SLO), or fewer if
 its KV cache is above `kv_high`. A pool's free slots are the sum over its routable engines of
-what each has left; it is saturated when none is left. Flow control (fair share) holds turns
-in the router while a pool is saturated; degradation and autoscaling read the same numbers.
+what each has left (negative for one over its capacity); it is saturated when none is left.
+Flow control (fair share) holds turns in the router while a pool is saturated; degradation and
+autoscaling read the same numbers.
 
     saturation:
       capacity: {h100: 64, l4: 16, cpu: 4}
@@ -44,16 +45,18 @@ class SaturationSection(StrictModel):
         return self.capacity.get(e.accelerator, self.default_capacity)
 
     def free_slots(self, e: EngineState) -> int:
-        """Turns the engine can take before it is full (0 when its KV cache is)."""
-        if e.kv_usage >= self.kv_high:
-            return 0
-        return max(0, self.capacity_of(e) - e.queue_depth)
+        """Turns the engine can take before it is full (none when its KV cache is); negative
+        when it holds more than its capacity (routing put more there, e.g. for its cache)."""
+        free = self.capacity_of(e) - e.queue_depth
+        return min(0, free) if e.kv_usage >= self.kv_high else free
 
     def pressure(self, e: EngineState) -> float:
         """The engine's load against its capacity: 1.0 is full (turns or KV cache)."""
         return max(e.queue_depth / self.capacity_of(e), e.kv_usage / self.kv_high)
 
     def pool_free_slots(self, engines: Iterable[EngineState]) -> int:
+        """The pool's room as a whole: its engines' capacity less all their turns (an engine
+        over its capacity uses up another's room: the pool is saturated when the total is)."""
         return sum(self.free_slots(e) for e in engines)
 
     def pool_capacity(self, engines: Iterable[EngineState]) -> int:

@@ -41,6 +41,7 @@ def test_an_h100_engine_counts_for_more_than_an_l4_and_a_full_kv_cache_counts_as
     assert sat.free_slots(engine(10, "h100")) == 54
     assert sat.free_slots(engine(10, "l4")) == 6
     assert sat.free_slots(engine(0, "h100", kv=0.95)) == 0
+    assert sat.free_slots(engine(6, "cpu")) == -2  # over capacity: uses up others' room
     assert sat.pressure(engine(8, "l4")) == 0.5
 
 
@@ -51,72 +52,88 @@ async def test_a_pool_with_room_lets_turns_straight_through():
     got.picked()
 
 
-async def _drain_order(
-    fc: FlowControl, eng: EngineState, turns: list[tuple[str, int]]
-) -> list[str]:
-    """Queue `turns` (tenant, priority) on a saturated pool, then free one slot at a time."""
-    order: list[str] = []
+class Pool:
+    """A saturated pool of one engine whose turns the test ends one at a time."""
 
-    async def one(tenant: str, prio: int) -> None:
-        let = await fc.admit("p", tenant, priority=prio, weight=1, input_tokens=10, output_bound=10)
-        order.append(tenant)
-        eng.reported_depth += 1  # routed: it takes the slot
+    def __init__(self, **cfg: object) -> None:
+        self.eng = engine(depth=4)  # cpu capacity 4: full, with turns of someone else
+        self.fc = flow(Engines(self.eng), **cfg)
+        self.order: list[str] = []
+        self.running: list[str] = []  # reservations of the turns let through
+        self._n = 0
+
+    async def turn(self, tenant: str, priority: int = 0, weight: float = 1.0) -> None:
+        self._n += 1
+        res = f"r{self._n}"
+        let = await self.fc.admit(
+            "p", tenant, priority=priority, weight=weight, input_tokens=10, output_bound=10,
+            res_id=res,
+        )  # fmt: skip
+        self.order.append(tenant)
+        self.eng.reported_depth += 1  # routed there: the engine reports it
+        self.running.append(res)
         let.picked()
 
+    async def end_one(self) -> None:
+        """A turn ends (someone else's first, then ours): a slot frees."""
+        self.eng.reported_depth -= 1
+        if self.running and self.eng.reported_depth < len(self.running):
+            self.fc.on_done(self.running.pop(0), 10)
+        self.fc.kick("p")
+        await asyncio.sleep(0.005)
+
+
+async def _drain_order(turns: list[tuple[str, int]]) -> list[str]:
+    """Queue `turns` (tenant, priority) on a saturated pool, then free one slot at a time."""
+    pool = Pool()
     tasks = []
     for tenant, prio in turns:
-        tasks.append(asyncio.create_task(one(tenant, prio)))
+        tasks.append(asyncio.create_task(pool.turn(tenant, prio)))
         await asyncio.sleep(0)
     await asyncio.sleep(0.01)
-    assert order == [] and fc.queued() == len(turns)
+    assert pool.order == [] and pool.fc.queued() == len(turns)
     for _ in turns:
-        eng.reported_depth -= 1  # one turn ended: a slot
-        fc.kick("p")
-        await asyncio.sleep(0.005)
+        await pool.end_one()
     await asyncio.gather(*tasks)
-    return order
+    return pool.order
 
 
 async def test_a_flooding_tenant_does_not_starve_another():
-    eng = engine(depth=4)  # cpu capacity 4: full
-    fc = flow(Engines(eng))
-    order = await _drain_order(fc, eng, [("a", 0)] * 6 + [("b", 0)] * 3)
+    order = await _drain_order([("a", 0)] * 6 + [("b", 0)] * 3)
     # B's turns are released in turn with A's, not after all of A's.
     assert order[:6].count("b") == 3, order
 
 
 async def test_premium_turns_start_before_free_ones():
-    eng = engine(depth=4)
-    fc = flow(Engines(eng))
-    order = await _drain_order(fc, eng, [("free", -10)] * 3 + [("premium", 10)] * 2)
+    order = await _drain_order([("free", -10)] * 3 + [("premium", 10)] * 2)
     assert order == ["premium", "premium", "free", "free", "free"]
 
 
 async def test_a_heavier_weight_gets_a_larger_share():
-    eng = engine(depth=4)
-    fc = flow(Engines(eng))
-    order: list[str] = []
-
-    async def one(tenant: str, weight: float) -> None:
-        let = await fc.admit("p", tenant, priority=0, weight=weight, input_tokens=10,
-                             output_bound=10)  # fmt: skip
-        order.append(tenant)
-        eng.reported_depth += 1
-        let.picked()
-
-    tasks = [asyncio.create_task(one("heavy", 2.0)) for _ in range(8)]
-    tasks += [asyncio.create_task(one("light", 1.0)) for _ in range(8)]
+    pool = Pool()
+    tasks = [asyncio.create_task(pool.turn("heavy", weight=2.0)) for _ in range(8)]
+    tasks += [asyncio.create_task(pool.turn("light", weight=1.0)) for _ in range(8)]
     await asyncio.sleep(0.01)
     for _ in range(9):
-        eng.reported_depth -= 1
-        fc.kick("p")
-        await asyncio.sleep(0.005)
-    assert len(order) == 9
-    assert 5 <= order.count("heavy") <= 7, order  # about 2 of every 3
+        await pool.end_one()
+    assert len(pool.order) == 9
+    assert 5 <= pool.order.count("heavy") <= 7, pool.order  # about 2 of every 3
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert fc.queued() == 0  # the cancelled ones left the queue
+    assert pool.fc.queued() == 0  # the cancelled ones left the queue
+
+
+async def test_turns_this_router_let_through_count_before_the_engines_report_them():
+    eng = engine(depth=0)
+    fc = flow(Engines(eng))
+    for i in range(4):  # on their way: no load report shows them yet
+        await fc.admit(
+            "p", "a", priority=0, weight=1, input_tokens=1, output_bound=1, res_id=f"r{i}"
+        )
+    assert fc.free_slots("p") == 0 and fc.would_wait("p")
+    fc.on_done("r0", 1)  # one ended
+    assert fc.free_slots("p") == 1
 
 
 async def test_a_full_queue_sheds_the_lowest_band_first():

@@ -76,7 +76,7 @@ LEDGER_SECONDS = Histogram(
     "switchyard_router_quota_reserve_seconds",
     "Time to reserve a turn's quota in the ledger.",
     ["ledger"],
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 
 
@@ -84,7 +84,9 @@ class QuotaSection(StrictModel):
     # Where the ledger lives: "" keeps it in the router (one replica); a redis:// URL shares
     # it between router replicas (`switchyard up --redis URL`).
     redis_url: str = ""
-    redis_timeout_seconds: float = pydantic.Field(0.25, gt=0, le=5)
+    # The most one ledger call may take (a router's event loop that stalls a few hundred ms on a
+    # busy machine must not read as Redis being down).
+    redis_timeout_seconds: float = pydantic.Field(1.0, gt=0, le=5)
     # Redis unreachable: false refuses metered turns (UNAVAILABLE); true admits them unmetered.
     fail_open: bool = False
     # A reservation no engine accepted within this long is refunded whole (the turn never

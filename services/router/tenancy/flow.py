@@ -84,6 +84,8 @@ class _Waiter:
     weight: float
     future: asyncio.Future[None]
     since: float
+    res_id: str = ""
+    output_bound: int = 0
 
 
 @dataclass
@@ -92,7 +94,9 @@ class _Pool:
     bands: dict[int, dict[str, deque[_Waiter]]] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     waiting: int = 0
-    released: int = 0  # turns released (or let through) that have not been picked yet
+    # Turns this router let through and that have not ended (their engine's usage report):
+    # exact, where the engines' load reports lag the turns still on their way.
+    in_flight: int = 0
 
     def backlogged_min(self) -> float | None:
         mins = [
@@ -129,20 +133,26 @@ class FlowControl:
         self._registry = registry
         self._label = label
         self._pools: dict[str, _Pool] = {}
-        # reservation → (pool, tenant, output bound, weight): the counter's correction at the end
+        # A let-through turn's reservation → (pool, tenant, output bound, weight): its end
+        # frees its slot and corrects its tenant's counter.
         self._charged: dict[str, tuple[str, str, int, float]] = {}
         self.on_shed: Callable[[str], None] | None = None  # a tenant's turn was shed
 
     # -- the pool's state ----------------------------------------------------------------------
 
     def free_slots(self, pool: str) -> int | None:
-        """Free slots of the pool's routable engines, less turns released but not yet routed;
-        None when it has no routable engine (nothing to wait for: routing says why)."""
+        """Free slots of the pool: its engines' room as their load reports say, or less when
+        this router has more turns in flight there than the reports show yet; None when it has
+        no routable engine (nothing to wait for: routing says why)."""
         engines = self._registry.routable(pool)
         if not engines:
             return None
+        free = self.saturation.pool_free_slots(engines)
         p = self._pools.get(pool)
-        return self.saturation.pool_free_slots(engines) - (p.released if p else 0)
+        if p is not None:
+            reported = sum(e.queue_depth for e in engines)
+            free -= max(0, p.in_flight - reported)
+        return free
 
     def queued(self, tenant: str | None = None, pool: str | None = None) -> int:
         n = 0
@@ -185,12 +195,9 @@ class FlowControl:
         `on_queue(seconds)` is called when the turn starts waiting, with the longest it may."""
         p = self._pools.setdefault(pool, _Pool())
         cost = (input_tokens + self.cfg.output_weight * output_bound) / weight
-        if res_id:
-            self._charged[res_id] = (pool, tenant, output_bound, weight)
         free = self.free_slots(pool)
         if not self.cfg.enabled or free is None or (p.waiting == 0 and free > 0):
-            self._charge(p, tenant, cost)
-            p.released += 1
+            self._let_through(pool, p, tenant, cost, res_id, output_bound, weight)
             QUEUE_WAIT.labels(pool, self._label(tenant)).observe(0.0)
             return Admitted(pool, 0.0, self._picked)
         wait = self.wait_limit(max_wait)
@@ -199,7 +206,7 @@ class FlowControl:
             raise Shed(self._saturated_message(pool, "its deadline leaves no time to wait"), 1.0)
         w = _Waiter(
             tenant, priority, cost, weight, asyncio.get_running_loop().create_future(),
-            time.monotonic(),
+            time.monotonic(), res_id, output_bound,
         )  # fmt: skip
         self._make_room(pool, p, w)
         self._enqueue(p, w)
@@ -223,9 +230,7 @@ class FlowControl:
                 self._remove(p, w)
                 w.future.cancel()
                 QUEUED.labels(pool).set(p.waiting)
-            elif not w.future.cancelled() and w.future.exception() is None:
-                p.released -= 1
-            raise
+            raise  # (a turn already let through ends through forget(), as its ticket goes)
         exc = w.future.exception() if w.future.done() and not w.future.cancelled() else None
         if exc is not None:
             raise exc
@@ -279,15 +284,19 @@ class FlowControl:
             q.remove(w)
             p.waiting -= 1
 
-    def _charge(self, p: _Pool, tenant: str, cost: float) -> None:
+    def _let_through(
+        self, pool: str, p: _Pool, tenant: str, cost: float, res_id: str, bound: int, weight: float
+    ) -> None:
         p.counters[tenant] = p.counters.get(tenant, 0.0) + cost
+        p.in_flight += 1
+        if res_id:
+            self._charged[res_id] = (pool, tenant, bound, weight)
 
     def _picked(self, pool: str) -> None:
+        """The let-through turn was routed (or refused): nothing to account; room may show."""
         p = self._pools.get(pool)
-        if p is not None:
-            p.released = max(0, p.released - 1)
-            if p.waiting:
-                self.kick(pool)
+        if p is not None and p.waiting:
+            self.kick(pool)
 
     # -- release -------------------------------------------------------------------------------
 
@@ -305,8 +314,7 @@ class FlowControl:
                 if w is None:
                     break
                 p.waiting -= 1
-                self._charge(p, w.tenant, w.cost)
-                p.released += 1
+                self._let_through(name, p, w.tenant, w.cost, w.res_id, w.output_bound, w.weight)
                 free -= 1
                 w.future.set_result(None)
             QUEUED.labels(name).set(p.waiting)
@@ -322,16 +330,25 @@ class FlowControl:
         return None
 
     def on_done(self, res_id: str, completion_tokens: int) -> None:
-        """A turn ended: correct its tenant's counter from its output bound to what it used."""
+        """A turn ended: its slot is free, and its tenant's counter is corrected from its
+        output bound to what it generated."""
         got = self._charged.pop(res_id, None)
         if got is None:
             return
         pool, tenant, bound, weight = got
         p = self._pools.get(pool)
-        if p is not None and tenant in p.counters:
-            unused = max(0, bound - completion_tokens)
-            p.counters[tenant] -= self.cfg.output_weight * unused / weight
+        if p is not None:
+            p.in_flight = max(0, p.in_flight - 1)
+            if tenant in p.counters:
+                unused = max(0, bound - completion_tokens)
+                p.counters[tenant] -= self.cfg.output_weight * unused / weight
         self.kick(pool)
 
     def forget(self, res_id: str) -> None:
-        self._charged.pop(res_id, None)
+        """A let-through turn that will not report its end (refused, or its report lost)."""
+        got = self._charged.pop(res_id, None)
+        if got is not None:
+            p = self._pools.get(got[0])
+            if p is not None:
+                p.in_flight = max(0, p.in_flight - 1)
+                self.kick(got[0])

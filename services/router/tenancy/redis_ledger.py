@@ -161,7 +161,7 @@ class LedgerUnavailable(Exception):
 class RedisLedger:
     name = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 0.25, prefix: str = PREFIX) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = PREFIX) -> None:
         import redis.asyncio as aioredis
 
         self.url = url
