@@ -29,6 +29,7 @@ def engine(depth: int = 0, accelerator: str = "cpu", kv: float = 0.0) -> EngineS
 
 
 def flow(engines: Engines, **cfg: object) -> FlowControl:
+    cfg.setdefault("burst", 0)  # the release order alone (burst: its own test)
     return FlowControl(
         FlowSection.model_validate(cfg),
         SaturationSection.model_validate({}),
@@ -175,3 +176,25 @@ async def test_without_routable_engines_nothing_waits():
     fc = flow(Engines())
     got = await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1)
     assert got.waited == 0.0
+
+
+async def test_a_tenant_under_its_share_starts_at_once_in_a_pool_another_floods():
+    eng = engine(depth=0)
+    fc = flow(Engines(eng), burst=0.25)
+    for i in range(4):  # A takes the whole pool (capacity 4)
+        await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1,
+                       res_id=f"a{i}")  # fmt: skip
+    eng.reported_depth = 4
+    assert fc.would_wait("p")
+    # B holds none of its share (2 of 4): it goes one over capacity, at once.
+    got = await fc.admit("p", "b", priority=0, weight=1, input_tokens=1, output_bound=1,
+                         res_id="b0")  # fmt: skip
+    assert got.waited == 0.0
+    eng.reported_depth = 5
+    # A, over its share, waits; so does B now that the burst is used.
+    with pytest.raises(Shed):
+        await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1,
+                       max_wait=0.05)  # fmt: skip
+    with pytest.raises(Shed):
+        await fc.admit("p", "b", priority=0, weight=1, input_tokens=1, output_bound=1,
+                       max_wait=0.05)  # fmt: skip

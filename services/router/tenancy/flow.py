@@ -11,6 +11,9 @@ output bound at release, corrected to the tokens really generated when the turn 
 that becomes backlogged is lifted to the lowest counter of those already waiting, so idle time
 banks no credit. A flooding tenant therefore gets its weight's share, never the others'.
 
+A tenant holding less than its weighted share of the pool's turns does not wait behind a
+flooder's long turns: it may go `burst` (a fraction of the pool's capacity) over it at once.
+
 Queues are bounded: a pool holds at most `max_queue` turns, and none waits more than
 `max_wait_seconds` (nor past its client's deadline): over either, the turn is shed with
 RESOURCE_EXHAUSTED and a retry delay; a full queue sheds its lowest band's newest turn first to
@@ -59,6 +62,11 @@ class FlowSection(StrictModel):
     max_wait_seconds: float = pydantic.Field(20.0, gt=0, le=25)
     # Output tokens weigh this much against input tokens in the counter (VTC: 2).
     output_weight: float = pydantic.Field(2.0, ge=0)
+    # A saturated pool still takes a turn at once, up to this fraction of its capacity over it
+    # (at least one turn), from a tenant holding less than its weighted share of the pool's
+    # turns: a tenant arriving at a pool another floods starts now, not after a flooder's turn
+    # ends. 0: never over capacity.
+    burst: float = pydantic.Field(0.25, ge=0, le=1)
 
 
 class Shed(ResourceExhausted):
@@ -93,6 +101,8 @@ class _Pool:
     # priority → tenant → its waiting turns (oldest first)
     bands: dict[int, dict[str, deque[_Waiter]]] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    tenant_in_flight: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # each tenant's, as last seen
     waiting: int = 0
     # Turns this router let through and that have not ended (their engine's usage report):
     # exact, where the engines' load reports lag the turns still on their way.
@@ -195,8 +205,18 @@ class FlowControl:
         `on_queue(seconds)` is called when the turn starts waiting, with the longest it may."""
         p = self._pools.setdefault(pool, _Pool())
         cost = (input_tokens + self.cfg.output_weight * output_bound) / weight
+        p.weights[tenant] = weight
         free = self.free_slots(pool)
-        if not self.cfg.enabled or free is None or (p.waiting == 0 and free > 0):
+        if (
+            not self.cfg.enabled
+            or free is None
+            or (p.waiting == 0 and free > 0)
+            or (
+                free > -self._burst(pool)
+                and not any(q for prio, b in p.bands.items() if prio > priority for q in b.values())
+                and self._under_share(pool, p, tenant)
+            )
+        ):
             self._let_through(pool, p, tenant, cost, res_id, output_bound, weight)
             QUEUE_WAIT.labels(pool, self._label(tenant)).observe(0.0)
             return Admitted(pool, 0.0, self._picked)
@@ -284,13 +304,43 @@ class FlowControl:
             q.remove(w)
             p.waiting -= 1
 
+    def _capacity(self, pool: str) -> int:
+        return self.saturation.pool_capacity(self._registry.routable(pool))
+
+    def _burst(self, pool: str) -> int:
+        if not self.cfg.burst:
+            return 0
+        return max(1, int(self._capacity(pool) * self.cfg.burst))
+
+    def _under_share(self, pool: str, p: _Pool, tenant: str) -> bool:
+        """Whether `tenant` holds fewer of the pool's turns than its weighted share of the
+        pool's capacity among the tenants active there (in flight or waiting)."""
+        active = {t for t, n in p.tenant_in_flight.items() if n > 0}
+        active |= {t for band in p.bands.values() for t, q in band.items() if q}
+        active.add(tenant)
+        total = sum(p.weights.get(t, 1.0) for t in active)
+        share = self._capacity(pool) * p.weights.get(tenant, 1.0) / total
+        return p.tenant_in_flight.get(tenant, 0) + 1 <= share
+
     def _let_through(
         self, pool: str, p: _Pool, tenant: str, cost: float, res_id: str, bound: int, weight: float
     ) -> None:
         p.counters[tenant] = p.counters.get(tenant, 0.0) + cost
         p.in_flight += 1
+        p.tenant_in_flight[tenant] = p.tenant_in_flight.get(tenant, 0) + 1
         if res_id:
             self._charged[res_id] = (pool, tenant, bound, weight)
+
+    def _ended(self, pool: str, tenant: str) -> _Pool | None:
+        p = self._pools.get(pool)
+        if p is not None:
+            p.in_flight = max(0, p.in_flight - 1)
+            left = p.tenant_in_flight.get(tenant, 0) - 1
+            if left > 0:
+                p.tenant_in_flight[tenant] = left
+            else:
+                p.tenant_in_flight.pop(tenant, None)
+        return p
 
     def _picked(self, pool: str) -> None:
         """The let-through turn was routed (or refused): nothing to account; room may show."""
@@ -336,9 +386,8 @@ class FlowControl:
         if got is None:
             return
         pool, tenant, bound, weight = got
-        p = self._pools.get(pool)
+        p = self._ended(pool, tenant)
         if p is not None:
-            p.in_flight = max(0, p.in_flight - 1)
             if tenant in p.counters:
                 unused = max(0, bound - completion_tokens)
                 p.counters[tenant] -= self.cfg.output_weight * unused / weight
@@ -348,7 +397,5 @@ class FlowControl:
         """A let-through turn that will not report its end (refused, or its report lost)."""
         got = self._charged.pop(res_id, None)
         if got is not None:
-            p = self._pools.get(got[0])
-            if p is not None:
-                p.in_flight = max(0, p.in_flight - 1)
-                self.kick(got[0])
+            self._ended(got[0], got[1])
+            self.kick(got[0])
