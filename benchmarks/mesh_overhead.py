@@ -293,15 +293,19 @@ def hop_times(traces: Path) -> dict[str, float]:
 GENERATE_SPAN = "switchyard.engine.generate"
 
 
-def open_config(workdir: Path) -> Path:
-    """mesh-bench.yaml with API keys and TLS off."""
+def bench_config(workdir: Path, secure: bool) -> Path:
+    """mesh-bench.yaml as `up` runs it ("secure"), or with API keys and TLS off ("open"). In
+    both, the engine's capacity is unbounded: h2load's exchanges never reach it, and flow
+    control would hold them once the pool looked saturated (its admission path still runs)."""
     data = yaml.safe_load((HERE / "mesh-bench.yaml").read_text())
-    data["auth"] = {"enabled": False}
-    data["tls"] = {"plaintext": True}
+    if not secure:
+        data["auth"] = {"enabled": False}
+        data["tls"] = {"plaintext": True}
+    data["saturation"] = {"capacity": {"cpu": 10**9}}
     engines = data["pools"][0]["engines"]
     for group in engines:
         group["config"] = str((HERE / group["config"]).resolve())
-    path = workdir / "mesh-bench-open.yaml"
+    path = workdir / f"mesh-bench-{'secure' if secure else 'open'}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -317,9 +321,11 @@ async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     meshes = {  # every turn traced, as `up` does, into a directory per mesh
         "secure": Mesh(
-            HERE / "mesh-bench.yaml", free_ports=True, say=say, traces_dir=workdir / "t-secure"
+            bench_config(workdir, True), free_ports=True, say=say, traces_dir=workdir / "t-secure"
         ),
-        "open": Mesh(open_config(workdir), free_ports=True, say=say, traces_dir=workdir / "t-open"),
+        "open": Mesh(
+            bench_config(workdir, False), free_ports=True, say=say, traces_dir=workdir / "t-open"
+        ),
     }
     results: dict[str, Any] = {}
     try:

@@ -198,3 +198,23 @@ async def test_a_tenant_under_its_share_starts_at_once_in_a_pool_another_floods(
     with pytest.raises(Shed):
         await fc.admit("p", "b", priority=0, weight=1, input_tokens=1, output_bound=1,
                        max_wait=0.05)  # fmt: skip
+
+
+async def test_a_turn_no_engine_accepted_stops_counting_and_counts_again_if_one_does(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from services.router.tenancy import flow as flow_module
+
+    monkeypatch.setattr(flow_module, "UNACCEPTED_SECONDS", 0.02)
+    fc = flow(Engines(engine(depth=0)))
+    for i in range(4):  # e.g. refused by the safety filter after the router: never accepted
+        await fc.admit(
+            "p", "a", priority=0, weight=1, input_tokens=1, output_bound=1, res_id=f"r{i}"
+        )
+    assert fc.free_slots("p") == 0
+    await asyncio.sleep(0.05)
+    assert fc.free_slots("p") == 4  # nothing of them is running anywhere
+    fc.on_accept("r0")  # (an engine took one late after all)
+    assert fc.free_slots("p") == 3
+    fc.on_done("r0", 1)
+    assert fc.free_slots("p") == 4

@@ -182,3 +182,42 @@ async def test_a_heartbeat_goes_out_even_while_kv_batches_keep_flowing():
         loads += ev.HasField("load")
         await asyncio.sleep(0.01)
     assert loads >= 2
+
+
+async def test_the_replay_keeps_the_cache_salt_of_a_prompts_first_block():
+    t = LoadTracker("e1")
+    ev = stored([b"a", b"b"])
+    ev.stored.cache_salt = "tenant:acme"
+    t.publish_kv(engine_pb2.KvCacheEvents(sequence=1, events=[ev]))
+    events = t.watch(kv_events=True).events(heartbeat=10)
+    await next_event(events)
+    replay = (await next_event(events)).kv
+    assert [e.stored.cache_salt for e in replay.events[1:]] == ["tenant:acme", ""]
+
+
+def test_the_salt_is_read_from_vllms_extra_keys():
+    from types import SimpleNamespace
+
+    from services.engine.kv_events import _cache_salt
+
+    assert _cache_salt(SimpleNamespace(extra_keys=[("tenant:acme",), None])) == "tenant:acme"
+    with_lora = SimpleNamespace(extra_keys=[("my-lora", ("mm", 0), "group:x")], lora_name="my-lora")
+    assert _cache_salt(with_lora) == "group:x"
+    assert _cache_salt(SimpleNamespace(extra_keys=None)) == ""
+
+
+async def test_usage_reports_go_to_the_registration_stream_or_wait_for_one():
+    t = LoadTracker("e1")
+    t.publish_usage(engine_pb2.TurnUsage(reservation_id="r1"))  # no stream up: kept
+    plain = t.watch(kv_events=False)  # an operator's WatchEvents: no usage reports
+    reg = t.watch(kv_events=False, usage=True)
+    assert [u.reservation_id for u in reg.usage_queue] == ["r1"]
+    t.publish_usage(engine_pb2.TurnUsage(reservation_id="r2", done=True))
+    assert [u.reservation_id for u in reg.usage_queue] == ["r1", "r2"]
+    assert not plain.usage_queue
+    events = reg.events(heartbeat=10)
+    await next_event(events)  # the load report first
+    assert (await next_event(events)).usage.reservation_id == "r1"
+    t.unwatch(reg)  # the stream broke: what it had not sent waits for the next one
+    again = t.watch(kv_events=False, usage=True)
+    assert [u.reservation_id for u in again.usage_queue] == ["r2"]

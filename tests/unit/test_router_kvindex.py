@@ -240,3 +240,22 @@ def test_match_expires_stale_entries_by_itself():
     idx.record_routed("a", block_hashes(p, BS))
     clock.now += 10  # > ttl + ttl/8 since the last expiry pass
     assert idx.match(block_hashes(p, BS), ["a"]) == {}
+
+
+# -- cache salt (per-tenant isolation) -------------------------------------------------------
+
+
+def test_blocks_stored_under_a_salt_match_only_that_salts_prompts():
+    idx = precise_index("a")
+    p = prompt(3)
+    ev = FakeVllm("a").stored(p, BS)
+    ev.stored.cache_salt = "tenant:acme"  # vLLM folds it into the first block's hash
+    idx.apply("a", batch(1, ev))
+    assert idx.match(block_hashes(p, BS, salt="tenant:acme"), ["a"]) == {"a": 3}
+    assert idx.match(block_hashes(p, BS), ["a"]) == {}  # unsalted: other blocks
+    assert idx.match(block_hashes(p, BS, salt="tenant:other"), ["a"]) == {}
+    # A child run (parent set) chains onto the salted parent, whatever its own salt field.
+    longer = prompt(3) + prompt(1, seed=9)
+    child = FakeVllm("a").stored(longer, BS, first_block=3)
+    idx.apply("a", batch(2, child))
+    assert idx.match(block_hashes(longer, BS, salt="tenant:acme"), ["a"]) == {"a": 4}

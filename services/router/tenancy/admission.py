@@ -326,8 +326,9 @@ class Admission:
             self._reports.put_nowait((engine_id, usage))
 
     def engine_gone(self, engine_id: str) -> None:
-        if self._by_engine.get(engine_id):
-            self._reports.put_nowait((engine_id, None))
+        """The engine's registry stream closed: after its reports queued so far, its accepted
+        turns settle at their prompt."""
+        self._reports.put_nowait((engine_id, None))
 
     async def _apply(self, engine_id: str, usage: engine_pb2.TurnUsage | None) -> None:
         if usage is None:  # the engine's stream closed: its turns settle at their prompt
@@ -340,6 +341,8 @@ class Admission:
         res_id = usage.reservation_id
         if not usage.done:
             self._by_engine[engine_id].add(res_id)
+            if self.flow is not None:
+                self.flow.on_accept(res_id)
             if res_id in self._deadline:
                 self._deadline[res_id] = time.monotonic() + self.cfg.max_turn_seconds
             if res_id.endswith(METERED):

@@ -51,6 +51,8 @@ SHED = Counter(
     "Turns shed under saturation: queue_full (or pushed out by a higher band), waited_too_long.",
     ["pool", "tenant", "reason"],
 )
+# A turn let through that no engine has accepted after this long stops counting in flight.
+UNACCEPTED_SECONDS = 3.0
 QUEUED = Gauge("switchyard_router_queued_turns", "Turns waiting in the router.", ["pool"])
 
 
@@ -96,6 +98,20 @@ class _Waiter:
     output_bound: int = 0
 
 
+@dataclass(eq=False)
+class _Sent:
+    """A turn let through: counted in flight until it ends, or until it goes unaccepted by any
+    engine for `UNACCEPTED_SECONDS` (refused after the router, e.g. by the safety filter)."""
+
+    pool: str
+    tenant: str
+    bound: int
+    weight: float
+    at: float
+    accepted: bool = False
+    counted: bool = True
+
+
 @dataclass
 class _Pool:
     # priority → tenant → its waiting turns (oldest first)
@@ -107,6 +123,7 @@ class _Pool:
     # Turns this router let through and that have not ended (their engine's usage report):
     # exact, where the engines' load reports lag the turns still on their way.
     in_flight: int = 0
+    unaccepted: deque[_Sent] = field(default_factory=deque)  # let through, oldest first
 
     def backlogged_min(self) -> float | None:
         mins = [
@@ -143,9 +160,9 @@ class FlowControl:
         self._registry = registry
         self._label = label
         self._pools: dict[str, _Pool] = {}
-        # A let-through turn's reservation → (pool, tenant, output bound, weight): its end
-        # frees its slot and corrects its tenant's counter.
-        self._charged: dict[str, tuple[str, str, int, float]] = {}
+        # A let-through turn's reservation → what it was let through as: its end frees its slot
+        # and corrects its tenant's counter.
+        self._charged: dict[str, _Sent] = {}
         self.on_shed: Callable[[str], None] | None = None  # a tenant's turn was shed
 
     # -- the pool's state ----------------------------------------------------------------------
@@ -160,6 +177,7 @@ class FlowControl:
         free = self.saturation.pool_free_slots(engines)
         p = self._pools.get(pool)
         if p is not None:
+            self._expire_unaccepted(p)
             reported = sum(e.queue_depth for e in engines)
             free -= max(0, p.in_flight - reported)
         return free
@@ -212,7 +230,10 @@ class FlowControl:
             or free is None
             or (p.waiting == 0 and free > 0)
             or (
-                free > -self._burst(pool)
+                # Over capacity by this router's own count (the engines' reports may lag or
+                # include turns that are ending), within the burst.
+                self.cfg.burst > 0
+                and p.in_flight < self._capacity(pool) + self._burst(pool)
                 and not any(q for prio, b in p.bands.items() if prio > priority for q in b.values())
                 and self._under_share(pool, p, tenant)
             )
@@ -326,20 +347,49 @@ class FlowControl:
         self, pool: str, p: _Pool, tenant: str, cost: float, res_id: str, bound: int, weight: float
     ) -> None:
         p.counters[tenant] = p.counters.get(tenant, 0.0) + cost
-        p.in_flight += 1
-        p.tenant_in_flight[tenant] = p.tenant_in_flight.get(tenant, 0) + 1
+        self._count(p, tenant, 1)
         if res_id:
-            self._charged[res_id] = (pool, tenant, bound, weight)
+            sent = _Sent(pool, tenant, bound, weight, time.monotonic())
+            self._charged[res_id] = sent
+            p.unaccepted.append(sent)
 
-    def _ended(self, pool: str, tenant: str) -> _Pool | None:
-        p = self._pools.get(pool)
-        if p is not None:
-            p.in_flight = max(0, p.in_flight - 1)
-            left = p.tenant_in_flight.get(tenant, 0) - 1
-            if left > 0:
-                p.tenant_in_flight[tenant] = left
-            else:
-                p.tenant_in_flight.pop(tenant, None)
+    @staticmethod
+    def _count(p: _Pool, tenant: str, delta: int) -> None:
+        p.in_flight = max(0, p.in_flight + delta)
+        n = p.tenant_in_flight.get(tenant, 0) + delta
+        if n > 0:
+            p.tenant_in_flight[tenant] = n
+        else:
+            p.tenant_in_flight.pop(tenant, None)
+
+    def _expire_unaccepted(self, p: _Pool) -> None:
+        """Stop counting turns no engine accepted in time: they were refused on the way (their
+        end may never be reported) or wait in an engine that reports them itself."""
+        horizon = time.monotonic() - UNACCEPTED_SECONDS
+        q = p.unaccepted
+        while q and (q[0].accepted or not q[0].counted or q[0].at < horizon):
+            sent = q.popleft()
+            if not sent.accepted and sent.counted:
+                sent.counted = False
+                self._count(p, sent.tenant, -1)
+
+    def on_accept(self, res_id: str) -> None:
+        """An engine took the turn (its usage report): it counts until it ends."""
+        sent = self._charged.get(res_id)
+        if sent is None or sent.accepted:
+            return
+        sent.accepted = True
+        if not sent.counted:  # accepted after it stopped counting: it counts again
+            sent.counted = True
+            p = self._pools.get(sent.pool)
+            if p is not None:
+                self._count(p, sent.tenant, 1)
+
+    def _ended(self, sent: _Sent) -> _Pool | None:
+        p = self._pools.get(sent.pool)
+        if p is not None and sent.counted:
+            sent.counted = False
+            self._count(p, sent.tenant, -1)
         return p
 
     def _picked(self, pool: str) -> None:
@@ -382,20 +432,18 @@ class FlowControl:
     def on_done(self, res_id: str, completion_tokens: int) -> None:
         """A turn ended: its slot is free, and its tenant's counter is corrected from its
         output bound to what it generated."""
-        got = self._charged.pop(res_id, None)
-        if got is None:
+        sent = self._charged.pop(res_id, None)
+        if sent is None:
             return
-        pool, tenant, bound, weight = got
-        p = self._ended(pool, tenant)
-        if p is not None:
-            if tenant in p.counters:
-                unused = max(0, bound - completion_tokens)
-                p.counters[tenant] -= self.cfg.output_weight * unused / weight
-        self.kick(pool)
+        p = self._ended(sent)
+        if p is not None and sent.tenant in p.counters:
+            unused = max(0, sent.bound - completion_tokens)
+            p.counters[sent.tenant] -= self.cfg.output_weight * unused / sent.weight
+        self.kick(sent.pool)
 
     def forget(self, res_id: str) -> None:
         """A let-through turn that will not report its end (refused, or its report lost)."""
-        got = self._charged.pop(res_id, None)
-        if got is not None:
-            self._ended(got[0], got[1])
-            self.kick(got[0])
+        sent = self._charged.pop(res_id, None)
+        if sent is not None:
+            self._ended(sent)
+            self.kick(sent.pool)
