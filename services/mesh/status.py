@@ -54,7 +54,8 @@ def format_status(resp: router_pb2.StatusResponse) -> str:
         aliases = f", aliases: {', '.join(pool.aliases)}" if pool.aliases else ""
         lines.append(
             f"pool {pool.name} ({pool.accelerator}) models: {', '.join(pool.models)}"
-            f"{aliases} — {len(pool.engines)} engine(s)"
+            f"{aliases} — {len(pool.engines)} engine(s); turns {pool.in_flight} in flight of "
+            f"{pool.capacity}, {pool.queued} queued, room {pool.free_slots}"
         )
         if not pool.engines:
             lines.append("  (no engines registered)")

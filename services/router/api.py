@@ -130,6 +130,11 @@ class AdminService(router_pb2_grpc.AdminServicer):
                 models=models,
                 aliases=[a for m in models for a in self._resolver.aliases_of(m)],
             )
+            flow = self._admission.flow
+            if flow is not None:
+                ps.in_flight, ps.queued = flow.in_flight(pool.name), flow.queued(pool=pool.name)
+                ps.free_slots = flow.free_slots(pool.name) or 0
+                ps.capacity = flow.saturation.pool_capacity(self._registry.routable(pool.name))
             for e in sorted(self._registry.engines(pool.name), key=lambda e: e.engine_id):
                 state = self._registry.state_of(e)
                 ps.engines.add(

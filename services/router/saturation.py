@@ -8,7 +8,7 @@ Flow control (fair share) holds turns in the router while a pool is saturated; d
 autoscaling read the same numbers.
 
     saturation:
-      capacity: {h100: 64, l4: 16, cpu: 4}
+      capacity: {h100: 64, l4: 16, cpu: 16}
       kv_high: 0.9
 """
 
@@ -23,7 +23,7 @@ from services.router.registry import EngineState
 
 
 def _default_capacity() -> dict[str, int]:
-    return {"h200": 96, "h100": 64, "a100": 48, "l40s": 32, "l4": 16, "cpu": 4}
+    return {"h200": 96, "h100": 64, "a100": 48, "l40s": 32, "l4": 16, "cpu": 16}
 
 
 class SaturationSection(StrictModel):

@@ -300,10 +300,13 @@ class Starts:
         except grpc.aio.AioRpcError as e:
             self.refused[label] = e
 
-    async def until(self, n: int, timeout: float = 60) -> None:
+    async def until(self, n: int, admin: Any, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while len(self.at) < n:
-            assert asyncio.get_running_loop().time() < deadline, f"{len(self.at)} of {n} started"
+            if asyncio.get_running_loop().time() > deadline:
+                status = await admin.Status(router_pb2.StatusRequest())
+                raise AssertionError(f"{len(self.at)} of {n} started; refused {self.refused}; "
+                                     f"{status}")  # fmt: skip
             await asyncio.sleep(0.05)
 
 
@@ -328,7 +331,7 @@ async def test_a_flooding_tenant_does_not_starve_another(mesh: Mesh, admin: Any)
             asyncio.create_task(starts.turn(a, f"a{i}", 600 + 100 * i))
             for i in range(POOL_SLOTS + 4)
         ]
-        await starts.until(POOL_SLOTS)
+        await starts.until(POOL_SLOTS, admin)
         await queued(
             admin, flooder, 4, starts
         )  # the pool is saturated: A's rest wait in the router
@@ -360,7 +363,7 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
             asyncio.create_task(starts.turn(f, f"fill{i}", 800 + 100 * i))
             for i in range(POOL_SLOTS)
         ]
-        await starts.until(POOL_SLOTS)
+        await starts.until(POOL_SLOTS, admin)
         # 16 free turns fill the router's queue (flow.max_queue in tests/integration/mesh.yaml).
         frees = [asyncio.create_task(starts.turn(fr, f"free{i}", 4)) for i in range(16)]
         await queued(admin, free.key.tenant, 16, starts)

@@ -28,17 +28,17 @@ def engine(depth: int = 0, accelerator: str = "cpu", kv: float = 0.0) -> EngineS
     return e
 
 
+# Capacity per engine: 4 turns for "cpu" here, so that a few turns fill it.
+SAT = SaturationSection.model_validate({"capacity": {"h100": 64, "l4": 16, "cpu": 4}})
+
+
 def flow(engines: Engines, **cfg: object) -> FlowControl:
     cfg.setdefault("burst", 0)  # the release order alone (burst: its own test)
-    return FlowControl(
-        FlowSection.model_validate(cfg),
-        SaturationSection.model_validate({}),
-        engines,  # type: ignore[arg-type]
-    )
+    return FlowControl(FlowSection.model_validate(cfg), SAT, engines)  # type: ignore[arg-type]
 
 
 def test_an_h100_engine_counts_for_more_than_an_l4_and_a_full_kv_cache_counts_as_full():
-    sat = SaturationSection.model_validate({})
+    sat = SAT
     assert sat.free_slots(engine(10, "h100")) == 54
     assert sat.free_slots(engine(10, "l4")) == 6
     assert sat.free_slots(engine(0, "h100", kv=0.95)) == 0

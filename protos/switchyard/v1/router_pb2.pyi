@@ -96,18 +96,26 @@ class StatusResponse(_message.Message):
     def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., xds_nodes: _Optional[_Iterable[_Union[XdsNodeStatus, _Mapping]]] = ..., router_id: _Optional[str] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("name", "accelerator", "models", "aliases", "engines")
+    __slots__ = ("name", "accelerator", "models", "aliases", "engines", "in_flight", "queued", "free_slots", "capacity")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     accelerator: str
     models: _containers.RepeatedScalarFieldContainer[str]
     aliases: _containers.RepeatedScalarFieldContainer[str]
     engines: _containers.RepeatedCompositeFieldContainer[EngineStatus]
-    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ...) -> None: ...
+    in_flight: int
+    queued: int
+    free_slots: int
+    capacity: int
+    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., free_slots: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
     __slots__ = ("engine_id", "endpoint", "model", "model_version", "state", "load", "cache_hit_rate", "routed_turns", "indexed_blocks", "seconds_since_report")

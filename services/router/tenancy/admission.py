@@ -374,33 +374,39 @@ class Admission:
         return tenant
 
     async def run(self) -> None:
-        """Apply engine reports as they come, and sweep expired reservations every second."""
-        next_sweep = time.monotonic() + SWEEP_SECONDS
-        while True:
-            timeout = max(0.0, next_sweep - time.monotonic())
-            try:
-                engine_id, usage = await asyncio.wait_for(self._reports.get(), timeout)
-            except TimeoutError:
-                now = time.monotonic()
-                next_sweep = now + SWEEP_SECONDS
-                for res_id in [r for r, d in self._deadline.items() if d <= now]:
-                    self._ended(res_id, 0)  # never reported here (the ledger's lease settles it)
+        """Apply engine reports as they come, in order, and sweep expired reservations every
+        second (beside it: a timed wait on the queue could lose a report to the timeout)."""
+        sweeper = asyncio.create_task(self._sweep(), name="quota-sweep")
+        try:
+            while True:
+                engine_id, usage = await self._reports.get()
                 try:
-                    expired = await self.ledger.expire()
+                    await self._apply(engine_id, usage)
                 except LedgerUnavailable as e:
-                    LEDGER_ERRORS.labels("expire").inc()
-                    self._log_down(str(e))
-                    continue
-                if expired:
-                    log.info("%d quota reservation(s) expired unreported and were settled", expired)
-                continue
+                    LEDGER_ERRORS.labels("settle").inc()
+                    self._log_down(str(e))  # the lease settles it once the ledger is back
+                except Exception:
+                    log.exception("applying a usage report from engine %s failed", engine_id)
+        finally:
+            sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for res_id in [r for r, d in self._deadline.items() if d <= now]:
+                self._ended(res_id, 0)  # never reported here (the ledger's lease settles it)
             try:
-                await self._apply(engine_id, usage)
+                expired = await self.ledger.expire()
             except LedgerUnavailable as e:
-                LEDGER_ERRORS.labels("settle").inc()
-                self._log_down(str(e))  # the lease settles it once the ledger is back
+                LEDGER_ERRORS.labels("expire").inc()
+                self._log_down(str(e))
+                continue
             except Exception:
-                log.exception("applying a usage report from engine %s failed", engine_id)
+                log.exception("sweeping expired quota reservations failed")
+                continue
+            if expired:
+                log.info("%d quota reservation(s) expired unreported and were settled", expired)
 
     def queued(self, tenant: str) -> int:
         """Turns of `tenant` waiting in the router for a saturated pool (fair share)."""

@@ -182,6 +182,14 @@ class FlowControl:
             free -= max(0, p.in_flight - reported)
         return free
 
+    def in_flight(self, pool: str) -> int:
+        """Turns this router let into `pool` that have not ended (or gone unaccepted)."""
+        p = self._pools.get(pool)
+        if p is None:
+            return 0
+        self._expire_unaccepted(p)
+        return p.in_flight
+
     def queued(self, tenant: str | None = None, pool: str | None = None) -> int:
         n = 0
         for name, p in self._pools.items():
