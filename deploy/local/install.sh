@@ -41,4 +41,22 @@ else
   echo "$want" > "$stamp"
   echo "[install] done"
 fi
+# Debian packages: redis-server (the shared quota ledger: its tests, `up --redis`) and
+# nghttp2-client (h2load, for benchmarks/mesh_overhead.py and benchmarks/fairness.py).
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null; then
+    as_root=""
+    [ "$(id -u)" = 0 ] || as_root="sudo"
+    echo "[install] Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $as_root apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+      $as_root apt-get update -q >/dev/null && $as_root apt-get install -y -q "${missing[@]}" >/dev/null
+    }
+  else
+    echo "[install] warning: no apt-get here; install ${missing[*]} yourself" >&2
+  fi
+fi
 "$venv/bin/switchyard" models init >/dev/null

@@ -9,6 +9,7 @@ text and a Final with FINISH_REASON_DEADLINE instead of a bare DEADLINE_EXCEEDED
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -127,9 +128,13 @@ class InferenceService:
             # In the trailers: they go out with the status anyway, so the id costs no extra
             # write before the first token (initial metadata would).
             context.set_trailing_metadata(((headers.TRACE_ID, trace_id),))
+        # Closed here, not left to the garbage collector, when the call is cancelled: its
+        # `finally` ends the turn in vLLM and reports its usage to the router at once.
+        turn = self._generate(request, context, arrived, span, arrived_ns)
         try:
-            async for msg in self._generate(request, context, arrived, span, arrived_ns):
-                yield msg
+            async with contextlib.aclosing(turn):
+                async for msg in turn:
+                    yield msg
         except asyncio.CancelledError:
             self._metrics.finished("CANCELLED")
             span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
@@ -148,7 +153,7 @@ class InferenceService:
         arrived: float,
         span: trace.Span,
         arrived_ns: int,
-    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[inference_pb2.GenerateResponse, None]:
         if isinstance(request, Malformed):
             raise request.error
         self._admission.check()

@@ -77,6 +77,10 @@ class EnvoySection(StrictModel):
     # given up on and the turn retried on the next engine (a frozen engine); a turn that has
     # started streaming is never retried by Envoy.
     per_try_timeout_seconds: float = pydantic.Field(5.0, gt=0)
+    # How long Envoy waits for the router's (or the safety filter's) answer to each ext_proc
+    # message before failing the turn (UNAVAILABLE); they ask for more when they need it (a
+    # long prompt, a turn waiting for a saturated pool), up to 30 s.
+    ext_proc_timeout_seconds: float = pydantic.Field(2.0, gt=0, le=30)
     # Where Envoy finds its identity and the mesh's CA, as file-based SDS (`identity.yaml`,
     # `ca.yaml`; services/router/xds/envoy_proc.py writes them); an absolute path as Envoy sees
     # it. `switchyard up` sets it; None with TLS on: "sds" in Envoy's working directory.

@@ -90,6 +90,7 @@ class XdsPublisher:
             safety=safety,
             tracing=tracing,
             per_try_timeout_seconds=self._cfg.envoy.per_try_timeout_seconds,
+            ext_proc_timeout_seconds=self._cfg.envoy.ext_proc_timeout_seconds,
             # Envoy's own (codec) limits are above the router's, which tells the client why.
             max_request_headers_kb=min(8192, self._cfg.envoy.max_request_headers_kb * 3 // 2),
             max_headers_count=self._cfg.envoy.max_headers_count * 2,

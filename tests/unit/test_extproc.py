@@ -9,9 +9,9 @@ from services.common import headers as h
 from services.common.errors import InvalidArgument, Unavailable, Unimplemented
 from services.common.extproc import immediate_error
 from services.common.frames import single_message
+from services.router.auth.config import AuthSection
 from services.router.auth.principal import Principal
 from services.router.extproc import ExtProcService, identify
-from services.router.auth.config import AuthSection
 from services.router.routing import Limits
 from services.router.tenancy.admission import Admission, QuotaSection
 from services.router.tenancy.ledger import MemoryLedger
