@@ -339,8 +339,10 @@ async def test_a_flooding_tenant_does_not_starve_another(mesh: Mesh, admin: Any)
         await asyncio.gather(*flood, b_turn)
     assert not starts.refused
     a_waited = sorted(t for label, t in starts.at.items() if label.startswith("a"))[POOL_SLOTS:]
-    # B's turn went ahead of A's backlog: at most one of A's waiting turns started before it.
-    assert sum(t < starts.at["b"] for t in a_waited) <= 1, (starts.at["b"], a_waited)
+    # B's turn went ahead of A's backlog (first in line for the next slot; slots that free
+    # together start their turns in any order): first-come-first-served would start all four
+    # of A's waiting turns before it.
+    assert sum(t < starts.at["b"] for t in a_waited) <= 2, (starts.at["b"], a_waited)
 
 
 async def test_under_saturation_premium_starts_first_and_free_is_shed_first(

@@ -433,7 +433,12 @@ class FlowControl:
             backlogged = [t for t, q in band.items() if q]
             if not backlogged:
                 continue
-            tenant = min(backlogged, key=lambda t: p.counters.get(t, 0.0))
+            # Ties (a newly backlogged tenant is lifted to the lowest counter) go to the
+            # tenant with fewer turns in flight.
+            tenant = min(
+                backlogged,
+                key=lambda t: (p.counters.get(t, 0.0), p.tenant_in_flight.get(t, 0)),
+            )
             return band[tenant].popleft()
         return None
 
