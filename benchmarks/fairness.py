@@ -305,7 +305,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 rows))  # fmt: skip
     print(
         f"\ntwo backlogged tenants for {args.seconds:g}s (A: {args.flood} streams, C: "
-        f"{max(1, args.flood // 4)}); service = input + 2 x output tokens of turns ended\n"
+        f"{max(1, args.flood // 2)}); service = input + 2 x output tokens of turns ended\n"
     )
     rows = []
     for name in ("fair", "fifo"):

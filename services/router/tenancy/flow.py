@@ -225,10 +225,9 @@ class FlowControl:
         output_bound: int,
         res_id: str = "",
         max_wait: float | None = None,
-        on_queue: Callable[[float], None] | None = None,
     ) -> Admitted:
         """Return once the turn may be routed (at once while the pool has room); raises Shed.
-        `on_queue(seconds)` is called when the turn starts waiting, with the longest it may."""
+        Whoever waits for it asks Envoy for more time first (`would_wait`, `wait_limit`)."""
         p = self._pools.setdefault(pool, _Pool())
         cost = (input_tokens + self.cfg.output_weight * output_bound) / weight
         p.weights[tenant] = weight
@@ -260,8 +259,6 @@ class FlowControl:
         self._make_room(pool, p, w)
         self._enqueue(p, w)
         QUEUED.labels(pool).set(p.waiting)
-        if on_queue is not None:
-            on_queue(wait)
         self.kick(pool)
         try:
             await asyncio.wait_for(asyncio.shield(w.future), wait)
