@@ -31,6 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WORDS, percentile, say, table, write_json
 
+from services.common import headers
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -94,7 +96,9 @@ async def run_policy(
             start = time.perf_counter()
             ttft, text = float("nan"), []
             try:
-                async for msg in stubs[endpoint].stream(req):  # type: ignore[attr-defined]
+                # Each tenant's prefix-cache salt, as the mesh sends it (and Router.Pick uses).
+                salt = ((headers.CACHE_SALT, f"tenant:{s.tenant}"),)
+                async for msg in stubs[endpoint].stream(req, metadata=salt):  # type: ignore[attr-defined]
                     if msg.HasField("delta"):
                         if ttft != ttft:
                             ttft = time.perf_counter() - start

@@ -16,7 +16,7 @@ from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.routing import RoutingService, check_request_size
 from services.router.tenancy.admission import Admission
-from services.router.tenancy.policy import TenantPolicy
+from services.router.tenancy.policy import PolicyStore, TenantPolicy, cache_salt
 from services.router.xds.cache import SnapshotCache
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -40,8 +40,9 @@ def xds_status(cache: SnapshotCache) -> list[router_pb2.XdsNodeStatus]:
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, routing: RoutingService) -> None:
+    def __init__(self, routing: RoutingService, policies: PolicyStore | None = None) -> None:
         self._routing = routing
+        self._policies = policies  # a tenant's cache salt, as the mesh's turns get it
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_RouterServicer_to_server(self, server)
@@ -50,12 +51,16 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.PickRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.PickResponse:
         check_request_size(request.request.ByteSize(), self._routing.limits)
+        salt = ""
+        if request.tenant and self._policies is not None:
+            salt = cache_salt(request.tenant, self._policies.get(request.tenant))
         decision, rr = await self._routing.route(
-            request.request, tenant=request.tenant, commit=request.commit
+            request.request, tenant=request.tenant, commit=request.commit, cache_salt=salt
         )
         resp: router_pb2.PickResponse = decision.to_proto()
         resp.model = rr.model
         resp.prompt_tokens = len(rr.prompt_token_ids)
+        resp.cache_salt = salt
         return resp
 
 

@@ -46,7 +46,7 @@ from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
 from services.router.tenancy.admission import Admission, QuotaExceeded, Ticket
 from services.router.tenancy.flow import FlowControl, Shed
-from services.router.tenancy.policy import TenantPolicy
+from services.router.tenancy.policy import TenantPolicy, cache_salt
 from switchyard.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,6 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
             **decision.candidate_attributes(),
         }
     )
-
-
-def cache_salt(tenant: str, policy: TenantPolicy) -> str:
-    """The prefix-cache salt of a tenant's turns: its cache group's, or its own."""
-    return f"group:{policy.cache_group}" if policy.cache_group else f"tenant:{tenant}"
 
 
 def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:

@@ -123,12 +123,15 @@ class RoutingService:
         tenant: str = "",
         session_id: str = "",
         commit: bool = True,
+        cache_salt: str = "",
     ) -> tuple[Decision, RoutingRequest]:
         """Pick an engine for `req`; raises InvalidArgument / PermissionDenied / Unavailable with
         a clear message. The caller's `principal` (the ext_proc path) names the tenant, the
         models it may use and its priority ceiling; without one (Router.Pick, an operator's
         question) the turn is `tenant`'s with the priority it asks for."""
-        rr = await self.prepare(req, principal=principal, tenant=tenant, session_id=session_id)
+        rr = await self.prepare(
+            req, principal=principal, tenant=tenant, session_id=session_id, cache_salt=cache_salt
+        )
         return await self.pick(rr, commit), rr
 
     async def prepare(

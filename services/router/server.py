@@ -120,7 +120,7 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     extproc.ExtProcService(
         routing, auth, admission, tracing.tracer(__name__) if tracing.enabled else None, flow
     ).add_to_server(server.grpc)
-    api.RouterService(routing).add_to_server(server.grpc)
+    api.RouterService(routing, policies).add_to_server(server.grpc)
     api.AdminService(
         cfg, resolver, registry, cache, reg.router_id, auth, tls, admission
     ).add_to_server(server.grpc)

@@ -225,6 +225,7 @@ async def test_router_pick_explains_the_decision(mesh: Mesh):
         req = make_request(long_text(40), model="chat", max_tokens=8)
         resp = await router.Pick(router_pb2.PickRequest(request=req, tenant="t1", commit=False))
     assert resp.pool == "l4-small" and resp.model == "small"
+    assert resp.cache_salt == "tenant:t1"  # what the mesh would send the engine for t1
     assert resp.endpoint in {e.address for e in mesh.engines}
     assert resp.prompt_tokens > 40
     assert len(resp.candidates) == 2

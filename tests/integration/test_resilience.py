@@ -47,6 +47,9 @@ GENERATE = "/switchyard.v1.Inference/Generate"
 SMALL_POOL = "pool_l4-small"
 
 
+RESUMED_BUDGET = 600  # tokens of each turn the engine kill breaks
+
+
 def child(mesh: Mesh, name: str) -> Child:
     assert mesh.supervisor is not None
     c = mesh.supervisor.child(name)
@@ -368,7 +371,9 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         requests = [
             make_request(
                 long_text(40, seed=i),
-                max_tokens=120,
+                # Long enough that the kill lands mid-stream even when this client reads its
+                # first deltas late (the engine streams ahead into the socket meanwhile).
+                max_tokens=RESUMED_BUDGET,
                 ignore_eos=True,
                 temperature=0.0,
                 session_id="resume-me",
@@ -388,7 +393,7 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         final = reply.final
         assert final is not None
         assert final.resumed == 1 and final.served_by.engine != target
-        assert final.usage.completion_tokens == 120  # the budget, across both engines
+        assert final.usage.completion_tokens == RESUMED_BUDGET  # the budget, across both engines
         [resume] = reply.resumes
         assert reply.text.startswith(resume.received_text) and resume.completion_tokens > 0
         # Nothing repeated or lost: what came after the break is exactly what the mesh

@@ -310,6 +310,19 @@ class Starts:
             await asyncio.sleep(0.2)
 
 
+async def whole_small_pool(admin: Any, timeout: float = 300) -> None:
+    """Both small engines serving (an earlier test may have killed one: it is being restarted),
+    so that the pool holds POOL_SLOTS turns."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await admin.Status(router_pb2.StatusRequest())
+        [pool] = [p for p in status.pools if p.name == "l4-small"]
+        if sum(e.state == "serving" for e in pool.engines) == 2 and pool.capacity == POOL_SLOTS:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"the small pool is not whole: {pool}"
+        await asyncio.sleep(0.5)
+
+
 async def queued(admin: Any, tenant: str, n: int, starts: Starts, timeout: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (st := await tenant_status(admin, tenant)).queued < n:
@@ -325,6 +338,7 @@ async def queued(admin: Any, tenant: str, n: int, starts: Starts, timeout: float
 async def test_a_flooding_tenant_does_not_starve_another(mesh: Mesh, admin: Any) -> None:
     flooder, key_a = await tenant_with(admin)
     _, key_b = await tenant_with(admin)
+    await whole_small_pool(admin)
     starts = Starts()
     async with mesh_channel(mesh, key_a) as a, mesh_channel(mesh, key_b) as b:
         flood = [
@@ -355,6 +369,7 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
     premium = await admin.CreateKey(
         router_pb2.CreateKeyRequest(tenant=f"premium-{uuid.uuid4().hex[:6]}", tier="premium")
     )
+    await whole_small_pool(admin)
     starts = Starts()
     async with (
         mesh_channel(mesh, key_f) as f,

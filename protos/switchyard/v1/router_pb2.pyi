@@ -43,7 +43,7 @@ class PickRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_inference_pb2.GenerateRequest, _Mapping]] = ..., tenant: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
 
 class PickResponse(_message.Message):
-    __slots__ = ("pool", "model", "engine_id", "endpoint", "fallback_endpoints", "candidates", "prompt_tokens")
+    __slots__ = ("pool", "model", "engine_id", "endpoint", "fallback_endpoints", "candidates", "prompt_tokens", "cache_salt")
     POOL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class PickResponse(_message.Message):
     FALLBACK_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
     pool: str
     model: str
     engine_id: str
@@ -58,7 +59,8 @@ class PickResponse(_message.Message):
     fallback_endpoints: _containers.RepeatedScalarFieldContainer[str]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     prompt_tokens: int
-    def __init__(self, pool: _Optional[str] = ..., model: _Optional[str] = ..., engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., fallback_endpoints: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+    cache_salt: str
+    def __init__(self, pool: _Optional[str] = ..., model: _Optional[str] = ..., engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., fallback_endpoints: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., cache_salt: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("engine_id", "endpoint", "filtered_by", "score", "scores")

@@ -46,6 +46,11 @@ class TenantsSection(StrictModel):
     policies: dict[str, TenantPolicy] = pydantic.Field(default_factory=dict)
 
 
+def cache_salt(tenant: str, policy: TenantPolicy) -> str:
+    """The prefix-cache salt of a tenant's turns: its cache group's, or its own."""
+    return f"group:{policy.cache_group}" if policy.cache_group else f"tenant:{tenant}"
+
+
 def default_tenants_file() -> Path:
     return home_path("tenants.json", "SWITCHYARD_TENANTS")
 
