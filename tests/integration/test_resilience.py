@@ -105,9 +105,9 @@ def lag_buckets(mesh: Mesh) -> dict[str, float]:
     }
 
 
-def envoy_healthy(mesh: Mesh, engine: str) -> bool:
+def envoy_healthy(mesh: Mesh, engine: str, cluster: str = SMALL_POOL) -> bool:
     address = child(mesh, engine).proc.ready["address"]  # type: ignore[attr-defined]
-    health = cluster_hosts(mesh, SMALL_POOL).get(address, {})
+    health = cluster_hosts(mesh, cluster).get(address, {})
     return health.get("eds_health_status") == "HEALTHY" and not health.get(
         "failed_active_health_check"
     )
@@ -416,6 +416,12 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         "h100-large-0 restarted",
     )
     await eventually(lambda: _state_is(mesh, target, "serving"), 10, f"{target} registered")
+    # A restarted engine is a new host to Envoy: routable once its first health check passes.
+    await eventually(
+        lambda: envoy_healthy(mesh, "h100-large-0", "pool_h100-large"),
+        10,
+        "h100-large-0 healthy in Envoy",
+    )
     # Nothing of the dead engines runs on (a killed engine's vLLM core would, orphaned).
     assert [p.info for p in _live_in_groups(old_groups)] == []
     reply = await generate(envoy, make_request("think", model="reasoning", max_tokens=4))
