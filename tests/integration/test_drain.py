@@ -99,7 +99,9 @@ async def test_a_reused_request_id_does_not_confuse_the_drain(inference, control
     both, its grace stops both, and each Final echoes the client's id."""
     calls = []
     for _ in range(2):
-        req = make_request("same id", max_tokens=900, ignore_eos=True)
+        # As long as the context allows: both must still be generating when the drain's
+        # 0.3 s grace ends, however late this starved client got to send the Drain.
+        req = make_request("same id", max_tokens=LONG_TURN, ignore_eos=True)
         req.request_id = "client-42"
         call = inference.Generate(req)
         assert (await call.read()).HasField("delta")
