@@ -307,7 +307,7 @@ class Starts:
                 status = await admin.Status(router_pb2.StatusRequest())
                 raise AssertionError(f"{len(self.at)} of {n} started; refused {self.refused}; "
                                      f"{status}")  # fmt: skip
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
 
 
 async def whole_small_pool(admin: Any, timeout: float = 300) -> None:
@@ -332,7 +332,7 @@ async def queued(admin: Any, tenant: str, n: int, starts: Starts, timeout: float
                 f"{tenant}: fewer than {n} queued: {st}; started {sorted(starts.at)}, refused "
                 f"{ {k: e.details() for k, e in starts.refused.items()} }; {status}"
             )
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
 
 
 async def test_a_flooding_tenant_does_not_starve_another(mesh: Mesh, admin: Any) -> None:
@@ -342,7 +342,7 @@ async def test_a_flooding_tenant_does_not_starve_another(mesh: Mesh, admin: Any)
     starts = Starts()
     async with mesh_channel(mesh, key_a) as a, mesh_channel(mesh, key_b) as b:
         flood = [
-            asyncio.create_task(starts.turn(a, f"a{i}", 400 + 60 * i))
+            asyncio.create_task(starts.turn(a, f"a{i}", 800 + 100 * i))
             for i in range(POOL_SLOTS + 4)
         ]
         await starts.until(POOL_SLOTS, admin)
