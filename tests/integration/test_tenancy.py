@@ -377,7 +377,7 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
         mesh_channel(mesh, premium.secret) as pr,
     ):
         fill = [
-            asyncio.create_task(starts.turn(f, f"fill{i}", 800 + 100 * i))
+            asyncio.create_task(starts.turn(f, f"fill{i}", 1500 + 50 * i))
             for i in range(POOL_SLOTS)
         ]
         await starts.until(POOL_SLOTS, admin)
