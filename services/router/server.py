@@ -11,7 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
-from services.common.looplag import watch_loop
+from services.common.looplag import RunningClock, watch_loop
 from services.common.metrics import start_metrics_server
 from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER
 from services.common.progress import Progress
@@ -102,7 +102,8 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     policies = PolicyStore(cfg.tenants, set(cfg.auth.tiers))
     ledger = make_ledger(cfg.quotas)
     admission = Admission(cfg.quotas, policies, cfg.auth.tiers, ledger, router_id)
-    flow = FlowControl(cfg.flow, cfg.saturation, registry, admission.label)
+    running = RunningClock()
+    flow = FlowControl(cfg.flow, cfg.saturation, registry, admission.label, clock=running)
     admission.attach_flow(flow)
     registry.on_load_listener = flow.kick  # a slot may have freed: release waiting turns
     registry.subscribe(flow.kick)  # engines came or went
@@ -144,6 +145,7 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
             log.warning("the router's event loop stalled for %.2fs (not counted as silence)", lag)
         ticks += 1
         stalled += lag
+        running.advance(TICK_SECONDS)
         if ticks % SWEEP_EVERY:
             return
         went, back = registry.sweep(stalled=stalled)

@@ -5,6 +5,7 @@ tenant's prompts have their own prefix cache."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -277,18 +278,25 @@ async def test_a_tenant_never_hits_another_tenants_prefix_cache(mesh: Mesh, admi
 # The small pool: 2 engines of accelerator "cpu" (capacity 4 each, see saturation): 8 turns at
 # once, then turns wait in the router.
 POOL_SLOTS = 8
+# Turns that fill the pool are as long as the context allows: they hold their slots until the
+# test cancels them, one at a time, so that which waiting turn gets each freed slot never
+# depends on how fast this machine generates.
+HOLD_TOKENS = 1900
 
 
-class Starts:
-    """When each labelled turn got its first token (or how it was refused). Turns that fill
-    the pool have different lengths, so that they end (free a slot) one at a time: which
-    waiting turn gets each slot is then what the start times show."""
+class Turns:
+    """Labelled turns on the mesh: when each got its first token, how it was refused, and a
+    way to end one early (its slot frees at once)."""
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
         self.refused: dict[str, grpc.aio.AioRpcError] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def turn(self, ch: grpc.aio.Channel, label: str, max_tokens: int) -> None:
+    def start(self, ch: grpc.aio.Channel, label: str, max_tokens: int) -> None:
+        self.tasks[label] = asyncio.create_task(self._turn(ch, label, max_tokens))
+
+    async def _turn(self, ch: grpc.aio.Channel, label: str, max_tokens: int) -> None:
         call = inference_pb2_grpc.InferenceStub(ch).Generate(
             make_request("Count slowly.", model=SMALL, max_tokens=max_tokens, ignore_eos=True)
         )
@@ -307,56 +315,104 @@ class Starts:
                 status = await admin.Status(router_pb2.StatusRequest())
                 raise AssertionError(f"{len(self.at)} of {n} started; refused {self.refused}; "
                                      f"{status}")  # fmt: skip
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
+
+    async def end(self, label: str) -> None:
+        """Cancel a running turn (the client goes away: the engine aborts it)."""
+        task = self.tasks[label]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def end_all(self, prefix: str) -> None:
+        for label in [x for x in self.tasks if x.startswith(prefix)]:
+            await self.end(label)
+
+    async def finish(self) -> None:
+        await asyncio.gather(*(t for t in self.tasks.values() if not t.cancelled()))
 
 
 async def whole_small_pool(admin: Any, timeout: float = 300) -> None:
     """Both small engines serving (an earlier test may have killed one: it is being restarted),
-    so that the pool holds POOL_SLOTS turns."""
+    and nothing left in flight there, so that the pool holds POOL_SLOTS turns."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         status = await admin.Status(router_pb2.StatusRequest())
         [pool] = [p for p in status.pools if p.name == "l4-small"]
-        if sum(e.state == "serving" for e in pool.engines) == 2 and pool.capacity == POOL_SLOTS:
+        serving = sum(e.state == "serving" for e in pool.engines)
+        if serving == 2 and pool.capacity == POOL_SLOTS and pool.free_slots == POOL_SLOTS:
             return
         assert asyncio.get_running_loop().time() < deadline, f"the small pool is not whole: {pool}"
         await asyncio.sleep(0.5)
 
 
-async def queued(admin: Any, tenant: str, n: int, starts: Starts, timeout: float = 30) -> None:
+async def queued(admin: Any, tenant: str, n: int, turns: Turns, timeout: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (st := await tenant_status(admin, tenant)).queued < n:
         if asyncio.get_running_loop().time() > deadline:
             status = await admin.Status(router_pb2.StatusRequest())
             raise AssertionError(
-                f"{tenant}: fewer than {n} queued: {st}; started {sorted(starts.at)}, refused "
-                f"{ {k: e.details() for k, e in starts.refused.items()} }; {status}"
+                f"{tenant}: fewer than {n} queued: {st}; started {sorted(turns.at)}, refused "
+                f"{ {k: e.details() for k, e in turns.refused.items()} }; {status}"
             )
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
+
+
+async def first_released(
+    admin: Any,
+    turns: Turns,
+    holders: list[str],
+    first: str,
+    n_first: int,
+    then: str,
+    timeout: float = 60,
+) -> None:
+    """None of tenant `then`'s waiting turns gets a slot before all `n_first` turns of tenant
+    `first` (sent after `then`'s backlog formed) have theirs. While one of `first` waits, the
+    test frees a slot by ending the next turn of `holders` (natural ends free slots too: the
+    rule holds for every slot)."""
+
+    def held(st: router_pb2.TenantStatus) -> int:  # waiting, or shed from the queue
+        return st.queued + st.shed
+
+    backlog = held(await tenant_status(admin, then))
+    assert backlog > 0
+    ended = float("-inf")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        st, st_then = await tenant_status(admin, first), await tenant_status(admin, then)
+        if st.admitted == n_first and st.queued == 0:
+            return  # every turn of `first` is through
+        assert held(st_then) == backlog, (
+            f"{backlog - held(st_then)} turn(s) of {then} got a slot while {st.queued} of "
+            f"{first} waited and {n_first - st.admitted} were on their way"
+        )
+        if st.queued > 0 and loop.time() - ended > 0.5:
+            assert holders, f"{st.queued} turn(s) of {first} still wait with no slot to free"
+            await turns.end(holders.pop(0))
+            ended = loop.time()
+        assert loop.time() < deadline, f"{first}: {st}"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_flooding_tenant_does_not_starve_another(mesh: Mesh, admin: Any) -> None:
     flooder, key_a = await tenant_with(admin)
-    _, key_b = await tenant_with(admin)
+    other, key_b = await tenant_with(admin)
     await whole_small_pool(admin)
-    starts = Starts()
+    turns = Turns()
     async with mesh_channel(mesh, key_a) as a, mesh_channel(mesh, key_b) as b:
-        flood = [
-            asyncio.create_task(starts.turn(a, f"a{i}", 800 + 100 * i))
-            for i in range(POOL_SLOTS + 4)
-        ]
-        await starts.until(POOL_SLOTS, admin)
-        await queued(
-            admin, flooder, 4, starts
-        )  # the pool is saturated: A's rest wait in the router
-        b_turn = asyncio.create_task(starts.turn(b, "b", 4))
-        await asyncio.gather(*flood, b_turn)
-    assert not starts.refused
-    a_waited = sorted(t for label, t in starts.at.items() if label.startswith("a"))[POOL_SLOTS:]
-    # B's turn went ahead of A's backlog (first in line for the next slot; slots that free
-    # together start their turns in any order): first-come-first-served would start all four
-    # of A's waiting turns before it.
-    assert sum(t < starts.at["b"] for t in a_waited) <= 2, (starts.at["b"], a_waited)
+        for i in range(POOL_SLOTS + 4):
+            turns.start(a, f"a{i}", HOLD_TOKENS)
+        await turns.until(POOL_SLOTS, admin)
+        await queued(admin, flooder, 4, turns)  # the pool is saturated: A's rest wait
+        turns.start(b, "b", 4)
+        # First-come-first-served would give the next four slots to A's backlog; fair share
+        # gives the first to B, whose tenant has nothing in flight.
+        await first_released(admin, turns, sorted(turns.at), other, 1, then=flooder)
+        await turns.end_all("a")
+        await turns.finish()
+    assert "b" in turns.at and not turns.refused, turns.refused
 
 
 async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
@@ -370,25 +426,29 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
         router_pb2.CreateKeyRequest(tenant=f"premium-{uuid.uuid4().hex[:6]}", tier="premium")
     )
     await whole_small_pool(admin)
-    starts = Starts()
+    turns = Turns()
     async with (
         mesh_channel(mesh, key_f) as f,
         mesh_channel(mesh, free.secret) as fr,
         mesh_channel(mesh, premium.secret) as pr,
     ):
-        fill = [
-            asyncio.create_task(starts.turn(f, f"fill{i}", 1500 + 50 * i))
-            for i in range(POOL_SLOTS)
-        ]
-        await starts.until(POOL_SLOTS, admin)
+        for i in range(POOL_SLOTS):
+            turns.start(f, f"fill{i}", HOLD_TOKENS)
+        await turns.until(POOL_SLOTS, admin)
         # 16 free turns fill the router's queue (flow.max_queue in tests/integration/mesh.yaml).
-        frees = [asyncio.create_task(starts.turn(fr, f"free{i}", 4)) for i in range(16)]
-        await queued(admin, free.key.tenant, 16, starts)
-        prem = [asyncio.create_task(starts.turn(pr, f"premium{i}", 4)) for i in range(2)]
-        await asyncio.gather(*fill, *frees, *prem)
-    # Two free turns made room for the premium ones; none of them was refused.
-    assert not [x for x in starts.refused if x.startswith("premium")], starts.refused
-    free_refused = [e for label, e in starts.refused.items() if label.startswith("free")]
+        for i in range(16):
+            turns.start(fr, f"free{i}", 4)
+        await queued(admin, free.key.tenant, 16, turns)
+        for i in range(2):
+            turns.start(pr, f"premium{i}", 4)
+        # Two free turns made room for the premium ones, which take the next slots.
+        await first_released(
+            admin, turns, sorted(turns.at), premium.key.tenant, 2, then=free.key.tenant
+        )
+        await turns.end_all("fill")
+        await turns.finish()
+    assert not [x for x in turns.refused if x.startswith("premium")], turns.refused
+    free_refused = [e for label, e in turns.refused.items() if label.startswith("free")]
     shed = [e for e in free_refused if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert len(shed) == 2, free_refused
     for e in shed:
@@ -398,6 +458,4 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
     # loop, starved by three busy engines, missing Envoy's per-message deadline.
     for e in free_refused:
         assert e in shed or "per-message_timeout" in e.details(), e
-    free_starts = [t for label, t in starts.at.items() if label.startswith("free")]
-    assert max(starts.at["premium0"], starts.at["premium1"]) < min(free_starts)
     assert (await tenant_status(admin, free.key.tenant)).shed == 2

@@ -218,3 +218,44 @@ async def test_a_turn_no_engine_accepted_stops_counting_and_counts_again_if_one_
     assert fc.free_slots("p") == 3
     fc.on_done("r0", 1)
     assert fc.free_slots("p") == 4
+
+
+async def test_a_frozen_router_does_not_age_its_unaccepted_turns():
+    """The engines' accepts may sit unread in the router's sockets while its loop is frozen:
+    only time the router ran counts towards giving up on them."""
+    from services.common.looplag import RunningClock
+
+    clock = RunningClock()
+    fc = FlowControl(
+        FlowSection.model_validate({"burst": 0}),
+        SAT,
+        Engines(engine(depth=0)),  # type: ignore[arg-type]
+        clock=clock,
+    )
+    for i in range(4):
+        await fc.admit(
+            "p", "a", priority=0, weight=1, input_tokens=1, output_bound=1, res_id=f"r{i}"
+        )
+    clock.advance(0.025)  # one tick, after a stall of any length
+    assert fc.free_slots("p") == 0  # still counted: the pool stays full
+    clock.advance(3.0)  # three seconds of the router running, and still no engine took them
+    assert fc.free_slots("p") == 4
+
+
+async def test_a_flooders_turns_ending_early_do_not_buy_its_backlog_a_place_ahead():
+    pool = Pool()
+    flood = [asyncio.create_task(pool.turn("a")) for _ in range(6)]
+    await asyncio.sleep(0.01)
+    for _ in range(4):  # the other tenant's turns end: A fills the engine, two of A's wait
+        await pool.end_one()
+    assert pool.order == ["a"] * 4 and pool.fc.queued("a") == 2
+    b = asyncio.create_task(pool.turn("b"))
+    await asyncio.sleep(0.01)
+    # One of A's turns ends after 1 of its 10 tokens (cancelled): most of its charge comes back.
+    pool.eng.reported_depth -= 1
+    pool.fc.on_done(pool.running.pop(0), 1)
+    await asyncio.sleep(0.005)
+    assert pool.order[4:] == ["b"], pool.order
+    for t in [*flood, b]:
+        t.cancel()
+    await asyncio.gather(*flood, b, return_exceptions=True)

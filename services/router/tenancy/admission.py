@@ -321,9 +321,16 @@ class Admission:
     # -- what the engines report -------------------------------------------------------------
 
     def on_usage(self, engine_id: str, usage: engine_pb2.TurnUsage) -> None:
-        """An engine's report on its registry stream; applied in order, in the background."""
-        if usage.reservation_id:
-            self._reports.put_nowait((engine_id, usage))
+        """An engine's report on its registry stream: flow control's count of the pool's turns
+        takes it at once; the ledger in order, in the background (it may wait on Redis)."""
+        if not usage.reservation_id:
+            return
+        if self.flow is not None:
+            if usage.done:
+                self.flow.on_done(usage.reservation_id, usage.completion_tokens)
+            else:
+                self.flow.on_accept(usage.reservation_id)
+        self._reports.put_nowait((engine_id, usage))
 
     def engine_gone(self, engine_id: str) -> None:
         """The engine's registry stream closed: after its reports queued so far, its accepted
@@ -341,8 +348,6 @@ class Admission:
         res_id = usage.reservation_id
         if not usage.done:
             self._by_engine[engine_id].add(res_id)
-            if self.flow is not None:
-                self.flow.on_accept(res_id)
             if res_id in self._deadline:
                 self._deadline[res_id] = time.monotonic() + self.cfg.max_turn_seconds
             if res_id.endswith(METERED):
@@ -354,8 +359,6 @@ class Admission:
             if res_id.endswith(METERED):
                 await self.ledger.settle(res_id, used=used)
         finally:  # the turn ended here whatever the ledger said (its lease settles it then)
-            if self.flow is not None:
-                self.flow.on_done(res_id, usage.completion_tokens)
             tenant = self._ended(res_id, used)
             if tenant is not None:
                 label = self.label(tenant)

@@ -51,7 +51,8 @@ SHED = Counter(
     "Turns shed under saturation: queue_full (or pushed out by a higher band), waited_too_long.",
     ["pool", "tenant", "reason"],
 )
-# A turn let through that no engine has accepted after this long stops counting in flight.
+# A turn let through that no engine has accepted after this long (of the router running: see
+# `RunningClock`) stops counting in flight.
 UNACCEPTED_SECONDS = 3.0
 QUEUED = Gauge("switchyard_router_queued_turns", "Turns waiting in the router.", ["pool"])
 
@@ -125,9 +126,12 @@ class _Pool:
     in_flight: int = 0
     unaccepted: deque[_Sent] = field(default_factory=deque)  # let through, oldest first
 
-    def backlogged_min(self) -> float | None:
+    def backlogged_min(self, exclude: str | None = None) -> float | None:
         mins = [
-            self.counters.get(t, 0.0) for band in self.bands.values() for t, q in band.items() if q
+            self.counters.get(t, 0.0)
+            for band in self.bands.values()
+            for t, q in band.items()
+            if q and t != exclude
         ]
         return min(mins) if mins else None
 
@@ -154,8 +158,12 @@ class FlowControl:
         saturation: SaturationSection,
         registry: Registry,
         label: Callable[[str], str] = lambda t: t,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
+        # Ages unaccepted turns: the router passes a `RunningClock`, so that a turn does not
+        # stop counting because the router's own loop was frozen while its engine accepted it.
+        self._clock = clock
         self.saturation = saturation
         self._registry = registry
         self._label = label
@@ -354,7 +362,7 @@ class FlowControl:
         p.counters[tenant] = p.counters.get(tenant, 0.0) + cost
         self._count(p, tenant, 1)
         if res_id:
-            sent = _Sent(pool, tenant, bound, weight, time.monotonic())
+            sent = _Sent(pool, tenant, bound, weight, self._clock())
             self._charged[res_id] = sent
             p.unaccepted.append(sent)
 
@@ -370,7 +378,7 @@ class FlowControl:
     def _expire_unaccepted(self, p: _Pool) -> None:
         """Stop counting turns no engine accepted in time: they were refused on the way (their
         end may never be reported) or wait in an engine that reports them itself."""
-        horizon = time.monotonic() - UNACCEPTED_SECONDS
+        horizon = self._clock() - UNACCEPTED_SECONDS
         q = p.unaccepted
         while q and (q[0].accepted or not q[0].counted or q[0].at < horizon):
             sent = q.popleft()
@@ -448,7 +456,17 @@ class FlowControl:
         p = self._ended(sent)
         if p is not None and sent.tenant in p.counters:
             unused = max(0, sent.bound - completion_tokens)
-            p.counters[sent.tenant] -= self.cfg.output_weight * unused / sent.weight
+            before = p.counters[sent.tenant]
+            after = before - self.cfg.output_weight * unused / sent.weight
+            # Counters charge each turn's output bound up front (flow control never sees the
+            # tokens as they stream) and give the unused rest back at its end. A tenant that
+            # became backlogged meanwhile was lifted to the counters as charged; the refund must
+            # not take a tenant below it, or a flooder's turns ending early (cancelled, or at
+            # their end of sequence) would buy its backlog a place ahead of the newcomer.
+            others = p.backlogged_min(exclude=sent.tenant)
+            if others is not None:
+                after = max(after, min(before, others))
+            p.counters[sent.tenant] = after
         self.kick(sent.pool)
 
     def forget(self, res_id: str) -> None:
