@@ -114,7 +114,7 @@ def luhn_valid(digits: str) -> bool:
 def _card_valid(value: str) -> bool:
     """Luhn over 13-19 digits; 12 digits (short Maestro) only with a Maestro IIN: 50, 56-69, or
     the old 0604 range."""
-    digits = value.replace(" ", "").replace("-", "")
+    digits = re.sub(r"[ \-./]", "", value)
     if not luhn_valid(digits):
         return False
     if 13 <= len(digits) <= 19:
@@ -242,7 +242,8 @@ def _always(_: str) -> bool:
 class RegexRecognizer:
     """A bounded regex plus validator; see the module docstring for the stream contract.
 
-    ``start`` must match (at s, with its lookbehind) wherever ``pattern`` can match at s;
+    ``start`` must match (at s, with its lookbehind) wherever ``pattern`` or ``evidence`` can
+    match at s;
     ``run_chars`` is a character class containing every character ``pattern`` can consume,
     such that its lookaheads read at most one character past that run; ``window`` bounds
     how far past ``s`` an attempt can read.
@@ -259,8 +260,12 @@ class RegexRecognizer:
         window: int,
         validator: Callable[[str], bool] = _always,
         flags: int = 0,
+        evidence: str | None = None,
     ) -> None:
         self._type = entity_type
+        # A tail of the text that is already this entity, cut off (see the scrubber: "end of
+        # text"); it must end at the text's end, and be no longer than `window`.
+        self.evidence = None if evidence is None else re.compile(rf"(?:{evidence})\Z", flags)
         self._re = re.compile(pattern, flags)
         self._start = re.compile(start)
         self._run = re.compile(f"[{run_chars}]*")
@@ -314,17 +319,28 @@ class RegexRecognizer:
 
 _PK_BEGIN = "-----BEGIN "
 _PK_HEADER = re.compile(r"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY-----")
+# The body of a key block: base64 lines and RFC 1421 header lines ("Proc-Type: 4,ENCRYPTED"),
+# blank lines; and the start of a line that may still become one, or the END line.
+_PK_BODY = re.compile(r"(?:[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?\n|[A-Za-z][A-Za-z0-9-]*:[^\n]*\n)*")
+_PK_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*|[A-Za-z][A-Za-z0-9-]*:[^\n]*")
 
 
 class PrivateKeyRecognizer:
-    r"""PEM private keys, ``-----BEGIN ... PRIVATE KEY-----`` through the matching END line.
+    r"""PEM private keys: from the ``-----BEGIN ... PRIVATE KEY-----`` line through the matching
+    END line, or, when no END line comes (a reply cut short, or a key written without one),
+    through the last line of its body. Nothing of a key block leaves once its BEGIN line has.
 
-    The same matches as ``-----BEGIN (H)PRIVATE KEY-----[\s\S]{0,max}?-----END \1PRIVATE KEY-----``
-    (H: up to 40 of ``[A-Z0-9 ]``), but the END line is looked for with ``str.find``: a block still
-    open in a stream costs a memchr-speed look per chunk, not a regex walk over the key.
+    With an END line, the same matches as
+    ``-----BEGIN (H)PRIVATE KEY-----[\s\S]{0,max}?-----END \1PRIVATE KEY-----`` (H: up to 40 of
+    ``[A-Z0-9 ]``), but the END line is looked for with ``str.find``: a block still open in a
+    stream costs a memchr-speed look per chunk, not a regex walk over the key. Without one, the
+    block ends where a line that cannot be part of a key body (prose) begins; it is unsettled
+    while its last line could still be one. A BEGIN line alone (cut off) is evidence enough
+    (``evidence``).
     """
 
     window = 16 * 1024
+    evidence = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY[\s\S]*\Z")
 
     def __init__(self, max_length: int = 12 * 1024) -> None:
         self._max_length = max_length
@@ -341,14 +357,26 @@ class PrivateKeyRecognizer:
         return [Span(s, e, "PRIVATE_KEY") for s, e, ok in self.scan(text, 0, len(text)) if ok]
 
     def _block_end(self, buf: str, s: int, n: int) -> int:
-        """End of the key block opening at ``s`` within ``buf[:n]``, or -1."""
+        """End of the key block opening at ``s`` within ``buf[:n]``: its END line's end, else
+        the end of its body when a line that cannot belong to it has begun; -1 while unsettled
+        (or no header)."""
         header = _PK_HEADER.match(buf, s, n)
         if header is None:
             return -1
         end_line = f"-----END {header.group(1)}PRIVATE KEY-----"
         body = header.end()
-        e = buf.find(end_line, body, min(n, body + self._max_length + len(end_line)))
-        return -1 if e < 0 else e + len(end_line)
+        limit = min(n, body + self._max_length + len(end_line))
+        e = buf.find(end_line, body, limit)
+        if e >= 0:
+            return e + len(end_line)
+        run = _PK_BODY.match(buf, body, limit)
+        end = run.end() if run is not None else body
+        if end >= body + self._max_length:
+            return body + self._max_length  # as long as a key can be: settled
+        line = buf[end:n]
+        if "\n" not in line and (_PK_LINE.fullmatch(line) or end_line.startswith(line)):
+            return -1  # the line being written may still be the body's, or its END line
+        return end
 
     def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
         out: list[tuple[int, int, bool]] = []
@@ -371,7 +399,7 @@ class PrivateKeyRecognizer:
         if s + self.window <= n:
             return True
         if self._block_end(buf, s, n) >= 0:
-            return True  # the first END line is already known
+            return True  # the block's end is known
         # Header impossible with what is known -> dead attempt.
         return s + 80 <= n and _PK_HEADER.match(buf, s, n) is None
 
@@ -412,13 +440,27 @@ _PHONE = (
     r"(?!\w|[ .\-/]\d)"
 )
 # 13-19 digits plain or in groups of four (4-4-4-4-3 for 19), Amex 4-6-5 and Diners 4-6-4, and
-# 12-digit Maestro; not inside a longer token (letters, digits or "-" around it).
+# 12-digit Maestro; the groups joined by spaces, hyphens, dots or slashes, mixed, or not at all
+# between some (on the folded view: non-breaking spaces and en dashes read as spaces and
+# hyphens; a zero-width space between two groups is gone, and joins them); not
+# inside a longer token (letters, digits or "-" around it). Luhn decides.
+_CARD_SEP = r"[ \-./]"
 _CARD = (
-    r"(?=\d)(?<![\w\-])(?<!\d )(?:\d{12,19}"
-    r"|\d{4}(?P<sep>[ \-])\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,4}(?:(?P=sep)\d{3})?)?"
-    r"|\d{4}(?P<sep6>[ \-])\d{6}(?P=sep6)\d{4,5})"
-    r"(?!\w|-\w)"
+    rf"(?=\d)(?<![\w\-])(?<!\d{_CARD_SEP})"
+    rf"(?:\d{{4}}{_CARD_SEP}?\d{{4}}{_CARD_SEP}?\d{{4}}(?:{_CARD_SEP}?\d{{1,4}}(?:{_CARD_SEP}?\d{{3}})?)?"
+    rf"|\d{{4}}{_CARD_SEP}?\d{{6}}{_CARD_SEP}?\d{{4,5}}|\d{{12,19}})"
+    r"(?!\w|-\w|[./]\d)"
 )
+# A card cut off: six digits in card grouping (a space or hyphen after the first four), eight
+# with dots or slashes (so that a price or a date, "1234.56", "2024/12", is not one), or twelve
+# in a row.
+_CARD_EVIDENCE = (
+    rf"(?<![\w\-])(?<!\d{_CARD_SEP})"
+    r"(?:\d{4}(?:[ \-]\d{2}|[./]\d{4})[\d \-./]{0,15}|\d{12,18})"
+)
+
+
+_COUNTRIES = "|".join(sorted(IBAN_LENGTHS))
 
 
 def _iban_pattern() -> str:
@@ -450,6 +492,9 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=rf"{_LOCAL}'@",
             max_length=254,
             window=740,
+            # local@d: an address cut anywhere after the first character of its domain
+            evidence=rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
+            r"@[A-Za-z0-9\-][A-Za-z0-9\-.]{0,252}",
         ),
         RegexRecognizer(
             "PHONE",
@@ -463,11 +508,12 @@ def default_recognizers() -> list[StreamingRecognizer]:
         RegexRecognizer(
             "CREDIT_CARD",
             _CARD,
-            start=r"(?=\d)(?<![\w\-])(?<!\d )\d",
-            run_chars=r"0-9 \-",
+            start=rf"(?=\d)(?<![\w\-])(?<!\d{_CARD_SEP})\d",
+            run_chars=r"0-9 \-./",
             max_length=23,
             window=32,
             validator=_card_valid,
+            evidence=_CARD_EVIDENCE,
         ),
         RegexRecognizer(
             "US_SSN",
@@ -477,6 +523,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=11,
             window=16,
             validator=ssn_valid,
+            evidence=r"(?<![\d\-])\d{3}-\d{2}-\d{0,3}",  # ddd-dd-
         ),
         RegexRecognizer(
             "IBAN",
@@ -486,6 +533,8 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=42,
             window=48,
             validator=iban_valid,
+            # a known country, its check digits, and 8 characters of the account
+            evidence=rf"(?<![A-Z0-9])(?:{_COUNTRIES})\d\d(?: ?[A-Z0-9]){{8,29}}",
         ),
         RegexRecognizer(
             "IPV4",
@@ -513,6 +562,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=r"A-Za-z0-9",
             max_length=20,
             window=24,
+            evidence=r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{8,15}",
         ),
         RegexRecognizer(
             "GITHUB_TOKEN",
@@ -522,6 +572,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=r"A-Za-z0-9_",
             max_length=266,
             window=270,
+            evidence=r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{8,35}|github_pat_[A-Za-z0-9_]{8,254})",
         ),
         RegexRecognizer(
             "SLACK_TOKEN",
@@ -532,6 +583,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=r"A-Za-z0-9\-.",
             max_length=260,
             window=270,
+            evidence=r"(?<![A-Za-z0-9\-])(?:xox[abeprs]|xoxe\.xox[abprs]|xapp)-[A-Za-z0-9\-]{8,249}",
         ),
         RegexRecognizer(
             "JWT",
@@ -542,6 +594,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=8010,
             window=8020,
             validator=jwt_valid,
+            evidence=r"(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{8,2000}(?:\.[A-Za-z0-9_\-]{0,4000}){0,2}",
         ),
         PrivateKeyRecognizer(),
     ]

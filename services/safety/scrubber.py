@@ -24,6 +24,19 @@ after it, and overlap merging never crosses it; so scrubbing the prefix now and 
 rest later equals scrubbing the whole. Held-back text is bounded by the largest
 recognizer window; on clean prose usually only the last word is held.
 
+Recognizers read a folded view of the text (:mod:`services.safety.normalize`: disguises such as
+fullwidth ``＠``, zero-width characters or Cyrillic look-alikes undone), one view character per
+original character or fewer; spans over the view map back onto the original characters, so the
+invariant holds in view coordinates and what is emitted is the original text with every
+character of an entity replaced.
+
+End of text (a turn's Final, whatever ended it: length, deadline, abort): what is still held
+back is judged as what it already is. A tail that carries an entity type's evidence (each
+recognizer's ``evidence`` pattern: ``local@d`` for an e-mail, six digits in card grouping, a
+private key's BEGIN line, …) is an entity of that type to the end of the text, with that
+type's action; anything else held back is released. Whole-text :func:`scrub` judges the end of
+its text the same way, so the invariant holds there too.
+
 A drain first asks only the recognizer that set the cut last time (the "holder"): if
 its attempt at the first held-back character is still unsettled, the cut would be the
 same again and nothing can go out, so no other recognizer is asked. That is the usual
@@ -39,6 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from services.safety.normalize import fold
 from services.safety.recognizers import (
     Span,
     StreamingRecognizer,
@@ -87,29 +101,44 @@ class BlockedError(Exception):
         self.entity_type = entity_type
 
 
-def _replacement(value: str, entity_type: str, policy: Policy) -> str:
+def _replacement(value: str, key: str, entity_type: str, policy: Policy) -> str:
+    """What replaces an entity: ``value`` is its original text, ``key`` its folded view (the
+    hash pseudonym is the same however the entity was disguised)."""
     action = policy.action(entity_type)
     if action == "allow":
         return value
     if action == "mask":
         return "*" * len(value)
     if action == "hash":
-        digest = hmac.new(policy.tenant_key, value.encode(), hashlib.sha256).hexdigest()
+        digest = hmac.new(policy.tenant_key, key.encode(), hashlib.sha256).hexdigest()
         return f"[{entity_type}:{digest[:10]}]"
     return f"[{entity_type}]"  # redact, and block (never leak the value)
 
 
 def _apply(
-    text: str, lo: int, hi: int, spans: Sequence[Span], policy: Policy, findings: Counter[str]
+    text: str,
+    view: str,
+    origin: list[int] | None,
+    lo: int,
+    hi: int,
+    spans: Sequence[Span],
+    policy: Policy,
+    findings: Counter[str],
 ) -> str:
-    """Scrub ``text[lo:hi]`` given merged, sorted, in-range spans."""
+    """Scrub ``text[lo:hi]`` given merged, sorted spans over ``view`` (mapped back to the
+    original characters through ``origin``; ``None``: the view is the text)."""
     parts: list[str] = []
     pos = lo
     for sp in spans:
-        parts.append(text[pos : sp.start])
-        parts.append(_replacement(text[sp.start : sp.end], sp.type, policy))
+        if origin is None:
+            start, end = sp.start, sp.end
+        else:  # (an entity that runs to the end of the view takes what is invisible after it)
+            start = origin[sp.start]
+            end = hi if sp.end == len(view) and hi == len(text) else origin[sp.end - 1] + 1
+        parts.append(text[pos:start])
+        parts.append(_replacement(text[start:end], view[sp.start : sp.end], sp.type, policy))
         findings[sp.type] += 1
-        pos = sp.end
+        pos = end
     parts.append(text[pos:hi])
     return "".join(parts)
 
@@ -128,14 +157,35 @@ def _spans(recognizers: Sequence[StreamingRecognizer], buf: str, lo: int, hi: in
     return merge_spans(spans)
 
 
+def _truncated(
+    recognizers: Sequence[StreamingRecognizer], view: str, lo: int, n: int
+) -> list[Span]:
+    """The entity the text ends in the middle of, judged by what it already is: the earliest
+    tail from ``lo`` that carries a type's evidence (see the module docstring)."""
+    best: Span | None = None
+    for r in recognizers:
+        evidence = getattr(r, "evidence", None)
+        if evidence is None:
+            continue
+        m = evidence.search(view, lo, n)
+        if m is not None and (best is None or m.start() < best.start):
+            best = Span(m.start(), n, r.entity_type)
+    return [] if best is None else [best]
+
+
 def scrub(
     text: str, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
 ) -> ScrubResult:
     """Scrub a whole text. If a ``block`` entity is present, ``blocked`` names the first."""
     recs = shared_default_recognizers() if recognizers is None else recognizers
-    spans = _spans(recs, text, 0, len(text))
+    view, origin = fold(text)
+    n = len(view)
+    spans = _spans(recs, view, 0, n)
+    # The end of the text, as the end of a turn: an entity cut off there is judged as such.
+    tail = spans[-1].end if spans else 0
+    spans = merge_spans([*spans, *_truncated(recs, view, tail, n)])
     findings: Counter[str] = Counter()
-    out = _apply(text, 0, len(text), spans, policy, findings)
+    out = _apply(text, view, origin, 0, len(text), spans, policy, findings)
     return ScrubResult(out, findings, _first_blocked(spans, policy))
 
 
@@ -149,9 +199,14 @@ class StreamScrubber:
         self._recs: Sequence[StreamingRecognizer] = (
             shared_default_recognizers() if recognizers is None else recognizers
         )
-        self._buf = ""  # context + pending text
+        self._buf = ""  # context + pending text, as received
         self._lo = 0  # start of pending text in _buf
-        # The recognizer whose unsettled attempt at _lo held the rest back at the last drain.
+        self._view = ""  # the folded view of _buf
+        self._vlo = 0  # start of pending text in _view
+        # For each character of _view, its index in _buf; None while the view is _buf itself
+        # (nothing but ASCII since the last drain: the usual case, at no cost).
+        self._origin: list[int] | None = None
+        # The recognizer whose unsettled attempt at _vlo held the rest back at the last drain.
         self._holder: StreamingRecognizer | None = None
         self.findings: Counter[str] = Counter()
         self.blocked: str | None = None
@@ -169,7 +224,16 @@ class StreamScrubber:
             raise BlockedError(self.blocked)
         if not chunk:
             return ""
+        folded, origin = fold(chunk)
+        if origin is not None or self._origin is not None:
+            if self._origin is None:
+                self._origin = list(range(len(self._buf)))
+            base = len(self._buf)
+            self._origin.extend(
+                range(base, base + len(chunk)) if origin is None else [base + i for i in origin]
+            )
         self._buf += chunk
+        self._view += folded
         return self._drain(final=False)
 
     def finish(self) -> str:
@@ -180,17 +244,17 @@ class StreamScrubber:
         return out
 
     def _drain(self, *, final: bool) -> str:
-        buf, lo, n = self._buf, self._lo, len(self._buf)
+        view, vlo, n = self._view, self._vlo, len(self._view)
         holder = self._holder
-        if not final and holder is not None and holder.pending_start(buf, lo, n) == lo:
+        if not final and holder is not None and holder.pending_start(view, vlo, n) == vlo:
             # What held the text back last time still holds it from its first character, so the
-            # cut below would be `lo` again: nothing can go out, no need to ask the others.
+            # cut below would be `vlo` again: nothing can go out, no need to ask the others.
             return ""
         raw: list[tuple[int, int, bool, str]] = []
         cut = n
         holder = None
         for r in self._recs:
-            found, pending = r.analyze(buf, lo, n)
+            found, pending = r.analyze(view, vlo, n)
             if found:
                 t = r.entity_type
                 raw.extend((s, e, ok, t) for s, e, ok in found)
@@ -201,7 +265,7 @@ class StreamScrubber:
             cut, holder = n, None
         else:
             # Move the cut back before any (final) raw candidate straddling it.
-            moved = cut > lo and bool(raw)
+            moved = cut > vlo and bool(raw)
             while moved:
                 moved = False
                 for s, e, _, _ in raw:
@@ -210,19 +274,39 @@ class StreamScrubber:
                         moved = True
                         holder = None
         self._holder = holder
-        if cut == lo:
+        if cut == vlo and not final:
             return ""
         spans: list[Span] = []
         if raw:
             merged = merge_spans([Span(s, e, t) for s, e, ok, t in raw if ok and s < cut])
             spans = [sp for sp in merged if sp.end <= cut]
+        if final:  # the end of the turn: an entity cut off here is judged by what it already is
+            tail = spans[-1].end if spans else vlo
+            spans = merge_spans([*spans, *_truncated(self._recs, view, tail, n)])
         blocked = _first_blocked(spans, self.policy)
         if blocked is not None:
             self.blocked = blocked
             self.findings[blocked] += 1
             raise BlockedError(blocked)
-        out = _apply(buf, lo, cut, spans, self.policy, self.findings) if spans else buf[lo:cut]
-        keep = max(0, cut - _CONTEXT)
-        self._buf = buf[keep:]
-        self._lo = cut - keep
+        buf, origin = self._buf, self._origin
+        # The original text up to the cut: to the first pending view character's origin (or the
+        # end of what arrived, invisible characters after the view's end included).
+        ocut = len(buf) if cut == n else (cut if origin is None else origin[cut])
+        out = (
+            _apply(buf, view, origin, self._lo, ocut, spans, self.policy, self.findings)
+            if spans
+            else buf[self._lo : ocut]
+        )
+        vkeep = max(0, cut - _CONTEXT)
+        okeep = vkeep if origin is None else (origin[vkeep] if vkeep < n else ocut)
+        okeep = min(okeep, ocut)
+        self._buf = buf[okeep:]
+        self._lo = ocut - okeep
+        self._view = view[vkeep:]
+        self._vlo = cut - vkeep
+        if origin is not None:
+            rest = [o - okeep for o in origin[vkeep:]]
+            # Back to no map once the kept text is plain again (view == text).
+            plain = self._view == self._buf and all(o == i for i, o in enumerate(rest))
+            self._origin = None if plain else rest
         return out

@@ -4,7 +4,9 @@ words or phrases (case-insensitive, whole words), with the same actions as PII.
     categories:
       WEAPONS: [pipe bomb, nerve agent]
 
-The words of a phrase match across up to four whitespace characters ("pipe  bomb", "pipe\nbomb").
+The words of a phrase match across up to four whitespace characters, hyphens or underscores
+("pipe  bomb", "pipe\nbomb", "pipe-bomb"). Terms match on the scrubber's folded view, so a
+zero-width character inside a word or a Cyrillic look-alike letter does not hide one.
 
 Streaming: a position is unsettled only while the text from it to the end is a prefix of some
 term (or a whole term whose next character, a word boundary or not, is still unknown), so clean
@@ -19,7 +21,8 @@ from collections.abc import Iterable
 from services.safety.recognizers import Span
 
 _WORD_START = re.compile(r"(?<!\w)\w")
-_SPACE = re.compile(r"\s+")
+_GAP = r"[\s\-_]"  # what may join the words of a phrase
+_SPACE = re.compile(rf"{_GAP}+")
 _MAX_GAP = 4  # whitespace characters allowed between the words of a phrase
 
 
@@ -38,7 +41,7 @@ class TermListRecognizer:
         self._type = category
         self._terms = normalized
         # Longest first, so a longer phrase wins over a term it starts with.
-        gap = rf"\s{{1,{_MAX_GAP}}}"
+        gap = rf"{_GAP}{{1,{_MAX_GAP}}}"
         alternatives = "|".join(
             gap.join(re.escape(w) for w in t.split())
             for t in sorted(normalized, key=len, reverse=True)
@@ -71,7 +74,7 @@ class TermListRecognizer:
         for m in _WORD_START.finditer(buf, max(lo, n - self._longest), n):
             s = m.start()
             if buf[s].lower() in self._first:
-                # Whitespace runs read as one space: never less pending than the regex.
+                # Gaps read as one space: never less pending than the regex.
                 tail = _SPACE.sub(" ", buf[s:n].lower())
                 if tail in self._prefixes:
                     return s

@@ -144,7 +144,6 @@ def test_valid_entities_found(value: str, etype: str) -> None:
         _b64({"typ": "JWT"}) + "." + _b64({"sub": "1"}) + ".sig",  # no "alg"
         "12345",
         "call 555 1234",  # too few digits
-        "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END EC PRIVATE KEY-----",  # mismatched
         "foo@bar",  # no TLD
         # dates, versions, times, order numbers, amounts: not phone numbers
         "2023-01-05",
@@ -170,6 +169,17 @@ def test_valid_entities_found(value: str, etype: str) -> None:
 )
 def test_invalid_rejected(text: str) -> None:
     assert types(f"x {text} y") == []
+
+
+def test_a_key_block_without_its_end_line_is_a_key_through_its_body() -> None:
+    """From its BEGIN line on, nothing of a key block passes: an END line of another kind, or
+    none at all, ends it where its body does."""
+    begin = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc+/=\n"
+    assert types(f"x {begin}-----END EC PRIVATE KEY-----") == [("PRIVATE_KEY", begin)]
+    assert types(f"x {begin}That was it.") == [("PRIVATE_KEY", begin)]
+    assert types(f"x {begin}Proc-Type: 4,ENCRYPTED\nQUJD\nDone now.") == [
+        ("PRIVATE_KEY", f"{begin}Proc-Type: 4,ENCRYPTED\nQUJD\n")
+    ]
 
 
 def test_validators_directly() -> None:
