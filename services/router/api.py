@@ -272,6 +272,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
             status = resp.tenants.add(
                 policy=policy_proto(tenant, policies.get(tenant), policies.source(tenant)),
                 queued=adm.queued(tenant),
+                waited=adm.waited(tenant),
             )
             st = adm.stats.get(tenant)
             if st is not None:

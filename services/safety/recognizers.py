@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Protocol, runtime_checkable
 
+import regex
+
 __all__ = [
     "IBAN_LENGTHS",
     "SECRET_TYPES",
@@ -428,6 +430,83 @@ _EMAIL = (
     rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
     r"@(?:[A-Za-z0-9\-]{1,63}\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
 )
+_EMAIL_PLAIN = re.compile(_EMAIL)
+
+# E-mail addresses written to dodge a pattern: "alice (at) example [dot] com",
+# "alice @ example.com", "alice\n@example.com", "a l i c e @ e x a m p l e . c o m". (Fullwidth
+# and small "@", zero-width characters and look-alike letters are already undone by the folded
+# view.) Bare words
+# ("alice at example dot com") are left out: "look at this dot product" reads the same.
+_OB_AT = r"(?:[ \t]*\n?[ \t]*@[ \t]*\n?[ \t]*|[ \t]*[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>][ \t]*)"
+_OB_DOT = r"(?:\.|[ \t]*[(\[{<][ \t]*(?i:dot)[ \t]*[)\]}>][ \t]*)"
+_OB_EMAIL = (
+    rf"(?<![{_LOCAL}])[{_LOCAL}]{{1,64}}+{_OB_AT}(?:[A-Za-z0-9\-]{{1,63}}{_OB_DOT}){{1,8}}"
+    r"[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
+    rf"|(?<!\S)[{_LOCAL}](?: [{_LOCAL}]){{0,63}} @ [A-Za-z0-9\-](?: [A-Za-z0-9\-.]){{3,252}}(?!\S)"
+)
+_OB_UNDO = re.compile(r"[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>]|[(\[{<][ \t]*(?i:dot)[ \t]*[)\]}>]|\s+")
+
+
+def _deobfuscate(value: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        t = m.group().lower()
+        return "@" if "at" in t else "." if "dot" in t else ""
+
+    return _OB_UNDO.sub(one, value)
+
+
+class ObfuscatedEmailRecognizer:
+    """E-mail addresses with their ``@`` or dots spelled out, spaced, or split across lines.
+
+    Its matches can hold spaces, so its unsettled attempts are not a run of characters: an
+    attempt at a local part's first character is unsettled while the text from there is still
+    the beginning of some match (``regex``'s partial matching tells), which on prose is the last
+    word at most, and only while nothing after it has ruled the forms out.
+    """
+
+    window = 740
+    evidence = None
+
+    def __init__(self) -> None:
+        self._re = regex.compile(_OB_EMAIL)
+        self._start = re.compile(rf"(?<![{_LOCAL}])[{_LOCAL}]")
+
+    @property
+    def entity_type(self) -> str:
+        return "EMAIL"
+
+    @property
+    def max_length(self) -> int:
+        return self.window
+
+    def find(self, text: str) -> list[Span]:
+        return [Span(s, e, "EMAIL") for s, e, ok in self.scan(text, 0, len(text)) if ok]
+
+    def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
+        out: list[tuple[int, int, bool]] = []
+        for m in self._re.finditer(buf, lo, n):
+            plain = _deobfuscate(m.group())
+            out.append(
+                (m.start(), m.end(), plain != m.group() and bool(_EMAIL_PLAIN.fullmatch(plain)))
+            )
+        return out
+
+    def pending_start(self, buf: str, lo: int, n: int) -> int | None:
+        pos = max(lo, n - self.window + 1)
+        while (m := self._start.search(buf, pos, n)) is not None:
+            s = m.start()
+            if self._re.fullmatch(buf, s, n, partial=True) is not None:
+                return s
+            pos = s + 1
+        return None
+
+    def analyze(self, buf: str, lo: int, n: int) -> tuple[list[tuple[int, int, bool]], int | None]:
+        return self.scan(buf, lo, n), self.pending_start(buf, lo, n)
+
+    def __repr__(self) -> str:
+        return "ObfuscatedEmailRecognizer()"
+
+
 # A whole run of digit groups (never a piece of one: not after or before "digit separator
 # digit"): a first group ("+44", "(0114)", "020"), up to six more joined by one separator or a
 # bracketed group ("+33 (0)2 35 55 54 98"), and an optional extension ("x492", " x124").
@@ -496,6 +575,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             evidence=rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
             r"@[A-Za-z0-9\-][A-Za-z0-9\-.]{0,252}",
         ),
+        ObfuscatedEmailRecognizer(),
         RegexRecognizer(
             "PHONE",
             _PHONE,

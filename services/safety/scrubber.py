@@ -66,6 +66,7 @@ __all__ = [
     "Policy",
     "ScrubResult",
     "StreamScrubber",
+    "entities",
     "scrub",
 ]
 
@@ -173,17 +174,38 @@ def _truncated(
     return [] if best is None else [best]
 
 
+def _view_spans(
+    text: str, recs: Sequence[StreamingRecognizer]
+) -> tuple[str, list[int] | None, list[Span]]:
+    """The folded view of a whole text, its origin map and its entities over the view (the
+    end of the text judged as the end of a turn: an entity cut off there counts)."""
+    view, origin = fold(text)
+    n = len(view)
+    spans = _spans(recs, view, 0, n)
+    tail = spans[-1].end if spans else 0
+    return view, origin, merge_spans([*spans, *_truncated(recs, view, tail, n)])
+
+
+def entities(text: str, recognizers: Sequence[StreamingRecognizer] | None = None) -> list[Span]:
+    """The entities :func:`scrub` replaces in ``text``, as spans of the original text (over
+    every character of each, the invisible ones inside it included)."""
+    recs = shared_default_recognizers() if recognizers is None else recognizers
+    view, origin, spans = _view_spans(text, recs)
+    if origin is None:
+        return spans
+    out = []
+    for sp in spans:
+        end = len(text) if sp.end == len(view) else origin[sp.end - 1] + 1
+        out.append(Span(origin[sp.start], end, sp.type))
+    return out
+
+
 def scrub(
     text: str, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
 ) -> ScrubResult:
     """Scrub a whole text. If a ``block`` entity is present, ``blocked`` names the first."""
     recs = shared_default_recognizers() if recognizers is None else recognizers
-    view, origin = fold(text)
-    n = len(view)
-    spans = _spans(recs, view, 0, n)
-    # The end of the text, as the end of a turn: an entity cut off there is judged as such.
-    tail = spans[-1].end if spans else 0
-    spans = merge_spans([*spans, *_truncated(recs, view, tail, n)])
+    view, origin, spans = _view_spans(text, recs)
     findings: Counter[str] = Counter()
     out = _apply(text, view, origin, 0, len(text), spans, policy, findings)
     return ScrubResult(out, findings, _first_blocked(spans, policy))

@@ -33,6 +33,9 @@ from tests.integration.test_engine import long_text
 pytestmark = pytest.mark.integration
 
 SMALL = "small"
+# Turns as long as the small model's context allows: they hold their slot (a stream, a place in
+# a saturated pool) until the test cancels them, however fast this machine generates.
+HOLD_TOKENS = 1900
 
 
 async def tenant_with(admin: Any, **quotas: int) -> tuple[str, str]:
@@ -164,8 +167,9 @@ async def test_concurrent_streams_are_a_quota(mesh: Mesh, admin: Any) -> None:
     _, key = await tenant_with(admin, concurrent_streams=1)
     async with mesh_channel(mesh, key) as ch:
         stub = inference_pb2_grpc.InferenceStub(ch)
+        # As long as the context allows: the first stream is still open when the second comes.
         call = stub.Generate(
-            make_request(long_text(20), model=SMALL, max_tokens=400, ignore_eos=True)
+            make_request("Count slowly.", model=SMALL, max_tokens=HOLD_TOKENS, ignore_eos=True)
         )
         assert (await call.read()).HasField("delta")
         with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -278,10 +282,6 @@ async def test_a_tenant_never_hits_another_tenants_prefix_cache(mesh: Mesh, admi
 # The small pool: 2 engines of accelerator "cpu" (capacity 4 each, see saturation): 8 turns at
 # once, then turns wait in the router.
 POOL_SLOTS = 8
-# Turns that fill the pool are as long as the context allows: they hold their slots until the
-# test cancels them, one at a time, so that which waiting turn gets each freed slot never
-# depends on how fast this machine generates.
-HOLD_TOKENS = 1900
 
 
 class Turns:
@@ -368,15 +368,12 @@ async def first_released(
     timeout: float = 60,
 ) -> None:
     """None of tenant `then`'s waiting turns gets a slot before all `n_first` turns of tenant
-    `first` (sent after `then`'s backlog formed) have theirs. While one of `first` waits, the
-    test frees a slot by ending the next turn of `holders` (natural ends free slots too: the
-    rule holds for every slot)."""
-
-    def held(st: router_pb2.TenantStatus) -> int:  # waiting, or shed from the queue
-        return st.queued + st.shed
-
-    backlog = held(await tenant_status(admin, then))
-    assert backlog > 0
+    `first` (sent after `then`'s backlog formed) have theirs (the router counts the turns it
+    let through after waiting: `waited`). While one of `first` waits, the test frees a slot by
+    ending the next turn of `holders` (natural ends free slots too: the rule holds for every
+    slot)."""
+    base = (await tenant_status(admin, then)).waited
+    assert (await tenant_status(admin, then)).queued > 0
     ended = float("-inf")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -384,8 +381,8 @@ async def first_released(
         st, st_then = await tenant_status(admin, first), await tenant_status(admin, then)
         if st.admitted == n_first and st.queued == 0:
             return  # every turn of `first` is through
-        assert held(st_then) == backlog, (
-            f"{backlog - held(st_then)} turn(s) of {then} got a slot while {st.queued} of "
+        assert st_then.waited == base, (
+            f"{st_then.waited - base} turn(s) of {then} got a slot while {st.queued} of "
             f"{first} waited and {n_first - st.admitted} were on their way"
         )
         if st.queued > 0 and loop.time() - ended > 0.5:

@@ -186,3 +186,38 @@ def test_clean_non_latin_text_is_untouched_and_streams_promptly() -> None:
     out = sc.feed(text)
     assert text.startswith(out) and len(text) - len(out) <= len("ok")
     assert out + sc.finish() == text
+
+
+OBFUSCATED = [
+    "jane.doe (at) example (dot) com",
+    "jane.doe [at] example [dot] co [dot] uk",
+    "JANE{AT}EXAMPLE{DOT}COM",
+    "jane.doe @ example.com",
+    "jane.doe\n@\nexample.com",
+    "jane.doe <at> mail.example.org",
+    "j a n e @ e x a m p l e . c o m",
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.sampled_from(OBFUSCATED), data=st.data())
+def test_spelled_out_spaced_and_split_addresses_are_emails(value: str, data: st.DataObject) -> None:
+    text = "write to " + data.draw(disguised(value)) + " today."
+    assert scrub(text, Policy()).text == "write to [EMAIL] today.", (text, fold(text)[0])
+    assert stream(text, cuts_for(data, len(text)), Policy())[0] == "write to [EMAIL] today."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "look at this dot product (at) noon",
+        "meet @ 5.30pm, ok?",
+        "use the @ symbol. Then (dot) it",
+        "I a m here",
+        "x = a (at) b",
+        "array[at] index",
+    ],
+)
+def test_prose_that_only_resembles_a_spelled_out_address_is_left_alone(text: str) -> None:
+    assert scrub(text, Policy()).text == text
+    assert stream(text, list(range(1, len(text), 3)), Policy())[0] == text

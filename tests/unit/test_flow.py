@@ -259,3 +259,14 @@ async def test_a_flooders_turns_ending_early_do_not_buy_its_backlog_a_place_ahea
     for t in [*flood, b]:
         t.cancel()
     await asyncio.gather(*flood, b, return_exceptions=True)
+
+
+async def test_turns_let_through_after_waiting_are_counted_per_tenant():
+    order = await _drain_order([("a", 0)] * 2 + [("b", 0)])
+    assert sorted(order) == ["a", "a", "b"]
+    pool = Pool()
+    t = asyncio.create_task(pool.turn("c"))
+    await asyncio.sleep(0.01)
+    await pool.end_one()
+    await t
+    assert pool.fc.waited["c"] == 1 and pool.fc.waited["a"] == 0

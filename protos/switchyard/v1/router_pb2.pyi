@@ -308,7 +308,7 @@ class ListTenantsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TenantStatus(_message.Message):
-    __slots__ = ("policy", "remaining", "in_flight", "queued", "admitted", "over_quota", "shed", "tokens")
+    __slots__ = ("policy", "remaining", "in_flight", "queued", "admitted", "over_quota", "shed", "tokens", "waited")
     class RemainingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +324,7 @@ class TenantStatus(_message.Message):
     OVER_QUOTA_FIELD_NUMBER: _ClassVar[int]
     SHED_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FIELD_NUMBER: _ClassVar[int]
     policy: TenantPolicy
     remaining: _containers.ScalarMap[str, int]
     in_flight: int
@@ -332,7 +333,8 @@ class TenantStatus(_message.Message):
     over_quota: int
     shed: int
     tokens: int
-    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ..., remaining: _Optional[_Mapping[str, int]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., admitted: _Optional[int] = ..., over_quota: _Optional[int] = ..., shed: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+    waited: int
+    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ..., remaining: _Optional[_Mapping[str, int]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., admitted: _Optional[int] = ..., over_quota: _Optional[int] = ..., shed: _Optional[int] = ..., tokens: _Optional[int] = ..., waited: _Optional[int] = ...) -> None: ...
 
 class ListTenantsResponse(_message.Message):
     __slots__ = ("tenants", "ledger")

@@ -415,6 +415,10 @@ class Admission:
         """Turns of `tenant` waiting in the router for a saturated pool (fair share)."""
         return self.flow.queued(tenant=tenant) if self.flow is not None else 0
 
+    def waited(self, tenant: str) -> int:
+        """Turns of `tenant` let through after waiting for a slot, since the router started."""
+        return self.flow.waited[tenant] if self.flow is not None else 0
+
     async def remaining(self, principal_tenant: str) -> dict[str, int]:
         policy = self.policies.get(principal_tenant)
         limits = limits_of(f"tenant:{principal_tenant}", policy.quotas)

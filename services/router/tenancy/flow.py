@@ -27,6 +27,7 @@ are global (the ledger).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections import deque
 from collections.abc import Callable
@@ -172,6 +173,8 @@ class FlowControl:
         # and corrects its tenant's counter.
         self._charged: dict[str, _Sent] = {}
         self.on_shed: Callable[[str], None] | None = None  # a tenant's turn was shed
+        # Per tenant, turns let through after waiting for a slot (since the router started).
+        self.waited: collections.Counter[str] = collections.Counter()
 
     # -- the pool's state ----------------------------------------------------------------------
 
@@ -427,6 +430,7 @@ class FlowControl:
                 if w is None:
                     break
                 p.waiting -= 1
+                self.waited[w.tenant] += 1
                 self._let_through(name, p, w.tenant, w.cost, w.res_id, w.output_bound, w.weight)
                 free -= 1
                 w.future.set_result(None)
