@@ -19,6 +19,19 @@ entity type, with presidio's pattern recognizers side by side when presidio-anal
    numbers Faker writes as bare digits are out of scope, shown apart and left out of the totals.
 4. presidio: AnalyzerEngine with its predefined pattern recognizers and its no-op NLP engine (no
    spaCy model needed), score threshold 0, on the same corpus and replies.
+5. Adversarial: --per-disguise documents per entity type and disguise (fullwidth characters,
+   zero-width characters inside, Cyrillic look-alike letters, digits of another script, and per
+   type: "(at)"/"[dot]", spaces or a newline around "@", spaced-out letters, small or fullwidth
+   "@" and "."; cards with dots, slashes, mixed or zero-width separators; non-breaking spaces, en
+   dashes), plus as many look-alike documents carrying the generic disguises: recall per type and
+   disguise, precision per type, beside presidio on the same documents.
+6. Truncation: a turn that ends inside an entity (length, deadline, abort). Documents cut at a
+   random point inside their entity (half of them disguised), kept where the cut text already
+   carries its type's evidence (e.g. "local@d", six card digits in grouping, a key's BEGIN line);
+   each streamed through `StreamScrubber` in 1-7 character tokens and finished. Scrubbed: nothing
+   of the entity was emitted. presidio: its spans on the cut text cover what is there of it.
+7. Hold-back on clean prose: characters held back after each token (p50/p99), and tokens fed
+   before a reply's first visible text.
 
     .venv/bin/python benchmarks/safety.py
     .venv/bin/python benchmarks/safety.py --tokens 50000 --repeat 7 --json out.json
@@ -53,11 +66,23 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "protos"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, say, table, write_json  # noqa: E402
-from safety_corpus import TYPES, Doc, Generator, Planted, cut_tokens, load_faker  # noqa: E402
+from safety_corpus import (  # noqa: E402
+    GENERIC_DISGUISES,
+    TYPE_DISGUISES,
+    TYPES,
+    Doc,
+    Generator,
+    Planted,
+    cut_tokens,
+    disguised_doc,
+    disguised_lookalike,
+    load_faker,
+)
 
-from services.safety.recognizers import find_all  # noqa: E402
+from services.safety.normalize import fold  # noqa: E402
+from services.safety.recognizers import shared_default_recognizers  # noqa: E402
 from services.safety.response import ResponseFilter  # noqa: E402
-from services.safety.scrubber import Policy, StreamScrubber, scrub  # noqa: E402
+from services.safety.scrubber import Policy, StreamScrubber, entities, scrub  # noqa: E402
 from switchyard.v1 import inference_pb2  # noqa: E402
 
 GOAL_TOKENS_S = 50_000
@@ -358,7 +383,105 @@ def score(docs: Sequence[Doc], detect: Detect) -> Scores:
 
 
 def ours(text: str) -> list[tuple[int, int, str]]:
-    return [(s.start, s.end, s.type) for s in find_all(text)]
+    return [(s.start, s.end, s.type) for s in entities(text)]
+
+
+# --------------------------------------------------------------------------- adversarial
+
+
+def adversarial_docs(gen: Generator, per_disguise: int) -> list[Doc]:
+    docs = [
+        disguised_doc(gen, t, how)
+        for t in TYPES
+        for how in (*GENERIC_DISGUISES, *TYPE_DISGUISES.get(t, ()))
+        for _ in range(per_disguise)
+    ]
+    docs += [disguised_lookalike(gen) for _ in range(len(docs))]
+    gen.rnd.shuffle(docs)
+    return docs
+
+
+@dataclass
+class Cut:
+    n: int = 0  # cuts that carry the type's evidence
+    ours: int = 0  # nothing of the entity emitted
+    presidio: int = 0  # presidio's spans cover what is there of it
+    no_evidence: int = 0  # cuts before the evidence (not scored)
+
+
+def _evidence(entity_type: str) -> Any:
+    for r in shared_default_recognizers():
+        if r.entity_type == entity_type and getattr(r, "evidence", None) is not None:
+            return r.evidence
+    return None
+
+
+def truncation(gen: Generator, per_type: int, presidio: Any) -> dict[str, Cut]:
+    """Section 6: see the module docstring."""
+    rnd = random.Random(gen.rnd.random())
+    policy = Policy()
+    out: dict[str, Cut] = {}
+    for t in TYPES:
+        evidence = _evidence(t)
+        if evidence is None:
+            continue
+        c = out[t] = Cut()
+        while c.n < per_type:
+            how = rnd.choice(GENERIC_DISGUISES)
+            doc = disguised_doc(gen, t, how) if rnd.random() < 0.5 else gen.doc(t)
+            p = doc.planted[0]
+            cut = rnd.randint(p.start + 1, p.end)
+            text = doc.text[:cut]
+            if evidence.search(fold(text[p.start :])[0]) is None:
+                c.no_evidence += 1
+                continue
+            c.n += 1
+            s = StreamScrubber(policy)
+            emitted, pos = [], 0
+            while pos < len(text):
+                step = rnd.randint(1, 7)
+                emitted.append(s.feed(text[pos : pos + step]))
+                pos += step
+            emitted.append(s.finish())
+            head = scrub(text[: p.start], policy).text
+            c.ours += "".join(emitted).startswith(head + "[")
+            if presidio is not None:
+                spans = presidio_spans(presidio, text)
+                c.presidio += covered(Planted(p.start, cut, t, how), spans)
+    return out
+
+
+def truncation_table(cuts: dict[str, Cut], with_presidio: bool) -> str:
+    rows = []
+    for t, c in cuts.items():
+        row: list[Any] = [t, c.n, c.no_evidence, pct(c.ours / c.n) if c.n else "-"]
+        if with_presidio:
+            row.append("n/a" if t in PRESIDIO_NONE else pct(c.presidio / c.n))
+        rows.append(row)
+    heads = ["type", "cuts with evidence", "cuts before it", "scrubbed (ours)"]
+    return table(heads + (["scrubbed (presidio)"] if with_presidio else []), rows)
+
+
+def held_back(replies: Sequence[Reply]) -> dict[str, float]:
+    """Section 7: characters held back after each token; tokens before the first visible text."""
+    held: list[float] = []
+    first: list[float] = []
+    for r in replies:
+        s = StreamScrubber(Policy())
+        seen = None
+        for i, t in enumerate(r.tokens):
+            if s.feed(t) and seen is None:
+                seen = i + 1
+            held.append(s.held_back)
+        s.finish()
+        first.append(seen if seen is not None else len(r.tokens))
+    return {
+        "held_p50": percentile(held, 50),
+        "held_p99": percentile(held, 99),
+        "held_max": max(held),
+        "first_visible_tokens_p50": percentile(first, 50),
+        "first_visible_tokens_p99": percentile(first, 99),
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -464,6 +587,10 @@ def main() -> None:
     ap.add_argument("--pii-every", type=int, default=200, help="tokens between PII entities")
     ap.add_argument("--repeat", type=int, default=5, help="throughput rounds (median)")
     ap.add_argument("--per-type", type=int, default=300, help="planted entities per type")
+    ap.add_argument(
+        "--per-disguise", type=int, default=50, help="adversarial documents per type and disguise"
+    )
+    ap.add_argument("--cuts", type=int, default=200, help="truncated entities per type")
     ap.add_argument("--examples", type=int, default=3, help="misses/FPs shown per row")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--cpu", type=int, help="CPU to pin to (default: the last one allowed)")
@@ -496,7 +623,7 @@ def main() -> None:
         f"PII 1/{args.pii_every}": make_replies(pii_toks, args.reply_tokens),
     }
     n_pii = sum(p.end <= sum(map(len, pii_toks)) for p in planted)
-    clean_hits = [s for r in texts["clean"] for s in find_all(r.text)]
+    clean_hits = [s for r in texts["clean"] for s in entities(r.text)]
     tps = measure_throughput(texts, policy, args.repeat, presidio)
     say("timing each chunk")
     lat = {name: latencies(replies, policy) for name, replies in texts.items()}
@@ -514,11 +641,22 @@ def main() -> None:
         say(f"scoring presidio on {len(docs)} documents")
         theirs = score(docs, lambda text: presidio_spans(presidio, text))
 
+    # 5-7. Disguises, truncation, hold-back.
+    adv_docs = adversarial_docs(gen, args.per_disguise)
+    say(f"scoring the adversarial corpus: {len(adv_docs)} documents")
+    adv_mine = score(adv_docs, ours)
+    adv_theirs = None
+    if presidio is not None:
+        adv_theirs = score(adv_docs, lambda text: presidio_spans(presidio, text))
+    say(f"cutting {args.cuts} entities per type")
+    cuts = truncation(gen, args.cuts, presidio)
+    holds = held_back(texts["clean"])
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     kinds = ", ".join(sorted({s.type for s in clean_hits})) or "-"
     n_replies = len(texts["clean"])
     doc_tokens = sum(len(d.text) for d in docs) / CHARS_PER_TOKEN
-    speed = f"ours (find_all) {doc_tokens / mine.seconds:,.0f} tokens/s"
+    speed = f"ours (entities) {doc_tokens / mine.seconds:,.0f} tokens/s"
     if theirs is not None:
         speed += f", presidio (analyze) {doc_tokens / theirs.seconds:,.0f} tokens/s"
     same = all(r["same"] for r in lat.values())
@@ -548,6 +686,26 @@ def main() -> None:
     print(examples(f"Our misses, up to {k} per format: entity in context -> found", mine.misses, k))
     print()
     print(examples(f"Our false positives, up to {k} per type", mine.fps, k))
+    print(
+        f"\n5. Adversarial: {len(adv_docs)} documents, {args.per_disguise} per type and disguise, "
+        "half of them look-alikes carrying the generic disguises"
+    )
+    print(quality_table(adv_mine, adv_theirs))
+    print("\nRecall by disguise, where we or presidio missed any")
+    print(format_table(adv_mine, adv_theirs))
+    print()
+    print(examples(f"Our misses, up to {k} per disguise", adv_mine.misses, k))
+    print()
+    print(examples(f"Our false positives, up to {k} per type", adv_mine.fps, k))
+    print(f"\n6. Truncation: turns that end inside an entity ({args.cuts} cuts per type)")
+    print(truncation_table(cuts, presidio is not None))
+    print("\n7. Hold-back on clean prose (StreamScrubber, 1-7 character tokens)")
+    print(
+        f"held back after each token: p50 {holds['held_p50']:.0f}, p99 {holds['held_p99']:.0f}, "
+        f"max {holds['held_max']:.0f} characters; tokens fed before a reply's first visible "
+        f"text: p50 {holds['first_visible_tokens_p50']:.0f}, "
+        f"p99 {holds['first_visible_tokens_p99']:.0f}"
+    )
     print()
     print(SCORING)
 
@@ -570,6 +728,10 @@ def main() -> None:
             "stream_equals_whole": same,
             "ours": mine.to_json(),
             "presidio_scores": theirs.to_json() if theirs is not None else None,
+            "adversarial": adv_mine.to_json(),
+            "adversarial_presidio": adv_theirs.to_json() if adv_theirs is not None else None,
+            "truncation": {t: vars(c) for t, c in cuts.items()},
+            "held_back": holds,
         },
     )
 

@@ -540,3 +540,105 @@ def cut_tokens(text: str, rnd: random.Random, mean: int = 4) -> list[str]:
         out.append(text[pos : pos + n])
         pos += n
     return out
+
+
+# --------------------------------------------------------------------------- disguises
+
+_FORMAT = ("\u200b", "\u200c", "\u200d", "\u2060", "\u00ad")  # zero-width, soft hyphen
+_CYRILLIC = dict(zip("aeopcxyAEKMOPTXB", "аеорсхуАЕКМОРТХВ", strict=True))
+_DIGIT_SCRIPTS = (0x0660, 0x06F0, 0x0966, 0xFF10)  # Arabic-Indic, Persian, Devanagari, fullwidth
+_SPACES = ("\u00a0", "\u2009", "\u202f")
+_DASHES = ("\u2010", "\u2011", "\u2013", "\u2212")
+# Disguises any entity can carry, and those of one type.
+GENERIC_DISGUISES = ("fullwidth", "zero-width", "look-alike letters", "digits of another script")
+TYPE_DISGUISES = {
+    "EMAIL": ("(at) (dot)", "[at] [dot]", "spaces around @", "newline before @", "spaced letters",
+              "small @", "fullwidth @ and ."),
+    "CREDIT_CARD": ("dots", "slashes", "mixed separators", "zero-width separators",
+                    "non-breaking spaces", "en dashes"),
+    "PHONE": ("non-breaking spaces", "en dashes"),
+    "IBAN": ("non-breaking spaces",),
+    "US_SSN": ("en dashes",),
+}  # fmt: skip
+
+
+def _inside(rnd: random.Random, value: str, chars: tuple[str, ...], every: int = 3) -> str:
+    """``value`` with invisible characters put between its characters (never at its ends)."""
+    out = [value[0]]
+    for ch in value[1:]:
+        if rnd.randrange(every) == 0:
+            out.append(rnd.choice(chars))
+        out.append(ch)
+    return "".join(out)
+
+
+def disguise(rnd: random.Random, entity_type: str, value: str, how: str) -> str:
+    """``value`` written the way ``how`` says (one of GENERIC_DISGUISES or TYPE_DISGUISES)."""
+    if how == "fullwidth":
+        return "".join(
+            chr(ord(c) + 0xFEE0) if "!" <= c <= "~" and rnd.random() < 0.5 else c for c in value
+        )
+    if how == "zero-width":
+        return _inside(rnd, value, _FORMAT)
+    if how == "look-alike letters":
+        return "".join(_CYRILLIC[c] if c in _CYRILLIC and rnd.random() < 0.5 else c for c in value)
+    if how == "digits of another script":
+        base = rnd.choice(_DIGIT_SCRIPTS)
+        return "".join(chr(base + int(c)) if c.isdigit() else c for c in value)
+    if how == "non-breaking spaces":
+        return "".join(rnd.choice(_SPACES) if c == " " else c for c in value)
+    if how == "en dashes":
+        return "".join(rnd.choice(_DASHES) if c == "-" else c for c in value)
+    if entity_type == "EMAIL":
+        local, _, domain = value.rpartition("@")
+        if how == "(at) (dot)":
+            return f"{local} (at) {domain.replace('.', ' (dot) ')}"
+        if how == "[at] [dot]":
+            return f"{local}[at]{domain.replace('.', '[dot]')}"
+        if how == "spaces around @":
+            return f"{local} @ {domain}"
+        if how == "newline before @":
+            return f"{local}\n@{domain}"
+        if how == "spaced letters":
+            return " ".join(value)
+        if how == "small @":
+            return f"{local}\ufe6b{domain}"
+        if how == "fullwidth @ and .":
+            return f"{local}\uff20{domain.replace('.', chr(0xFF0E))}"
+    if entity_type == "CREDIT_CARD":
+        digits = re.sub(r"\D", "", value)
+        groups = [digits[i : i + 4] for i in range(0, len(digits), 4)]
+        if how in ("dots", "slashes"):
+            return ("." if how == "dots" else "/").join(groups)
+        if how == "mixed separators":
+            return "".join(g + (rnd.choice(" -./") if i < len(groups) - 1 else "")
+                           for i, g in enumerate(groups))  # fmt: skip
+        if how == "zero-width separators":
+            return rnd.choice(_FORMAT[:4]).join(groups)
+        if how == "non-breaking spaces":
+            return "\u00a0".join(groups)
+        if how == "en dashes":
+            return "\u2013".join(groups)
+    raise ValueError(f"no disguise {how!r} for {entity_type}")
+
+
+def disguised_doc(gen: Generator, entity_type: str, how: str) -> Doc:
+    """A corpus document whose planted entity is written the way ``how`` says."""
+    s = gen.entity(entity_type)
+    hi = len(s.text) if s.hi < 0 else s.hi
+    value = disguise(gen.rnd, entity_type, s.text[s.lo : hi], how)
+    text, at = gen._embed(entity_type, value)
+    before, after = gen.sentence() + " ", " " + gen.sentence()
+    planted = [Planted(len(before) + a, len(before) + a + len(value), entity_type, how)
+               for a in at]  # fmt: skip
+    return Doc(before + text + after, planted)
+
+
+def disguised_lookalike(gen: Generator) -> Doc:
+    """A look-alike document (no entity) carrying one of the generic disguises."""
+    value, kind = gen.lookalike()
+    how = gen.rnd.choice(
+        ("fullwidth", "zero-width", "look-alike letters", "digits of another script")
+    )
+    text, _ = gen._embed("", disguise(gen.rnd, "", value, how) if len(value) > 1 else value)
+    return Doc(gen.sentence() + " " + text + " " + gen.sentence(), decoy=f"{kind}, {how}")
