@@ -238,6 +238,26 @@ def _always(_: str) -> bool:
     return True
 
 
+CONTEXT_CHARS = 32
+"""How much text before a candidate a recognizer's context check may read (the stream scrubber
+keeps at least this much of what it emitted)."""
+
+# A word or sign that makes the number after it an amount or a count, not a phone number.
+_AMOUNT_CUE = re.compile(
+    r"(?:[$€£¥₹]|\b(?:value|total|amount|sum|price|cost|balance|budget|revenue|salary|income|"
+    r"population|count|usd|eur|gbp|pln|zl|chf)\b)[^.!?\n]{0,20}$",
+    re.IGNORECASE,
+)
+_AMBIGUOUS_PHONE = re.compile(r"\d{3} \d{3} \d{3}|\d{4} \d{4}")
+
+
+def _phone_context(before: str, value: str) -> bool:
+    """The layouts numbers share with phone numbers ("575 130 161": a Polish mobile, or an
+    amount written with space separators; "1234 5678") are not phones after an amount cue
+    ("the total is", "$", "PLN"). Every other layout is judged by its digits alone."""
+    return _AMBIGUOUS_PHONE.fullmatch(value) is None or _AMOUNT_CUE.search(before) is None
+
+
 # --------------------------------------------------------------------------- recognizers
 
 
@@ -263,8 +283,11 @@ class RegexRecognizer:
         validator: Callable[[str], bool] = _always,
         flags: int = 0,
         evidence: str | None = None,
+        context: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._type = entity_type
+        # Judges a valid candidate by the text before it (at most CONTEXT_CHARS): False rejects.
+        self._context = context
         # A tail of the text that is already this entity, cut off (see the scrubber: "end of
         # text"); it must end at the text's end, and be no longer than `window`.
         self.evidence = None if evidence is None else re.compile(rf"(?:{evidence})\Z", flags)
@@ -291,6 +314,9 @@ class RegexRecognizer:
         for m in self._re.finditer(buf, lo, n):
             value = m.group()
             ok = len(value) <= self._max_length and self._validate(value)
+            if ok and self._context is not None:
+                s = m.start()
+                ok = self._context(buf[max(0, s - CONTEXT_CHARS) : s], value)
             out.append((m.start(), m.end(), ok))
         return out
 
@@ -440,9 +466,11 @@ _EMAIL_PLAIN = re.compile(_EMAIL)
 _OB_AT = r"(?:[ \t]*\n?[ \t]*@[ \t]*\n?[ \t]*|[ \t]*[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>][ \t]*)"
 _OB_DOT = r"(?:\.|[ \t]*[(\[{<][ \t]*(?i:dot)[ \t]*[)\]}>][ \t]*)"
 _OB_EMAIL = (
-    rf"(?<![{_LOCAL}])[{_LOCAL}]{{1,64}}+{_OB_AT}(?:[A-Za-z0-9\-]{{1,63}}{_OB_DOT}){{1,8}}"
-    r"[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
-    rf"|(?<!\S)[{_LOCAL}](?: [{_LOCAL}]){{0,63}} @ [A-Za-z0-9\-](?: [A-Za-z0-9\-.]){{3,252}}(?!\S)"
+    rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
+    rf"{_OB_AT}(?:[A-Za-z0-9\-]{{1,63}}{_OB_DOT}){{1,8}}[A-Za-z]{{2,24}}(?![A-Za-z0-9\-])"
+    rf"|(?<![{_LOCAL}'])(?<!\s[{_LOCAL}'] )(?<!^[{_LOCAL}'] )[{_LOCAL}](?: [{_LOCAL}']){{0,63}}"
+    r" @ [A-Za-z0-9\-]"
+    r"(?: [A-Za-z0-9\-.]){3,252}(?![A-Za-z0-9\-])"
 )
 _OB_UNDO = re.compile(r"[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>]|[(\[{<][ \t]*(?i:dot)[ \t]*[)\]}>]|\s+")
 
@@ -469,7 +497,7 @@ class ObfuscatedEmailRecognizer:
 
     def __init__(self) -> None:
         self._re = regex.compile(_OB_EMAIL)
-        self._start = re.compile(rf"(?<![{_LOCAL}])[{_LOCAL}]")
+        self._start = re.compile(rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]")
 
     @property
     def entity_type(self) -> str:
@@ -584,6 +612,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=40,
             window=100,
             validator=_phone_valid,
+            context=_phone_context,
         ),
         RegexRecognizer(
             "CREDIT_CARD",

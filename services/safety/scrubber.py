@@ -54,6 +54,7 @@ from typing import Literal
 
 from services.safety.normalize import fold
 from services.safety.recognizers import (
+    CONTEXT_CHARS,
     Span,
     StreamingRecognizer,
     merge_spans,
@@ -72,7 +73,8 @@ __all__ = [
 
 Action = Literal["redact", "mask", "hash", "block", "allow"]
 
-_CONTEXT = 8  # characters of emitted text kept for lookbehinds (ours use 1)
+# Characters of emitted text kept for lookbehinds (ours read 2) and context checks.
+_CONTEXT = CONTEXT_CHARS + 8
 
 
 @dataclass(frozen=True)

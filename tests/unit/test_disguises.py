@@ -110,8 +110,8 @@ def test_a_turn_cut_inside_an_entity_lets_nothing_of_it_out_once_it_carries_evid
     assert evidence is not None
     if evidence.search(fold(text)[0], 4) is not None:
         # (a separator after a complete entity may follow it: "[EMAIL].", "[PHONE] ")
-        rest = r"[\s.\-/\u200b-\u200d\u2060\u00ad\ufeff\u2010-\u2013\u2212]*"
-        assert re.fullmatch(rf"see \[[A-Z_0-9]+\]{rest}", got), (text, got)
+        m = re.match(r"see \[[A-Z_0-9]+\]", got)
+        assert m and re.fullmatch(r"[\s.\-/]*", fold(got[m.end() :])[0]), (text, got)
 
 
 @pytest.mark.parametrize(
