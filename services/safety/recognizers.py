@@ -25,7 +25,6 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Protocol, runtime_checkable
 
 import regex
@@ -33,7 +32,6 @@ import regex
 __all__ = [
     "IBAN_LENGTHS",
     "SECRET_TYPES",
-    "NerBackend",
     "PrivateKeyRecognizer",
     "Recognizer",
     "RegexRecognizer",
@@ -43,7 +41,6 @@ __all__ = [
     "find_all",
     "iban_valid",
     "jwt_valid",
-    "load_ner_backend",
     "luhn_valid",
     "merge_spans",
     "shared_default_recognizers",
@@ -353,6 +350,33 @@ _PK_BODY = re.compile(r"(?:[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?\n|[A-Za-z][A-Za-z0-9-]
 _PK_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*|[A-Za-z][A-Za-z0-9-]*:[^\n]*")
 
 
+_PK_BEGIN_LINE = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY")
+
+
+@dataclass(frozen=True)
+class _Opened:
+    at: int
+
+    def start(self) -> int:
+        return self.at
+
+
+class _OpenKey:
+    """A private key's evidence (the scrubber's ``evidence.search``): a BEGIN line whose block
+    the text ends inside of (no END line, its body not over)."""
+
+    def __init__(self, recognizer: PrivateKeyRecognizer) -> None:
+        self._r = recognizer
+
+    def search(self, buf: str, pos: int = 0, n: int | None = None) -> _Opened | None:
+        n = len(buf) if n is None else n
+        while (m := _PK_BEGIN_LINE.search(buf, pos, n)) is not None:
+            if self._r._block_end(buf, m.start(), n) < 0:
+                return _Opened(m.start())
+            pos = m.start() + 1
+        return None
+
+
 class PrivateKeyRecognizer:
     r"""PEM private keys: from the ``-----BEGIN ... PRIVATE KEY-----`` line through the matching
     END line, or, when no END line comes (a reply cut short, or a key written without one),
@@ -368,10 +392,10 @@ class PrivateKeyRecognizer:
     """
 
     window = 16 * 1024
-    evidence = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY[\s\S]*\Z")
 
     def __init__(self, max_length: int = 12 * 1024) -> None:
         self._max_length = max_length
+        self.evidence = _OpenKey(self)
 
     @property
     def entity_type(self) -> str:
@@ -463,7 +487,10 @@ _EMAIL_PLAIN = re.compile(_EMAIL)
 # and small "@", zero-width characters and look-alike letters are already undone by the folded
 # view.) Bare words
 # ("alice at example dot com") are left out: "look at this dot product" reads the same.
-_OB_AT = r"(?:[ \t]*\n?[ \t]*@[ \t]*\n?[ \t]*|[ \t]*[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>][ \t]*)"
+_OB_AT = (
+    r"(?<!\.)(?:[ \t]+@[ \t]+|[ \t]*\n[ \t]*@[ \t]*\n?[ \t]*|[ \t]*@[ \t]*\n[ \t]*"
+    r"|[ \t]*[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>][ \t]*)"
+)  # spaces on both sides of the "@", a line break on either, or a spelled-out "at"
 _OB_DOT = r"(?:\.|[ \t]*[(\[{<][ \t]*(?i:dot)[ \t]*[)\]}>][ \t]*)"
 _OB_EMAIL = (
     rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
@@ -498,6 +525,17 @@ class ObfuscatedEmailRecognizer:
     def __init__(self) -> None:
         self._re = regex.compile(_OB_EMAIL)
         self._start = re.compile(rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]")
+        # Without an "@", a bracket or two single characters in a row ("a l"), no match can be
+        # complete, and only the last word (with what may follow it before an "@") can still
+        # begin one: the fast path on prose, equal to the general one there.
+        self._hint = re.compile(rf"[@(\[{{<]|(?<![{_LOCAL}'])[{_LOCAL}'] [{_LOCAL}']")
+        self._tail = re.compile(
+            rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+"
+            rf"(?:(?:'[{_LOCAL}]{{1,64}}+)?'|(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
+            r"(?:(?<!\.)(?=[ \t\n])[ \t]*\n?[ \t]*)?)\Z"
+            # a single character and a space: the first of a spaced-out address
+            rf"|(?<![{_LOCAL}'])(?<!\s[{_LOCAL}'] )(?<!^[{_LOCAL}'] )[{_LOCAL}] \Z"
+        )
 
     @property
     def entity_type(self) -> str:
@@ -529,6 +567,9 @@ class ObfuscatedEmailRecognizer:
         return None
 
     def analyze(self, buf: str, lo: int, n: int) -> tuple[list[tuple[int, int, bool]], int | None]:
+        if self._hint.search(buf, lo, n) is None:
+            tail = self._tail.search(buf, max(lo, n - self.window + 1), n)
+            return [], None if tail is None else tail.start()
         return self.scan(buf, lo, n), self.pending_start(buf, lo, n)
 
     def __repr__(self) -> str:
@@ -756,36 +797,3 @@ def find_all(text: str, recognizers: Sequence[Recognizer] | None = None) -> list
     for r in recs:
         spans.extend(r.find(text))
     return merge_spans(spans)
-
-
-# --------------------------------------------------------------------------- NER slot
-
-
-@runtime_checkable
-class NerBackend(Protocol):
-    """Optional model-based recognizer for unstructured PII (names, addresses)."""
-
-    def entity_types(self) -> Sequence[str]: ...
-
-    def find(self, text: str) -> list[Span]: ...
-
-
-_NER_MODULES = ("switchyard_ner",)
-
-
-def load_ner_backend() -> NerBackend | None:
-    """Return an installed NER backend, or None (the default: none is required).
-
-    A backend is a module named in ``_NER_MODULES`` exposing ``load() -> NerBackend``.
-    """
-    for name in _NER_MODULES:
-        try:
-            module = import_module(name)
-        except ImportError:
-            continue
-        loader = getattr(module, "load", None)
-        if callable(loader):
-            backend = loader()
-            if isinstance(backend, NerBackend):
-                return backend
-    return None

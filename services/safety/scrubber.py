@@ -170,7 +170,8 @@ def _truncated(
         evidence = getattr(r, "evidence", None)
         if evidence is None:
             continue
-        m = evidence.search(view, lo, n)
+        # (evidence is never longer than the recognizer's window)
+        m = evidence.search(view, max(lo, n - getattr(r, "window", n)), n)
         if m is not None and (best is None or m.start() < best.start):
             best = Span(m.start(), n, r.entity_type)
     return [] if best is None else [best]
@@ -184,8 +185,7 @@ def _view_spans(
     view, origin = fold(text)
     n = len(view)
     spans = _spans(recs, view, 0, n)
-    tail = spans[-1].end if spans else 0
-    return view, origin, merge_spans([*spans, *_truncated(recs, view, tail, n)])
+    return view, origin, merge_spans([*spans, *_truncated(recs, view, 0, n)])
 
 
 def entities(text: str, recognizers: Sequence[StreamingRecognizer] | None = None) -> list[Span]:
@@ -305,8 +305,8 @@ class StreamScrubber:
             merged = merge_spans([Span(s, e, t) for s, e, ok, t in raw if ok and s < cut])
             spans = [sp for sp in merged if sp.end <= cut]
         if final:  # the end of the turn: an entity cut off here is judged by what it already is
-            tail = spans[-1].end if spans else vlo
-            spans = merge_spans([*spans, *_truncated(self._recs, view, tail, n)])
+            # (one that began before the pending text cannot be: its recognizer held it back)
+            spans = merge_spans([*spans, *_truncated(self._recs, view, vlo, n)])
         blocked = _first_blocked(spans, self.policy)
         if blocked is not None:
             self.blocked = blocked

@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.safety.recognizers import (
-    NerBackend,
     Recognizer,
     Span,
     StreamingRecognizer,
@@ -18,7 +17,6 @@ from services.safety.recognizers import (
     find_all,
     iban_valid,
     jwt_valid,
-    load_ner_backend,
     luhn_valid,
     merge_spans,
     ssn_valid,
@@ -255,11 +253,6 @@ def test_protocols_and_max_length() -> None:
     assert by_type["EMAIL"] == 254
     assert by_type["CREDIT_CARD"] >= 19
     assert by_type["PRIVATE_KEY"] >= 4096
-
-
-def test_ner_backend_optional() -> None:
-    backend = load_ner_backend()
-    assert backend is None or isinstance(backend, NerBackend)
 
 
 # Characters and fragments each recognizer cares about, to probe its stream contract.
