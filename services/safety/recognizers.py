@@ -528,6 +528,7 @@ class ObfuscatedEmailRecognizer:
         # Without an "@", a bracket or two single characters in a row ("a l"), no match can be
         # complete, and only the last word (with what may follow it before an "@") can still
         # begin one: the fast path on prose, equal to the general one there.
+        self._at = re.compile(r"@|[(\[{<][ \t]*[aA][tT]")
         self._hint = re.compile(rf"[@(\[{{<]|(?<![{_LOCAL}'])[{_LOCAL}'] [{_LOCAL}']")
         self._tail = re.compile(
             rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+"
@@ -550,6 +551,8 @@ class ObfuscatedEmailRecognizer:
 
     def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
         out: list[tuple[int, int, bool]] = []
+        if self._at.search(buf, lo, n) is None:  # every match has an "@" or a spelled-out "at"
+            return out
         for m in self._re.finditer(buf, lo, n):
             plain = _deobfuscate(m.group())
             out.append(
@@ -559,6 +562,9 @@ class ObfuscatedEmailRecognizer:
 
     def pending_start(self, buf: str, lo: int, n: int) -> int | None:
         pos = max(lo, n - self.window + 1)
+        if self._hint.search(buf, pos, n) is None:
+            tail = self._tail.search(buf, pos, n)
+            return None if tail is None else tail.start()
         while (m := self._start.search(buf, pos, n)) is not None:
             s = m.start()
             if self._re.fullmatch(buf, s, n, partial=True) is not None:
@@ -567,9 +573,6 @@ class ObfuscatedEmailRecognizer:
         return None
 
     def analyze(self, buf: str, lo: int, n: int) -> tuple[list[tuple[int, int, bool]], int | None]:
-        if self._hint.search(buf, lo, n) is None:
-            tail = self._tail.search(buf, max(lo, n - self.window + 1), n)
-            return [], None if tail is None else tail.start()
         return self.scan(buf, lo, n), self.pending_start(buf, lo, n)
 
     def __repr__(self) -> str:
@@ -603,7 +606,7 @@ _CARD = (
 # with dots or slashes (so that a price or a date, "1234.56", "2024/12", is not one), or twelve
 # in a row.
 _CARD_EVIDENCE = (
-    rf"(?<![\w\-])(?<!\d{_CARD_SEP})"
+    rf"(?=\d)(?<![\w\-])(?<!\d{_CARD_SEP})"
     r"(?:\d{4}(?:[ \-]\d{2}|[./]\d{4})[\d \-./]{0,15}|\d{12,18})"
 )
 
@@ -641,7 +644,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=254,
             window=740,
             # local@d: an address cut anywhere after the first character of its domain
-            evidence=rf"(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
+            evidence=rf"(?=[{_LOCAL}])(?<![{_LOCAL}])(?<![{_LOCAL}]')[{_LOCAL}]{{1,64}}+(?:'[{_LOCAL}]{{1,64}}+){{0,2}}"
             r"@[A-Za-z0-9\-][A-Za-z0-9\-.]{0,252}",
         ),
         ObfuscatedEmailRecognizer(),
@@ -673,7 +676,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=11,
             window=16,
             validator=ssn_valid,
-            evidence=r"(?<![\d\-])\d{3}-\d{2}-\d{0,3}",  # ddd-dd-
+            evidence=r"(?=\d)(?<![\d\-])\d{3}-\d{2}-\d{0,3}",  # ddd-dd-
         ),
         RegexRecognizer(
             "IBAN",
@@ -684,7 +687,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             window=48,
             validator=iban_valid,
             # a known country, its check digits, and 8 characters of the account
-            evidence=rf"(?<![A-Z0-9])(?:{_COUNTRIES})\d\d(?: ?[A-Z0-9]){{8,29}}",
+            evidence=rf"(?=[A-Z]{{2}}\d\d)(?<![A-Z0-9])(?:{_COUNTRIES})\d\d(?: ?[A-Z0-9]){{8,29}}",
         ),
         RegexRecognizer(
             "IPV4",
@@ -712,7 +715,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=r"A-Za-z0-9",
             max_length=20,
             window=24,
-            evidence=r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{8,15}",
+            evidence=r"(?=A)(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{8,15}",
         ),
         RegexRecognizer(
             "GITHUB_TOKEN",
@@ -722,7 +725,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=r"A-Za-z0-9_",
             max_length=266,
             window=270,
-            evidence=r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{8,35}|github_pat_[A-Za-z0-9_]{8,254})",
+            evidence=r"(?=g)(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{8,35}|github_pat_[A-Za-z0-9_]{8,254})",
         ),
         RegexRecognizer(
             "SLACK_TOKEN",
@@ -733,7 +736,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             run_chars=r"A-Za-z0-9\-.",
             max_length=260,
             window=270,
-            evidence=r"(?<![A-Za-z0-9\-])(?:xox[abeprs]|xoxe\.xox[abprs]|xapp)-[A-Za-z0-9\-]{8,249}",
+            evidence=r"(?=x)(?<![A-Za-z0-9\-])(?:xox[abeprs]|xoxe\.xox[abprs]|xapp)-[A-Za-z0-9\-]{8,249}",
         ),
         RegexRecognizer(
             "JWT",
@@ -744,7 +747,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=8010,
             window=8020,
             validator=jwt_valid,
-            evidence=r"(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{8,2000}(?:\.[A-Za-z0-9_\-]{0,4000}){0,2}",
+            evidence=r"(?=e)(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{8,2000}(?:\.[A-Za-z0-9_\-]{0,4000}){0,2}",
         ),
         PrivateKeyRecognizer(),
     ]
