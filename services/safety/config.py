@@ -4,13 +4,15 @@ model and per tenant; safety categories from term lists; the prompt policy.
     listen: 127.0.0.1:50055              # Safety API and Envoy's ext_proc (gRPC)
     default: {default_action: redact, prompt: redact, actions: {IPV4: allow}}
     models:  {large: {actions: {EMAIL: mask}}}
-    tenants: {acme: {prompt: reject, actions: {CREDIT_CARD: block}}}
+    tenants: {acme: {prompt: reject, actions: {CREDIT_CARD: block},
+                     allow: {domains: [acme.com], values: ["4111 1111 1111 1111"]}}}
     categories: {WEAPONS: [pipe bomb, nerve agent]}
     hash_secret: ${SWITCHYARD_SAFETY_HASH_SECRET:-change-me}
 
-The most specific setting wins: tenant over model over default. A category is an entity type like
-EMAIL (its action comes from `actions`, else `default_action`). `hash` replacements are stable
-per tenant: the key is derived from `hash_secret` and the tenant name.
+The most specific setting wins: tenant over model over default; allow-lists add up (an address at
+an allowed domain, or an allowed value such as a test card number, passes untouched). A category
+is an entity type like EMAIL (its action comes from `actions`, else `default_action`). `hash`
+replacements are stable per tenant: the key is derived from `hash_secret` and the tenant name.
 
 Prompt policy (`prompt`): `allow` passes prompts as they are; `redact` applies the actions to the
 prompt before the engine sees it; `reject` refuses a prompt holding any entity whose action is not
@@ -33,7 +35,7 @@ from services.common.config import StrictModel, load_config
 from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.safety.recognizers import StreamingRecognizer, shared_default_recognizers
-from services.safety.scrubber import Action, Policy
+from services.safety.scrubber import Action, Policy, allow_key
 from services.safety.terms import TermListRecognizer
 
 PromptMode = Literal["allow", "redact", "reject"]
@@ -41,10 +43,39 @@ PromptMode = Literal["allow", "redact", "reject"]
 _CATEGORY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
+class AllowSection(StrictModel):
+    """Entities that pass untouched whatever their type's action (added up from the default,
+    the model and the tenant): e-mail domains (and their subdomains), and exact values such as
+    test card numbers (case, spaces, dashes, dots and slashes aside)."""
+
+    domains: list[str] = pydantic.Field(default_factory=list)
+    values: list[str] = pydantic.Field(default_factory=list)
+
+    @pydantic.field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        out = []
+        for d in value:
+            d = d.strip().lower().lstrip(".")
+            if not d or "@" in d or " " in d or "." not in d:
+                raise ValueError(f"allow.domains: {d!r} is not a domain like example.com")
+            out.append(d)
+        return out
+
+    @pydantic.field_validator("values")
+    @classmethod
+    def _values(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if not allow_key(v):
+                raise ValueError("allow.values: an empty value would allow nothing")
+        return value
+
+
 class PolicySection(StrictModel):
     default_action: Action | None = None  # for types not listed; inherits when unset
     actions: dict[str, Action] = pydantic.Field(default_factory=dict)  # entity type → action
     prompt: PromptMode | None = None  # inherits when unset
+    allow: AllowSection = pydantic.Field(default_factory=AllowSection)
 
 
 class SafetyConfig(StrictModel):
@@ -94,11 +125,21 @@ class SafetyConfig(StrictModel):
         """The effective response policy of a (tenant, model) turn."""
         default_action: Action = "redact"
         actions: dict[str, Action] = {}
+        domains: set[str] = set()
+        values: set[str] = set()
         for section in self._sections(tenant, model):
             actions.update(section.actions)
             default_action = section.default_action or default_action
+            domains.update(section.allow.domains)
+            values.update(allow_key(v) for v in section.allow.values)
         key = hmac.new(self.hash_secret.encode(), tenant.encode(), hashlib.sha256).digest()
-        return Policy(actions=actions, default=default_action, tenant_key=key)
+        return Policy(
+            actions=actions,
+            default=default_action,
+            tenant_key=key,
+            allow_domains=frozenset(domains),
+            allow_values=frozenset(values),
+        )
 
     def prompt_mode(self, tenant: str = "", model: str = "") -> PromptMode:
         mode: PromptMode = "redact"

@@ -38,6 +38,7 @@ __all__ = [
     "Span",
     "StreamingRecognizer",
     "default_recognizers",
+    "deobfuscate",
     "find_all",
     "iban_valid",
     "jwt_valid",
@@ -502,7 +503,9 @@ _OB_EMAIL = (
 _OB_UNDO = re.compile(r"[(\[{<][ \t]*(?i:at)[ \t]*[)\]}>]|[(\[{<][ \t]*(?i:dot)[ \t]*[)\]}>]|\s+")
 
 
-def _deobfuscate(value: str) -> str:
+def deobfuscate(value: str) -> str:
+    """A spelled-out or spaced address written plainly ("a (at) b (dot) c" -> "a@b.c")."""
+
     def one(m: re.Match[str]) -> str:
         t = m.group().lower()
         return "@" if "at" in t else "." if "dot" in t else ""
@@ -554,7 +557,7 @@ class ObfuscatedEmailRecognizer:
         if self._at.search(buf, lo, n) is None:  # every match has an "@" or a spelled-out "at"
             return out
         for m in self._re.finditer(buf, lo, n):
-            plain = _deobfuscate(m.group())
+            plain = deobfuscate(m.group())
             out.append(
                 (m.start(), m.end(), plain != m.group() and bool(_EMAIL_PLAIN.fullmatch(plain)))
             )

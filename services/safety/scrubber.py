@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from services.safety.recognizers import (
     CONTEXT_CHARS,
     Span,
     StreamingRecognizer,
+    deobfuscate,
     merge_spans,
     shared_default_recognizers,
 )
@@ -79,14 +81,40 @@ _CONTEXT = CONTEXT_CHARS + 8
 
 @dataclass(frozen=True)
 class Policy:
-    """Action per entity type; types not listed get ``default``."""
+    """Action per entity type; types not listed get ``default``. Allow-listed entities (a
+    company's own e-mail domains, its test card numbers) pass untouched whatever their type's
+    action, and are not findings."""
 
     actions: Mapping[str, Action] = field(default_factory=dict)
     default: Action = "redact"
     tenant_key: bytes = field(default=b"", repr=False)  # never in logs
+    # E-mail domains (an address there or at a subdomain) and exact values (compared as
+    # `allow_key` says: case and separators aside), both as written in the folded view.
+    allow_domains: frozenset[str] = frozenset()
+    allow_values: frozenset[str] = frozenset()
 
     def action(self, entity_type: str) -> Action:
         return self.actions.get(entity_type, self.default)
+
+    def allows(self, entity_type: str, view_value: str) -> bool:
+        """Whether this entity (its text in the folded view) is allow-listed."""
+        if not (self.allow_domains or self.allow_values):
+            return False
+        if allow_key(view_value) in self.allow_values:
+            return True
+        if entity_type == "EMAIL" and self.allow_domains:
+            domain = deobfuscate(view_value).rpartition("@")[2].lower()
+            return any(domain == d or domain.endswith("." + d) for d in self.allow_domains)
+        return False
+
+
+_SEPARATORS = re.compile(r"[\s\-./]")
+
+
+def allow_key(value: str) -> str:
+    """How allow-listed values compare: lower case, without spaces, dashes, dots or slashes
+    ("4111 1111 1111 1111" and "4111-1111-1111-1111" are one card)."""
+    return _SEPARATORS.sub("", value).lower()
 
 
 @dataclass(frozen=True)
@@ -139,16 +167,22 @@ def _apply(
             start = origin[sp.start]
             end = hi if sp.end == len(view) and hi == len(text) else origin[sp.end - 1] + 1
         parts.append(text[pos:start])
-        parts.append(_replacement(text[start:end], view[sp.start : sp.end], sp.type, policy))
-        findings[sp.type] += 1
+        key = view[sp.start : sp.end]
+        if policy.allows(sp.type, key):
+            parts.append(text[start:end])
+        else:
+            parts.append(_replacement(text[start:end], key, sp.type, policy))
+            findings[sp.type] += 1
         pos = end
     parts.append(text[pos:hi])
     return "".join(parts)
 
 
-def _first_blocked(spans: Sequence[Span], policy: Policy) -> str | None:
+def _first_blocked(spans: Sequence[Span], policy: Policy, view: str) -> str | None:
     for sp in spans:
-        if policy.action(sp.type) == "block":
+        if policy.action(sp.type) == "block" and not policy.allows(
+            sp.type, view[sp.start : sp.end]
+        ):
             return sp.type
     return None
 
@@ -210,7 +244,7 @@ def scrub(
     view, origin, spans = _view_spans(text, recs)
     findings: Counter[str] = Counter()
     out = _apply(text, view, origin, 0, len(text), spans, policy, findings)
-    return ScrubResult(out, findings, _first_blocked(spans, policy))
+    return ScrubResult(out, findings, _first_blocked(spans, policy, view))
 
 
 class StreamScrubber:
@@ -307,7 +341,7 @@ class StreamScrubber:
         if final:  # the end of the turn: an entity cut off here is judged by what it already is
             # (one that began before the pending text cannot be: its recognizer held it back)
             spans = merge_spans([*spans, *_truncated(self._recs, view, vlo, n)])
-        blocked = _first_blocked(spans, self.policy)
+        blocked = _first_blocked(spans, self.policy, view)
         if blocked is not None:
             self.blocked = blocked
             self.findings[blocked] += 1

@@ -32,13 +32,18 @@ async def forced(envoy, text: str, max_tokens: int = 200):  # type: ignore[no-un
             " dave (at) example (dot) com or erin @ example.net now.",
             "Mail [EMAIL], [EMAIL], [EMAIL], [EMAIL] or [EMAIL] now.",
         ),
+        (  # allow-listed (tests/integration/safety.yaml): a domain and a test card number
+            "Mail ops@switchyard.dev and alice@example.com, card 4012 8888 8888 1881 and"
+            " 4111 1111 1111 1111.",
+            "Mail ops@switchyard.dev and [EMAIL], card 4012 8888 8888 1881 and [CREDIT_CARD].",
+        ),
         (
             "Cards ４１１１ １１１１ １１１１ １１１１, ٤١١١-١١١١-١١١١-١١١١, 4111.1111.1111.1111,"
             " 4111\u00a01111\u200b1111/1111 ok.",
             "Cards [CREDIT_CARD], [CREDIT_CARD], [CREDIT_CARD], [CREDIT_CARD] ok.",
         ),
     ],
-    ids=["emails", "cards"],
+    ids=["emails", "allow-list", "cards"],
 )
 async def test_disguised_entities_leave_the_mesh_scrubbed(envoy, raw: str, expected: str):
     reply = await forced(envoy, raw)

@@ -221,3 +221,28 @@ def test_spelled_out_spaced_and_split_addresses_are_emails(value: str, data: st.
 def test_prose_that_only_resembles_a_spelled_out_address_is_left_alone(text: str) -> None:
     assert scrub(text, Policy()).text == text
     assert stream(text, list(range(1, len(text), 3)), Policy())[0] == text
+
+
+def test_allow_listed_domains_and_values_pass_untouched_however_written() -> None:
+    policy = Policy(
+        allow_domains=frozenset({"acme.com"}),
+        allow_values=frozenset({"4111111111111111"}),
+        actions={"CREDIT_CARD": "block"},
+    )
+    text = (
+        "Mail ops@acme.com, bob@eu.acme.com, carol＠acme．com, dave (at) acme (dot) com, "
+        "eve@acme.com.evil.io; test card 4111-1111-1111-1111 or "
+        "４１１１ １１１１ １１１１ １１１１."
+    )
+    got = scrub(text, policy)
+    expected = (
+        "Mail ops@acme.com, bob@eu.acme.com, carol＠acme．com, dave (at) acme (dot) com, "
+        "[EMAIL]; test card 4111-1111-1111-1111 or ４１１１ １１１１ １１１１ １１１１."
+    )
+    assert got.text == expected and got.blocked is None
+    assert got.findings == {"EMAIL": 1}  # allowed ones are not findings
+    assert stream(text, list(range(0, len(text), 3)), policy)[0] == expected
+    with pytest.raises(BlockedError):  # another card is still blocked
+        sc = StreamScrubber(policy)
+        sc.feed("card 5500 0000 0000 0004 ok")
+        sc.finish()

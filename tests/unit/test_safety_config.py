@@ -33,3 +33,22 @@ def test_unknown_action_names_the_field():
         parse_config(
             {"tenants": {"acme": {"actions": {"EMAIL": "shred"}}}}, SafetyConfig, "safety.yaml"
         )
+
+
+def test_allow_lists_add_up_and_are_checked() -> None:
+    import pydantic
+    import pytest
+
+    from services.safety.config import SafetyConfig
+
+    cfg = SafetyConfig.model_validate(
+        {
+            "default": {"allow": {"domains": ["Corp.Example"]}},
+            "tenants": {"acme": {"allow": {"domains": ["acme.com"], "values": ["4111 1111"]}}},
+        }
+    )
+    acme, other = cfg.policy("acme"), cfg.policy("other")
+    assert acme.allow_domains == {"corp.example", "acme.com"} and acme.allow_values == {"41111111"}
+    assert other.allow_domains == {"corp.example"} and not other.allow_values
+    with pytest.raises(pydantic.ValidationError, match=r"allow\.domains"):
+        SafetyConfig.model_validate({"default": {"allow": {"domains": ["bob@acme.com"]}}})
