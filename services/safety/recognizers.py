@@ -607,10 +607,12 @@ _CARD = (
 )
 # A card cut off: six digits in card grouping (a space or hyphen after the first four), eight
 # with dots or slashes (so that a price or a date, "1234.56", "2024/12", is not one), or twelve
-# in a row.
+# in a row. Grouped, the first four must open a card number: a network's range (2221-2720, 3-6),
+# so that a date ("2024-03", "1999 12") is not one.
+_CARD_IIN = r"(?:[3-6]\d{3}|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720))"
 _CARD_EVIDENCE = (
     rf"(?=\d)(?<![\w\-])(?<!\d{_CARD_SEP})"
-    r"(?:\d{4}(?:[ \-]\d{2}|[./]\d{4})[\d \-./]{0,15}|\d{12,18})"
+    rf"(?:{_CARD_IIN}(?:[ \-]\d{{2}}|[./]\d{{4}})[\d \-./]{{0,15}}|\d{{12,18}})"
 )
 
 

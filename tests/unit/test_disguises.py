@@ -246,3 +246,27 @@ def test_allow_listed_domains_and_values_pass_untouched_however_written() -> Non
         sc = StreamScrubber(policy)
         sc.feed("card 5500 0000 0000 0004 ok")
         sc.finish()
+
+
+CLEAN = [
+    "def f(x):\n    return x[0] + y.z(1, 2)\n",
+    "Total: $1,234.56 (incl. 5.5% tax), due 2024-03-15 at 10:30.",
+    "Upgrade from v1.2.3 to 2.0.0-rc.1; see RFC 7231 and ISO 8601.",
+    "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "commit 3f2a9c1 merged; build #48213 passed in 12.7s.",
+    "The ratio was 16:9 and 1920x1080 at 60 fps.",
+    "Order ORD-2024-004211 shipped (tracking 1Z999AA10123456784).",
+    "Meet at noon (at the usual place) — bring the [dot] matrix printer.",
+    "Café crème, naïve façade: ½ price at ２ p.m.",
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.sampled_from(CLEAN), data=st.data())
+def test_clean_text_keeps_its_precision_in_any_chunking_and_at_any_cut(
+    text: str, data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(1, len(text)))
+    for t in (text, text[:cut]):
+        assert scrub(t, Policy()).text == t
+        assert stream(t, cuts_for(data, len(t)), Policy())[0] == t
