@@ -348,10 +348,11 @@ _PK_HEADER = re.compile(r"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY-----")
 # The body of a key block: base64 lines and RFC 1421 header lines ("Proc-Type: 4,ENCRYPTED"),
 # blank lines; and the start of a line that may still become one, or the END line.
 _PK_BODY = re.compile(r"(?:[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?\n|[A-Za-z][A-Za-z0-9-]*:[^\n]*\n)*")
-_PK_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*|[A-Za-z][A-Za-z0-9-]*:[^\n]*")
+_PK_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?|[A-Za-z][A-Za-z0-9-]*(?::[^\n]*)?")
 
 
 _PK_BEGIN_LINE = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY")
+_PK_HEADER_CUT = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-{0,4}")
 
 
 @dataclass(frozen=True)
@@ -372,9 +373,13 @@ class _OpenKey:
     def search(self, buf: str, pos: int = 0, n: int | None = None) -> _Opened | None:
         n = len(buf) if n is None else n
         while (m := _PK_BEGIN_LINE.search(buf, pos, n)) is not None:
-            if self._r._block_end(buf, m.start(), n) < 0:
-                return _Opened(m.start())
-            pos = m.start() + 1
+            s = m.start()
+            if _PK_HEADER.match(buf, s, n) is not None:
+                if self._r._block_end(buf, s, n) < 0:
+                    return _Opened(s)
+            elif _PK_HEADER_CUT.fullmatch(buf, s, n) is not None:
+                return _Opened(s)  # the text ends in its BEGIN line
+            pos = s + 1
         return None
 
 
@@ -422,13 +427,16 @@ class PrivateKeyRecognizer:
         e = buf.find(end_line, body, limit)
         if e >= 0:
             return e + len(end_line)
+        cap = body + self._max_length  # as long as a key block can be
         run = _PK_BODY.match(buf, body, limit)
         end = run.end() if run is not None else body
-        if end >= body + self._max_length:
-            return body + self._max_length  # as long as a key can be: settled
+        if end >= cap:
+            return cap
         line = buf[end:n]
         if "\n" not in line and (_PK_LINE.fullmatch(line) or end_line.startswith(line)):
-            return -1  # the line being written may still be the body's, or its END line
+            # The line being written may still be the body's, or its END line: unsettled until
+            # the block reaches the longest a key can be (then it ends there).
+            return cap if n >= cap else -1
         return end
 
     def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
@@ -692,7 +700,8 @@ def default_recognizers() -> list[StreamingRecognizer]:
             window=48,
             validator=iban_valid,
             # a known country, its check digits, and 8 characters of the account
-            evidence=rf"(?=[A-Z]{{2}}\d\d)(?<![A-Z0-9])(?:{_COUNTRIES})\d\d(?: ?[A-Z0-9]){{8,29}}",
+            evidence=rf"(?=[A-Z]{{2}}\d\d)(?=[A-Z0-9 ]{{0,44}}\Z)(?<![A-Z0-9])(?:{_COUNTRIES})\d\d"
+            r"(?: ?[A-Z0-9]){8,30}",
         ),
         RegexRecognizer(
             "IPV4",
@@ -752,7 +761,8 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=8010,
             window=8020,
             validator=jwt_valid,
-            evidence=r"(?=e)(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{8,2000}(?:\.[A-Za-z0-9_\-]{0,4000}){0,2}",
+            evidence=r"(?=e)(?=[A-Za-z0-9_\-.]{0,8000}\Z)(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{8,2000}"
+            r"(?:\.[A-Za-z0-9_\-]{0,4000}){0,2}",
         ),
         PrivateKeyRecognizer(),
     ]

@@ -204,8 +204,9 @@ def _truncated(
         evidence = getattr(r, "evidence", None)
         if evidence is None:
             continue
-        # (evidence is never longer than the recognizer's window)
-        m = evidence.search(view, max(lo, n - getattr(r, "window", n)), n)
+        # Evidence is shorter than the recognizer's window: an attempt the stream settled
+        # (s + window <= n) is never searched here.
+        m = evidence.search(view, max(lo, n - getattr(r, "window", n) + 1), n)
         if m is not None and (best is None or m.start() < best.start):
             best = Span(m.start(), n, r.entity_type)
     return [] if best is None else [best]
@@ -322,8 +323,10 @@ class StreamScrubber:
         if final:
             cut, holder = n, None
         else:
-            # Move the cut back before any (final) raw candidate straddling it.
-            moved = cut > vlo and bool(raw)
+            # Move the cut back before any (final) raw candidate straddling it, and before an
+            # original character whose folded characters it would split ("℅" is "c/o").
+            origin = self._origin
+            moved = cut > vlo
             while moved:
                 moved = False
                 for s, e, _, _ in raw:
@@ -331,9 +334,14 @@ class StreamScrubber:
                         cut = s
                         moved = True
                         holder = None
+                if origin is not None and vlo < cut < n and origin[cut - 1] == origin[cut]:
+                    while cut > vlo and origin[cut - 1] == origin[cut]:
+                        cut -= 1
+                    moved = True
+                    holder = None
         self._holder = holder
-        if cut == vlo and not final:
-            return ""
+        if cut == vlo and not final and not (cut == n and len(self._buf) > self._lo):
+            return ""  # (characters that fold to nothing after the view's end still go out)
         spans: list[Span] = []
         if raw:
             merged = merge_spans([Span(s, e, t) for s, e, ok, t in raw if ok and s < cut])

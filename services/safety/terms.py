@@ -18,12 +18,38 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from services.safety.normalize import fold_char
 from services.safety.recognizers import Span
 
 _WORD_START = re.compile(r"(?<!\w)\w")
 _GAP = r"[\s\-_]"  # what may join the words of a phrase
 _SPACE = re.compile(rf"{_GAP}+")
 _MAX_GAP = 4  # whitespace characters allowed between the words of a phrase
+
+
+def _fold(text: str) -> str:
+    return "".join(c if c.isascii() else fold_char(c) for c in text)
+
+
+def _chars(word: str) -> list[str]:
+    """A pattern per character of a (lower-case) term word: what it folds to in either case."""
+    out = []
+    for c in word:
+        variants = sorted({v.lower() for v in (_fold(c), _fold(c.upper())) if v})
+        if not variants:
+            continue  # (a character that folds to nothing: the view never shows it)
+        out.append(
+            re.escape(variants[0])
+            if len(variants) == 1
+            else "(?:" + "|".join(re.escape(v) for v in variants) + ")"
+        )
+    return out
+
+
+def _first_variants(token: str) -> set[str]:
+    """First characters (lower case) a term's first-character pattern can match."""
+    alternatives = token[3:-1].split("|") if token.startswith("(?:") else [token]
+    return {re.sub(r"\\(.)", r"\1", a)[0].lower() for a in alternatives if a}
 
 
 class TermListRecognizer:
@@ -40,16 +66,26 @@ class TermListRecognizer:
                 )
         self._type = category
         self._terms = normalized
-        # Longest first, so a longer phrase wins over a term it starts with.
+        # Terms match on the folded view, so each character matches what its lower and upper
+        # case fold to ("é" as "e", a Cyrillic "н" as itself or, upper case, as "H").
+        words = [[_chars(w) for w in t.split()] for t in normalized]
         gap = rf"{_GAP}{{1,{_MAX_GAP}}}"
-        alternatives = "|".join(
-            gap.join(re.escape(w) for w in t.split())
-            for t in sorted(normalized, key=len, reverse=True)
-        )
+        # Longest first, so a longer phrase wins over a term it starts with.
+        order = sorted(range(len(words)), key=lambda i: len(normalized[i]), reverse=True)
+        alternatives = "|".join(gap.join("".join(w) for w in words[i]) for i in order)
         self._re = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
-        self._prefixes = {t[:i] for t in normalized for i in range(1, len(t) + 1)}
-        self._first = {t[0] for t in normalized}
+        # Any beginning of a term: each token (a character, a gap) optional after the first.
+        prefixes = []
+        for term in words:
+            tokens = [tok for k, w in enumerate(term) for tok in ([gap] if k else []) + w]
+            nested = ""
+            for tok in reversed(tokens[1:]):
+                nested = f"(?:{tok}{nested})?"
+            prefixes.append(tokens[0] + nested)
+        self._prefix = re.compile("|".join(f"(?:{p})" for p in prefixes), re.IGNORECASE)
+        self._first = {v for term in words for v in _first_variants(term[0][0])}
         self._longest = max(len(t) + (_MAX_GAP - 1) * t.count(" ") for t in normalized)
+        self._longest = 2 * self._longest  # (a folded character can be two: "ﬁ")
         self.window = self._longest + 1
 
     @property
@@ -73,11 +109,8 @@ class TermListRecognizer:
     def pending_start(self, buf: str, lo: int, n: int) -> int | None:
         for m in _WORD_START.finditer(buf, max(lo, n - self._longest), n):
             s = m.start()
-            if buf[s].lower() in self._first:
-                # Gaps read as one space: never less pending than the regex.
-                tail = _SPACE.sub(" ", buf[s:n].lower())
-                if tail in self._prefixes:
-                    return s
+            if buf[s].lower() in self._first and self._prefix.fullmatch(buf, s, n) is not None:
+                return s
         return None
 
     def analyze(self, buf: str, lo: int, n: int) -> tuple[list[tuple[int, int, bool]], int | None]:

@@ -285,3 +285,39 @@ def test_every_cut_point_past_the_evidence_lets_nothing_out(etype: str, value: s
         assert got == scrub(text, Policy()).text
         if evidence.search(text, 4) is not None:
             assert got.startswith("see ["), (cut, got)
+
+
+# -- found in review --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_key_blocks_header_lines_and_crlf_never_end_it_early(newline: str) -> None:
+    key = (
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,0A1B\n"
+        "\nMIIEowsecretbase64\n-----END RSA PRIVATE KEY-----\nDone."
+    ).replace("\n", newline)
+    whole = scrub(key, Policy()).text
+    assert whole == f"[PRIVATE_KEY]{newline}Done."
+    for cut in range(1, len(key)):
+        assert stream(key, [cut], Policy())[0] == whole, cut
+
+
+@pytest.mark.parametrize("text", ["mail bob@x.co\u2105", "call fe80::a\u2101 now"])
+def test_a_character_that_folds_to_two_is_never_split_by_the_cut(text: str) -> None:
+    whole = scrub(text, Policy()).text
+    for cut in range(len(text) + 1):
+        assert stream(text, [cut], Policy())[0] == whole, cut
+
+
+def test_prose_that_mentions_a_begin_line_is_not_a_key() -> None:
+    text = "A PEM file starts with -----BEGIN RSA PRIVATE KEY and then base64 lines; that is all."
+    assert scrub(text, Policy()).text == text
+    assert stream(text, list(range(0, len(text), 5)), Policy())[0] == text
+
+
+def test_invisible_characters_after_the_text_are_not_held_forever() -> None:
+    sc = StreamScrubber(Policy())
+    assert sc.feed("ok. ") == "ok. "
+    for _ in range(100):
+        sc.feed("\u200b")
+    assert sc.held_back == 0

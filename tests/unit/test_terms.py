@@ -73,3 +73,17 @@ def test_stream_equals_whole(words, cuts):
         prev = c
     out.append(sc.finish())
     assert "".join(out) == expected
+
+
+def test_terms_with_accents_or_another_script_match_in_any_case_and_disguise():
+    from services.safety.recognizers import default_recognizers
+
+    recs = [*default_recognizers(), TermListRecognizer("WEAPONS", ["bombe à clous", "нервный газ"])]
+    policy = Policy(actions={"WEAPONS": "redact"})
+    for text in ("une bombe à clous ici", "une bombe a clous ici", "это нервный газ",
+                 "ЭТО НЕРВНЫЙ ГАЗ", "Нервный\u200b газ!"):  # fmt: skip
+        got = scrub(text, policy, recs).text
+        assert "[WEAPONS]" in got, text
+        sc = StreamScrubber(policy, recs)
+        out = "".join(sc.feed(text[i : i + 2]) for i in range(0, len(text), 2)) + sc.finish()
+        assert out == got
