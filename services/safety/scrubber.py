@@ -195,10 +195,17 @@ def _spans(recognizers: Sequence[StreamingRecognizer], buf: str, lo: int, hi: in
 
 
 def _truncated(
-    recognizers: Sequence[StreamingRecognizer], view: str, lo: int, n: int
+    recognizers: Sequence[StreamingRecognizer],
+    view: str,
+    lo: int,
+    n: int,
+    complete: Sequence[Span],
 ) -> list[Span]:
     """The entity the text ends in the middle of, judged by what it already is: the earliest
-    tail from ``lo`` that carries a type's evidence (see the module docstring)."""
+    tail from ``lo`` that carries a type's evidence (see the module docstring), unless an entity
+    of that type found whole starts there ("4111 1111 1111 1111." ends with a full stop, not
+    inside a card)."""
+    whole = {(sp.start, sp.type) for sp in complete}
     best: Span | None = None
     for r in recognizers:
         evidence = getattr(r, "evidence", None)
@@ -207,7 +214,9 @@ def _truncated(
         # Evidence is shorter than the recognizer's window: an attempt the stream settled
         # (s + window <= n) is never searched here.
         m = evidence.search(view, max(lo, n - getattr(r, "window", n) + 1), n)
-        if m is not None and (best is None or m.start() < best.start):
+        if m is None or (m.start(), r.entity_type) in whole:
+            continue
+        if best is None or m.start() < best.start:
             best = Span(m.start(), n, r.entity_type)
     return [] if best is None else [best]
 
@@ -220,7 +229,7 @@ def _view_spans(
     view, origin = fold(text)
     n = len(view)
     spans = _spans(recs, view, 0, n)
-    return view, origin, merge_spans([*spans, *_truncated(recs, view, 0, n)])
+    return view, origin, merge_spans([*spans, *_truncated(recs, view, 0, n, spans)])
 
 
 def entities(text: str, recognizers: Sequence[StreamingRecognizer] | None = None) -> list[Span]:
@@ -348,7 +357,7 @@ class StreamScrubber:
             spans = [sp for sp in merged if sp.end <= cut]
         if final:  # the end of the turn: an entity cut off here is judged by what it already is
             # (one that began before the pending text cannot be: its recognizer held it back)
-            spans = merge_spans([*spans, *_truncated(self._recs, view, vlo, n)])
+            spans = merge_spans([*spans, *_truncated(self._recs, view, vlo, n, spans)])
         blocked = _first_blocked(spans, self.policy, view)
         if blocked is not None:
             self.blocked = blocked

@@ -19,9 +19,11 @@ BLOCKED = inference_pb2.FinishReason.FINISH_REASON_BLOCKED
 
 
 async def forced(envoy, text: str, max_tokens: int = 200):  # type: ignore[no-untyped-def]
-    return await generate(
-        envoy, make_request("Say:", model=SMALL, max_tokens=max_tokens, regex=re.escape(text))
+    # Greedy: the same tokens each time, so that a length limit cuts at the same place.
+    request = make_request(
+        "Say:", model=SMALL, max_tokens=max_tokens, regex=re.escape(text), temperature=0.0
     )
+    return await generate(envoy, request)
 
 
 @pytest.mark.parametrize(
@@ -78,8 +80,9 @@ async def test_a_turn_cut_inside_an_entity_lets_nothing_of_it_out(envoy):
     n = whole.final.usage.completion_tokens
     for max_tokens in range(1, n):
         reply = await forced(envoy, TRUNCATED, max_tokens)
-        assert reply.final.finish_reason == LENGTH, (max_tokens, reply.final)
         text = reply.text
+        if reply.final.finish_reason != LENGTH:  # (the other engine may tokenize it shorter)
+            assert text == whole.text, (max_tokens, reply.final)
         assert not re.search(r"@[a-z]", text), (max_tokens, text)  # no domain after an '@'
         assert not re.search(r"\d{4} \d{2}", text), (max_tokens, text)  # nor six card digits
         assert "example" not in text, (max_tokens, text)

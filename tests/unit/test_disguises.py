@@ -321,3 +321,19 @@ def test_invisible_characters_after_the_text_are_not_held_forever() -> None:
     for _ in range(100):
         sc.feed("\u200b")
     assert sc.held_back == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("card 4111 1111 1111 1111.", "card [CREDIT_CARD]."),
+        ("mail alice@example.com.", "mail [EMAIL]."),
+        ("ssn 123-45-6789-", "ssn [US_SSN]-"),
+    ],
+)
+def test_a_text_ending_just_after_a_whole_entity_keeps_its_punctuation(
+    text: str, expected: str
+) -> None:
+    assert scrub(text, Policy()).text == expected
+    for cut in range(len(text) + 1):
+        assert stream(text, [cut], Policy())[0] == expected
