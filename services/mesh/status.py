@@ -108,6 +108,7 @@ def format_tenants(resp: router_pb2.ListTenantsResponse) -> str:
         lines.append(f"  quotas: {', '.join(quotas) or 'none'}")
         lines.append(
             f"  turns: {t.in_flight} in flight, {t.queued} queued, {t.admitted} admitted, "
-            f"{t.over_quota} over quota, {t.shed} shed; {t.tokens} tokens"
+            f"{t.over_quota} over quota, {t.waited} waited for a slot, {t.shed} shed; "
+            f"{t.tokens} tokens"
         )
     return "\n".join(lines)
