@@ -185,11 +185,11 @@ class InferenceService:
         # The turn is taken: say so (and by whom) at once, before the first token. A client
         # may resume a stream that breaks after this; Envoy retries elsewhere one that does
         # not get this far within its per-try timeout (a frozen engine).
-        await context.send_initial_metadata(self._accepted)
         reservation = prepared.reservation_id
-        if reservation and self._usage is not None:
-            self._usage(engine_pb2.TurnUsage(reservation_id=reservation))
-        try:
+        try:  # (a client gone while the headers go out still gets its reservation settled)
+            await context.send_initial_metadata(self._accepted)
+            if reservation and self._usage is not None:
+                self._usage(engine_pb2.TurnUsage(reservation_id=reservation))
             if prepared.exhausted:  # a resumed turn that had used its whole budget already
                 yield inference_pb2.GenerateResponse(final=self._final(turn))
                 return

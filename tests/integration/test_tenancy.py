@@ -157,7 +157,7 @@ async def test_a_cancelled_stream_gives_back_what_it_did_not_generate(
             )
             await call.initial_metadata()  # an engine took it (and reported so)
             call.cancel()
-        st = await settled(admin, tenant)
+        st = await settled(admin, tenant, timeout=90)  # (past the 30 s of an unaccepted turn)
         assert st.in_flight == 0
         if st.tokens < HOLD_TOKENS:
             break
