@@ -194,6 +194,9 @@ def _spans(recognizers: Sequence[StreamingRecognizer], buf: str, lo: int, hi: in
     return merge_spans(spans)
 
 
+_ENDING = re.compile(r"[\s.,;:!?)\]'\"\-/]*")
+
+
 def _truncated(
     recognizers: Sequence[StreamingRecognizer],
     view: str,
@@ -205,7 +208,7 @@ def _truncated(
     tail from ``lo`` that carries a type's evidence (see the module docstring), unless an entity
     of that type found whole starts there ("4111 1111 1111 1111." ends with a full stop, not
     inside a card)."""
-    whole = {(sp.start, sp.type) for sp in complete}
+    whole = {(sp.start, sp.type): sp.end for sp in complete}
     best: Span | None = None
     for r in recognizers:
         evidence = getattr(r, "evidence", None)
@@ -214,8 +217,11 @@ def _truncated(
         # Evidence is shorter than the recognizer's window: an attempt the stream settled
         # (s + window <= n) is never searched here.
         m = evidence.search(view, max(lo, n - getattr(r, "window", n) + 1), n)
-        if m is None or (m.start(), r.entity_type) in whole:
+        if m is None:
             continue
+        end = whole.get((m.start(), r.entity_type))
+        if end is not None and _ENDING.fullmatch(view, end, n) is not None:
+            continue  # a whole entity, then only punctuation: the text ended after it
         if best is None or m.start() < best.start:
             best = Span(m.start(), n, r.entity_type)
     return [] if best is None else [best]

@@ -72,9 +72,21 @@ async def test_turn_through_envoy_and_alias_reaches_its_pool(envoy):
     assert reply.final.served_by.model == "large"
 
 
-async def test_shared_prefix_lands_on_the_same_engine_with_cache_hits(envoy):
+async def test_shared_prefix_lands_on_the_same_engine_with_cache_hits(envoy, admin):
+    async def indexed() -> dict[str, int]:
+        status = await admin.Status(router_pb2.StatusRequest())
+        return {e.engine_id: e.indexed_blocks for p in status.pools for e in p.engines}
+
     prefix = long_text(400)
+    before = await indexed()
     first = await generate(envoy, make_request(prefix + " one", max_tokens=4))
+    # The engine's KV events reach the router's index asynchronously: wait until they did.
+    engine = first.final.served_by.engine
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        if (await indexed()).get(engine, 0) != before.get(engine, 0):
+            break
+        await asyncio.sleep(0.1)
     second = await generate(envoy, make_request(prefix + " two", max_tokens=4))
     assert second.final.served_by.engine == first.final.served_by.engine
     assert second.final.usage.cached_prompt_tokens >= 128
