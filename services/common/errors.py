@@ -21,10 +21,16 @@ class SwitchyardError(Exception):
     """An error with a gRPC status code and a message meant for the caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # The HTTP status an HTTP caller gets when the code's usual one would mislead (413 for a
+    # body over a limit); None: the code's (services/openai/errors.py).
+    http_status: int | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The request field at fault, when one is ("messages[1].content"): HTTP callers get it
+        # as the error's `param`.
+        self.param = param
 
     def details(self) -> list[Any]:
         """google.rpc detail messages (e.g. RetryInfo) for the status; none by default."""
@@ -53,6 +59,12 @@ class NotFound(SwitchyardError):
 
 class FailedPrecondition(SwitchyardError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PayloadTooLarge(InvalidArgument):
+    """A request over a size limit: INVALID_ARGUMENT on gRPC, 413 over HTTP."""
+
+    http_status = 413
 
 
 class Unavailable(SwitchyardError):

@@ -37,6 +37,11 @@ CACHE_SALT = "x-switchyard-cache-salt"
 # Set by the router at admission, and copied by Envoy into the response headers: what the
 # caller's quotas have left after this turn's reservation ("tokens_per_minute=9100, …").
 QUOTA_REMAINING = "x-switchyard-quota-remaining"
+# Set by the router on an OpenAI HTTP turn (`services/openai`): how to answer it (chat or
+# completions, streamed or not, usage, id, model), urlencoded. It selects the pool's HTTP route
+# (gRPC's wire headers toward the engine) and tells the safety filter to answer in OpenAI's
+# format; Envoy strips any client copy like every x-switchyard-* header.
+OPENAI = "x-switchyard-openai"
 # Client metadata naming a conversation, so its turns stay on the engine holding its cache.
 SESSION_ID = "x-session-id"
 # Client metadata carrying the API key: "Bearer <key>".

@@ -173,10 +173,20 @@ class InferenceService:
             raise Unavailable("engine is not ready")
         if runtime.dead:
             raise Unavailable("the vLLM engine has died; this engine is being replaced")
-        if input_chars(request) < OFFLOAD_CHARS:
-            prepared = prepare(request, runtime.tokenizer, runtime.limits)
-        else:  # a long prompt: tokenize it off the loop that streams everyone else's tokens
-            prepared = await asyncio.to_thread(prepare, request, runtime.tokenizer, runtime.limits)
+        try:
+            if input_chars(request) < OFFLOAD_CHARS:
+                prepared = prepare(request, runtime.tokenizer, runtime.limits)
+            else:  # a long prompt: tokenize it off the loop that streams everyone else's tokens
+                prepared = await asyncio.to_thread(
+                    prepare, request, runtime.tokenizer, runtime.limits
+                )
+        except SwitchyardError as e:
+            # Refused for good (no other engine will take it): its reservation goes back at
+            # once rather than when it expires unaccepted. UNAVAILABLE is retried elsewhere
+            # by Envoy with the same reservation, so it is left to the engine that takes it.
+            if reservation and self._usage is not None and e.code != grpc.StatusCode.UNAVAILABLE:
+                self._usage(engine_pb2.TurnUsage(reservation_id=reservation, done=True))
+            raise
         prepared.reservation_id, prepared.cache_salt = reservation, salt
         turn = _Turn(prepared, arrived)
         turn.span, turn.arrived_ns = span, arrived_ns

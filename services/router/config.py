@@ -21,7 +21,7 @@ from typing import Any
 import pydantic
 
 from services.common.config import StrictModel, load_config
-from services.common.errors import InvalidArgument
+from services.common.errors import NotFound
 from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
@@ -215,7 +215,7 @@ class ModelResolver:
         if pool is None:
             known = ", ".join(sorted(self._pool_of))
             aliases = ", ".join(sorted(self._aliases)) or "none"
-            raise InvalidArgument(
+            raise NotFound(
                 f"model {requested!r} is unknown (models: {known}; aliases: {aliases}; or 'auto')"
             )
         return pool, model

@@ -1,13 +1,21 @@
 """Envoy's ext_proc for the router: one exchange per turn, never in the token stream.
 
-Envoy sends the request headers, then the whole buffered gRPC request body. The router decodes
+Envoy sends the request headers, then the whole buffered request body. The router decodes
 the GenerateRequest, picks the engine, and answers the body with header mutations naming the
 pool (the route) and the endpoint (Envoy's override_host load balancer), clearing the route
-cache so the route is chosen again with them. Anything that cannot be routed is answered with an
-immediate gRPC error (INVALID_ARGUMENT, UNAVAILABLE…) and never reaches an engine; so is a turn
-the router fails on unexpectedly (INTERNAL, logged), never a bare reset that a client would
-retry. Nothing here blocks the event loop for long: a body over the size limit is refused before
-it is decoded, and long prompts are tokenized in a worker thread.
+cache so the route is chosen again with them.
+
+An OpenAI HTTP turn (`/v1/chat/completions`, `/v1/completions`) takes the same path: its JSON
+body is translated to a GenerateRequest (`services/openai/request.py`) and replaced by it, and
+the turn is marked with the `x-switchyard-openai` header, which selects the pool's HTTP route
+(gRPC wire headers toward the engine) and tells the safety filter how to answer; its errors are
+OpenAI error objects with the matching HTTP status. `GET /v1/models` is answered here.
+
+Anything that cannot be routed is answered with an immediate error (INVALID_ARGUMENT,
+NOT_FOUND, UNAVAILABLE…) and never reaches an engine; so is a turn the router fails on
+unexpectedly (INTERNAL, logged), never a bare reset that a client would retry. Nothing here
+blocks the event loop for long: a body over the size limit is refused before it is decoded,
+and long prompts are tokenized in a worker thread.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ from services.common.extproc import (
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
 from services.common.tracing import extract
+from services.openai import errors as openai_errors
+from services.openai import models as openai_models
+from services.openai import request as openai_request
+from services.openai.request import Wire
 from services.router.auth.authenticator import Authenticator
 from services.router.auth.principal import Principal
 from services.router.routing import RoutingService, check_request_headers, check_request_size
@@ -96,6 +108,7 @@ class _Admitted:
     routed: RoutingRequest
     ticket: Ticket
     policy: TenantPolicy
+    wire: Wire | None = None  # an OpenAI HTTP turn: how the safety filter answers it
 
 
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -131,6 +144,20 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return turn
         return await self.route(turn, span, max_wait)
 
+    def _decode(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[inference_pb2.GenerateRequest, Wire | None]:
+        """The turn a body asks for: a gRPC GenerateRequest, or an OpenAI request translated."""
+        path = headers.get(":path", "")
+        check_request_size(len(body), self._routing.limits)
+        api = openai_request.api_of(path)
+        if api is not None:
+            wire, req = openai_request.translate(api, body)
+            return req, wire
+        if path != GENERATE_PATH:
+            raise Unimplemented(f"{path or 'this method'} is not served by the mesh")
+        return decode_request(inference_pb2.GenerateRequest, single_message(body)), None
+
     async def admit(
         self, headers: dict[str, str], body: bytes, principal: Principal, span: trace.Span
     ) -> _Admitted | ext.ProcessingResponse:
@@ -143,14 +170,13 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     "switchyard.auth": principal.key_id.partition(":")[0] or "none",
                 }
             )
+        http = _is_http(headers)
         try:
-            path = headers.get(":path", "")
-            if path != GENERATE_PATH:
-                raise Unimplemented(f"{path or 'this method'} is not served by the mesh")
-            check_request_size(len(body), self._routing.limits)
-            req = decode_request(inference_pb2.GenerateRequest, single_message(body))
+            req, wire = self._decode(headers, body)
             if span.is_recording():
                 span.set_attribute("gen_ai.request.model", req.model or "auto")
+                if wire is not None:
+                    span.set_attribute("switchyard.api", f"openai.{wire.api}")
             policy = self._admission.policies.get(principal.tenant)
             routed = await self._routing.prepare(
                 req,
@@ -167,7 +193,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 resumed=routed.resumed,
             )
         except Exception as e:
-            return self._refused(e, span)
+            return self._refused(e, span, http)
         if span.is_recording():
             span.set_attributes(
                 {
@@ -177,9 +203,9 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     + (0 if routed.resumed else routed.prompt_tokens),
                 }
             )
-        return _Admitted(req, routed, ticket, policy)
+        return _Admitted(req, routed, ticket, policy, wire)
 
-    def _refused(self, e: Exception, span: trace.Span) -> ext.ProcessingResponse:
+    def _refused(self, e: Exception, span: trace.Span, http: bool) -> ext.ProcessingResponse:
         if isinstance(e, SwitchyardError):
             span.set_status(Status(StatusCode.ERROR, f"{e.code.name}: {e.message}"))
             if span.is_recording() and isinstance(e, QuotaExceeded | Shed):
@@ -187,12 +213,10 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     "switchyard.quota.decision", "over_quota" if isinstance(e, QuotaExceeded)
                     else "shed",
                 )  # fmt: skip
-            return immediate_error(e, "router")
+            return _error(e, http)
         log.error("routing a turn failed", exc_info=e)
         span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {e!r}"))
-        return immediate_error(
-            Internal(f"the router failed to route the turn ({type(e).__name__})"), "router"
-        )
+        return _error(Internal(f"the router failed to route the turn ({type(e).__name__})"), http)
 
     def would_wait(self, turn: _Admitted) -> bool:
         return self._flow is not None and self._flow.would_wait(turn.routed.pool)
@@ -226,7 +250,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             await self._admission.release(ticket)
             if not isinstance(e, Exception):
                 raise
-            return self._refused(e, span)
+            return self._refused(e, span, turn.wire is not None)
         if span.is_recording():
             _annotate(span, decision, routed)
         endpoints = [decision.engine.address, *(f.address for f in decision.fallbacks)]
@@ -241,7 +265,13 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             ]
         )
         body_mutation = None
-        if req.model != routed.model or routed.capped:
+        if turn.wire is not None:
+            # An HTTP turn: the engine gets the GenerateRequest (the pool's HTTP route gives it
+            # gRPC's headers), the safety filter the Wire.
+            mutation.set_headers.append(
+                set_header(h.OPENAI, turn.wire.serving(routed.model).encode())
+            )
+        if req.model != routed.model or routed.capped or turn.wire is not None:
             # An alias or "auto": the engine sees the served model name it answers to; a turn
             # without max_tokens gets its tenant's default cap (what its quota reserved).
             req.model = routed.model
@@ -286,6 +316,20 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield extend_timeout(self._flow.wait_limit(max_wait) + EXTENSION_MARGIN_SECONDS)
         yield await self.route(turn, span, max_wait)
 
+    def _models(self, principal: Principal, headers: dict[str, str]) -> ext.ProcessingResponse:
+        """`GET /v1/models`: the served models the caller may use, and their aliases."""
+        if headers.get(":method") != "GET":
+            raise InvalidArgument(f"{openai_request.MODELS_PATH} takes GET")
+        resolver = self._routing.resolver
+        ids = []
+        for model in sorted(resolver.pools()):
+            if principal.models and model not in principal.models:
+                continue
+            ids.append((model, openai_models.OWNER))
+            ids += [(alias, openai_models.OWNER) for alias in resolver.aliases_of(model)]
+        payload = openai_models.listing(ids, created=int(time.time()))
+        return openai_errors.response(200, payload, details="switchyard_router_models")
+
     async def Process(
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ext.ProcessingResponse]:
@@ -295,15 +339,22 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             kind = msg.WhichOneof("request")
             if kind == "request_headers":
                 headers = header_map(msg.request_headers)
+                http = _is_http(headers)
                 try:  # who is calling, before anything else (and before the body is sent)
+                    api = openai_request.api_of(headers.get(":path", ""))
                     check_request_headers(headers, self._routing.limits)
                     principal = await self._auth.authenticate(headers.get(h.AUTHORIZATION, ""))
                     principal, _ = self._admission.effective(principal)
+                    if api == "models":
+                        yield self._models(principal, headers)
+                        return
+                    if api is not None and headers.get(":method") != "POST":
+                        raise InvalidArgument(f"{headers.get(':path')} takes POST")
                 except SwitchyardError as e:
-                    yield immediate_error(e, "router")
+                    yield _error(e, http)
                     return
                 if msg.request_headers.end_of_stream:
-                    yield immediate_error(InvalidArgument("request has no body"), "router")
+                    yield _error(InvalidArgument("request has no body"), http)
                     return
                 yield ext.ProcessingResponse(
                     request_headers=ext.HeadersResponse(
@@ -334,3 +385,12 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield ext.ProcessingResponse(response_body=ext.BodyResponse())
             elif kind == "response_trailers":
                 yield ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
+
+
+def _is_http(headers: dict[str, str]) -> bool:
+    """An OpenAI HTTP request (answered with OpenAI errors), not a gRPC one."""
+    return headers.get(":path", "").startswith(openai_request.PREFIX)
+
+
+def _error(err: SwitchyardError, http: bool) -> ext.ProcessingResponse:
+    return openai_errors.immediate(err, "router") if http else immediate_error(err, "router")

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, PayloadTooLarge, ResourceExhausted
 from services.common.tokens import (
     Tokenizer,
     TooManyTokens,
@@ -71,7 +71,7 @@ class Limits:
 def check_request_size(size: int, limits: Limits) -> None:
     """Refuse a request body over `max_prompt_bytes`, before it is even decoded."""
     if size > limits.max_prompt_bytes:
-        raise InvalidArgument(
+        raise PayloadTooLarge(
             f"request is {size} bytes, over the mesh's limit of {limits.max_prompt_bytes} bytes "
             "for one turn (router.max_prompt_bytes)"
         )

@@ -8,6 +8,10 @@ every response body chunk (rewritten by `ResponseFilter`: text held back only wh
 still begin an entity, the Final gains the SafetyReport, a blocked entity ends the turn with a
 FINISH_REASON_BLOCKED Final and drops the rest). If this service is down or fails, Envoy fails
 the turn (see the filter's config in the xDS builder); it never passes text unscrubbed.
+
+An OpenAI HTTP turn (the router marked it with `x-switchyard-openai`) is scrubbed the same way
+and answered in OpenAI's format (`http_response`): its route streams the response here
+full-duplex, with headers and trailers, and refusals are OpenAI error objects.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -24,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
+from services.common import headers as h
 from services.common.errors import Internal, InvalidArgument, PermissionDenied, SwitchyardError
 from services.common.extproc import (
     LONG_BODY_BYTES,
@@ -36,9 +42,13 @@ from services.common.extproc import (
 )
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
-from services.common.tracing import extract
+from services.common.tracing import extract, trace_id_hex
+from services.openai import errors as openai_errors
+from services.openai.request import Wire
+from services.openai.stream import Encoder
 from services.safety import metrics as m
 from services.safety.config import SafetyConfig
+from services.safety.http_response import HttpResponse
 from services.safety.prompt import check_prompt
 from services.safety.response import ResponseFilter
 from services.safety.scrubber import Policy
@@ -47,6 +57,7 @@ from switchyard.v1 import inference_pb2
 log = logging.getLogger(__name__)
 
 SCAN_SPAN = "switchyard.safety.scan"
+_T = TypeVar("_T")
 # Request bodies at least this large are scanned off the event loop.
 OFFLOAD_BYTES = 64 * 1024
 
@@ -84,6 +95,17 @@ class _Turn:
         self.response_scan_s = 0.0  # time spent scanning the response
         self.max_held_back = 0
         self.prompt_findings: dict[str, int] = {}
+        # Envoy sent this turn's request: a response without it is a local reply an earlier
+        # filter (the router) wrote, which never reached an engine, and passes as it is.
+        self.seen_request = False
+        self.wire: Wire | None = None  # an OpenAI HTTP turn: how it is answered
+        self.http: HttpResponse | None = None
+
+    def error(self, err: SwitchyardError) -> ext.ProcessingResponse:
+        """The turn refused by the safety filter, in the client's protocol."""
+        if self.wire is not None:
+            return openai_errors.immediate(err, "safety")
+        return immediate_error(err, "safety")
 
 
 def _finding_attributes(findings: dict[str, int], policy: Policy) -> dict[str, str | int]:
@@ -144,12 +166,12 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 InvalidArgument: "prompt_rejected",
                 PermissionDenied: "prompt_denied",
             }.get(type(e), "error")
-            return immediate_error(e, "safety")
+            return turn.error(e)
         except Exception as e:
             log.exception("the prompt policy failed")
             turn.outcome = "error"
-            return immediate_error(
-                Internal(f"the safety filter failed on the prompt ({type(e).__name__})"), "safety"
+            return turn.error(
+                Internal(f"the safety filter failed on the prompt ({type(e).__name__})")
             )
         finally:
             m.PROMPT_CHUNKS.inc()
@@ -162,24 +184,55 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         turn.outcome = "prompt_redacted"
         return _body(encode_frame(req.SerializeToString()), request=True)
 
+    def _filter(self, turn: _Turn) -> ResponseFilter:
+        if turn.filter is None:
+            encoder = Encoder(turn.wire) if turn.wire is not None else None
+            turn.filter = ResponseFilter(self._policy(turn), self._config.recognizers, encoder)
+            turn.response_span = self._tracer.start_span(SCAN_SPAN, context=turn.parent)
+            if encoder is not None:
+                trace_id = trace_id_hex(trace.get_current_span(turn.parent))
+                turn.http = HttpResponse(encoder, turn.filter, trace_id)
+        return turn.filter
+
     def response_body(self, turn: _Turn, body: ext.HttpBody) -> ext.ProcessingResponse:
         """One streamed response chunk, rewritten."""
+        out = self._scrub(turn, lambda f: f.feed(body.body, body.end_of_stream))
+        if isinstance(out, ext.ProcessingResponse):
+            return out
+        return _body(out, request=False)
+
+    def http_response(
+        self, turn: _Turn, msg: ext.ProcessingRequest, kind: str
+    ) -> list[ext.ProcessingResponse]:
+        """The answers to one response message of an OpenAI HTTP turn."""
+        self._filter(turn)
+        http = turn.http
+        assert http is not None
+        if kind == "response_headers":
+            return list(http.on_headers(msg.response_headers))
+        if kind == "response_trailers":
+            return list(http.on_trailers(msg.response_trailers))
+        out = self._scrub(turn, lambda _: list(http.on_body(msg.response_body)))
+        return [out] if isinstance(out, ext.ProcessingResponse) else out
+
+    def _scrub(
+        self, turn: _Turn, step: Callable[[ResponseFilter], _T]
+    ) -> _T | ext.ProcessingResponse:
+        """Run one scrub step of the response, timed and counted; a failure fails the turn."""
         started = time.perf_counter()
-        if turn.filter is None:
-            turn.filter = ResponseFilter(self._policy(turn), self._config.recognizers)
-            turn.response_span = self._tracer.start_span(SCAN_SPAN, context=turn.parent)
+        f = self._filter(turn)
         try:
-            out = turn.filter.feed(body.body, body.end_of_stream)
+            out = step(f)
         except SwitchyardError as e:
             # The stream cannot be scrubbed: fail it rather than pass anything on unread.
             log.error("response of a %s turn cannot be filtered: %s", turn.model, e.message)
             turn.outcome = "error"
-            return immediate_error(Internal(f"safety filter: {e.message}"), "safety")
+            return turn.error(Internal(f"safety filter: {e.message}"))
         except Exception as e:
             log.exception("scrubbing a %s turn failed", turn.model)
             turn.outcome = "error"
-            return immediate_error(
-                Internal(f"the safety filter failed on the reply ({type(e).__name__})"), "safety"
+            return turn.error(
+                Internal(f"the safety filter failed on the reply ({type(e).__name__})")
             )
         finally:
             elapsed = time.perf_counter() - started
@@ -187,11 +240,11 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             m.RESPONSE_SCAN_SECONDS.observe(elapsed)
             turn.response_chunks += 1
             turn.response_scan_s += elapsed
-        m.HELD_BACK_BYTES.observe(turn.filter.held_back)
-        turn.max_held_back = max(turn.max_held_back, turn.filter.held_back)
-        if turn.filter.blocked:
+        m.HELD_BACK_BYTES.observe(f.held_back)
+        turn.max_held_back = max(turn.max_held_back, f.held_back)
+        if f.blocked:
             turn.outcome = "blocked"
-        return _body(out, request=False)
+        return out
 
     def _record(self, turn: _Turn) -> None:
         m.TURNS.labels(turn.outcome).inc()
@@ -228,12 +281,21 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             async for msg in requests:
                 kind = msg.WhichOneof("request")
                 if kind == "request_headers":
-                    turn.tenant = tenant_of(header_map(msg.request_headers))
+                    headers = header_map(msg.request_headers)
+                    turn.seen_request = True
+                    turn.tenant = tenant_of(headers)
+                    if h.OPENAI in headers:
+                        turn.wire = Wire.decode(headers[h.OPENAI])
                     yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
                 elif kind == "request_body":
                     if len(msg.request_body.body) >= LONG_BODY_BYTES:
                         yield extend_timeout(LONG_BODY_SECONDS)  # scanning it takes a while
                     yield await self.request_body(turn, msg.request_body.body)
+                elif not turn.seen_request and kind == "response_body":
+                    yield ext.ProcessingResponse(response_body=ext.BodyResponse())
+                elif turn.wire is not None and kind.startswith("response_"):
+                    for answer in self.http_response(turn, msg, kind):
+                        yield answer
                 elif kind == "response_body":
                     yield self.response_body(turn, msg.response_body)
                 elif kind == "request_trailers":

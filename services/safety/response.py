@@ -7,12 +7,16 @@ frames are re-encoded. Text is held back only while it could still be part of an
 the Final arrives, what is held back is flushed as one last Delta and the Final gains a
 `SafetyReport` (counts by type and action). An entity whose action is `block` ends the turn: a
 Final with FINISH_REASON_BLOCKED saying why replaces the rest of the stream.
+
+What goes out is written by an `Encoder`: gRPC frames by default (`GrpcEncoder`), or OpenAI's
+Server-Sent Events / JSON for an HTTP turn (`services/openai/stream.py`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 from services.common.frames import FrameDecoder, encode_frame
 from services.safety.recognizers import StreamingRecognizer
@@ -41,11 +45,33 @@ def _delta_frame(text: str, token_count: int) -> bytes:
     return encode_frame(b"\x0a" + _varint(len(delta)) + delta)  # GenerateResponse.delta = 1
 
 
+class Encoder(Protocol):
+    """Writes what the filter lets through in the client's protocol."""
+
+    def delta(self, text: str, token_count: int) -> bytes: ...
+
+    def final(self, msg: inference_pb2.GenerateResponse) -> bytes: ...
+
+
+class GrpcEncoder:
+    """`GenerateResponse` frames, as the engine wrote them."""
+
+    def delta(self, text: str, token_count: int) -> bytes:
+        return _delta_frame(text, token_count)
+
+    def final(self, msg: inference_pb2.GenerateResponse) -> bytes:
+        return encode_frame(msg.SerializeToString())
+
+
 class ResponseFilter:
     def __init__(
-        self, policy: Policy, recognizers: Sequence[StreamingRecognizer] | None = None
+        self,
+        policy: Policy,
+        recognizers: Sequence[StreamingRecognizer] | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self._policy = policy
+        self._encoder = encoder or GrpcEncoder()
         self._scrubber = StreamScrubber(policy, recognizers)
         self._frames = FrameDecoder()
         self._tokens = 0  # tokens of held-back text, carried to the next Delta sent
@@ -64,7 +90,7 @@ class ResponseFilter:
                 try:
                     text = self._scrubber.feed(delta.text)
                 except BlockedError as e:
-                    out.append(encode_frame(self._blocked(e.entity_type, msg).SerializeToString()))
+                    out.append(self._encoder.final(self._blocked(e.entity_type, msg)))
                     break
                 if text:
                     out.append(self._delta(text))
@@ -80,16 +106,16 @@ class ResponseFilter:
         try:
             tail = self._scrubber.finish()
         except BlockedError as e:
-            return [encode_frame(self._blocked(e.entity_type, msg).SerializeToString())]
+            return [self._encoder.final(self._blocked(e.entity_type, msg))]
         self.done = True
         final = inference_pb2.GenerateResponse()
         final.CopyFrom(msg)
         final.final.safety.CopyFrom(self.report())
-        return ([self._delta(tail)] if tail else []) + [encode_frame(final.SerializeToString())]
+        return ([self._delta(tail)] if tail else []) + [self._encoder.final(final)]
 
     def _delta(self, text: str) -> bytes:
         tokens, self._tokens = self._tokens, 0
-        return _delta_frame(text, tokens)
+        return self._encoder.delta(text, tokens)
 
     def _blocked(
         self, entity_type: str, msg: inference_pb2.GenerateResponse

@@ -115,7 +115,7 @@ async def test_different_tenants_spread_over_the_pool(envoy, tenant_keys):
 async def test_unknown_model_empty_pool_and_malformed_body(mesh: Mesh, envoy):
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await generate(envoy, make_request("hi", model="gpt-17", max_tokens=4))
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "model 'gpt-17' is unknown" in e.value.details()
 
     with pytest.raises(grpc.aio.AioRpcError) as e:

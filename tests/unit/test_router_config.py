@@ -1,7 +1,7 @@
 import pytest
 
 from services.common.config import parse_config
-from services.common.errors import ConfigError, InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument, NotFound
 from services.router.config import MeshConfig, ModelResolver
 
 
@@ -42,7 +42,7 @@ def test_default_model_defaults_to_the_first_pool():
 
 def test_unknown_model_lists_what_exists():
     r = ModelResolver(parse_config(mesh(), MeshConfig))
-    with pytest.raises(InvalidArgument, match=r"model 'gpt-9' is unknown \(models: large, small"):
+    with pytest.raises(NotFound, match=r"model 'gpt-9' is unknown \(models: large, small"):
         r.resolve("gpt-9")
 
 

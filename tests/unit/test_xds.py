@@ -138,6 +138,62 @@ def test_safety_filter_after_the_router_streams_the_response_and_fails_closed() 
     ]
 
 
+def test_openai_turns_take_their_pools_http_route_with_grpc_wire_headers() -> None:
+    from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+    from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+
+    snap = make_snapshot(safety=SafetySpec("127.0.0.1", 50055))
+    routes = snap.resources(RDS)["switchyard_routes"].virtual_hosts[0].routes
+    # Before the pool's gRPC route (which would match it too), after nothing else.
+    assert [r.name for r in routes] == ["pool_small_openai", "pool_small", "no_pool_selected"]
+    http, grpc_route = routes[0], routes[1]
+    assert http.route.cluster == grpc_route.route.cluster == "pool_small"
+    assert http.route.retry_policy == grpc_route.route.retry_policy
+    assert [(m.name, m.present_match) for m in http.match.headers][1] == (headers.OPENAI, True)
+    assert http.route.regex_rewrite.substitution == "/switchyard.v1.Inference/Generate"
+    added = {o.header.key: o.header.value for o in http.request_headers_to_add}
+    assert added == {"content-type": "application/grpc", "te": "trailers"}
+    per_route = ext_proc_pb2.ExtProcPerRoute()
+    http.typed_per_filter_config["switchyard.safety"].Unpack(per_route)
+    mode = per_route.overrides.processing_mode
+    assert mode.response_body_mode == pm.ProcessingMode.FULL_DUPLEX_STREAMED
+    assert mode.response_header_mode == mode.response_trailer_mode == pm.ProcessingMode.SEND
+    assert mode.request_body_mode == pm.ProcessingMode.BUFFERED
+    # Without a safety filter nothing writes OpenAI's format: HTTP turns are refused.
+    bare = make_snapshot().resources(RDS)["switchyard_routes"].virtual_hosts[0].routes
+    assert bare[0].name == "openai_without_safety"
+    assert bare[0].direct_response.status == 501
+
+
+def test_local_replies_to_http_clients_are_openai_errors() -> None:
+    snap = make_snapshot(safety=SafetySpec("127.0.0.1", 50055))
+    listener = snap.resources(LDS)["switchyard_ingress"]
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    mappers = hcm.local_reply_config.mappers
+    http = [m for m in mappers if m.body_format_override.HasField("json_format")]
+    assert http and all(m is not None for m in http)
+    # HTTP mappers come first (the first match wins) and never rewrite the mesh's own answers.
+    assert list(mappers[: len(http)]) == http
+    for m in http:
+        expression = _cel(m.filter)
+        assert "request.path.startsWith('/v1/')" in expression
+        assert "!response.code_details.startsWith('switchyard_')" in expression
+        error = m.body_format_override.json_format["error"]
+        assert error["message"] == "%LOCAL_REPLY_BODY%"
+        assert m.body_format_override.content_type == "application/json"
+    too_large = next(m for m in http if "response.code == 413" in _cel(m.filter))
+    assert too_large.body_format_override.json_format["error"]["type"] == "invalid_request_error"
+
+
+def _cel(f: Any) -> str:
+    from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+
+    expression = cel_pb2.ExpressionFilter()
+    f.extension_filter.typed_config.Unpack(expression)
+    return str(expression.expression)
+
+
 def test_missing_load_assignment_is_an_error() -> None:
     snap = Snapshot.of(clusters=[eds_cluster("pool_a")])
     assert snap.consistency_errors() == ["cluster 'pool_a' uses EDS 'pool_a', which is missing"]
@@ -221,7 +277,8 @@ def test_local_replies_always_say_what_happened() -> None:
 
 def test_each_try_gets_the_per_try_timeout_to_be_accepted() -> None:
     snap = build_snapshot(make_spec(per_try_timeout_seconds=4.5))
-    route = snap.resources(RDS)["switchyard_routes"].virtual_hosts[0].routes[0]
+    routes = snap.resources(RDS)["switchyard_routes"].virtual_hosts[0].routes
+    route = next(r for r in routes if r.name == "pool_small")
     policy = route.route.retry_policy
     assert policy.per_try_timeout.ToMilliseconds() == 4500
     assert route.route.timeout.ToMilliseconds() == 0  # the stream itself is never cut

@@ -13,12 +13,19 @@ What it builds (names are constants below):
   fails closed unless told otherwise), then the router. Its local replies always carry a
   message and the right gRPC status (`_local_replies`): a body over the transport limit is
   RESOURCE_EXHAUSTED, a router or safety service that does not answer is UNAVAILABLE saying
-  which and why.
+  which and why; to an HTTP client (an `/v1/` path or an OpenAI turn) the same replies are
+  OpenAI error objects (`_http_local_replies`).
 - RouteConfiguration `switchyard_routes`: per pool, header `x-switchyard-pool` == name →
   cluster `pool_<name>`, no route timeout (streams), retries only before the first response
   byte, each try given `per_try_timeout_seconds` to be accepted (an engine sends its response
   headers as it takes a turn, so a frozen engine's turn moves on); last, a catch-all answering
-  gRPC UNAVAILABLE "no pool selected".
+  gRPC UNAVAILABLE "no pool selected". Before them, per pool, the route of OpenAI HTTP turns
+  (`pool_<name>_openai`: the router also set `x-switchyard-openai`): the same cluster and
+  retries, gRPC's wire headers toward the engine (`:path` Generate, `content-type:
+  application/grpc`, `te: trailers`; set by the route, after every filter, so that each
+  filter's own refusals of the turn are still HTTP answers), and the safety filter switched to
+  FULL_DUPLEX_STREAMED with response headers and trailers (it rewrites gRPC frames into SSE
+  or JSON, holding headers and writing at the trailers as it needs).
 - Cluster `pool_<name>` per pool: EDS over ADS, HTTP/2, load balancing by
   `envoy.load_balancing_policies.override_host` reading `x-switchyard-endpoint` (fallback
   least_request), gRPC health checks, outlier detection and circuit breakers.
@@ -106,7 +113,10 @@ from envoy.extensions.transport_sockets.tls.v3 import (  # type: ignore[import-u
 from envoy.extensions.upstreams.http.v3 import (  # type: ignore[import-untyped,unused-ignore]
     http_protocol_options_pb2,
 )
-from envoy.type.matcher.v3 import string_pb2  # type: ignore[import-untyped,unused-ignore]
+from envoy.type.matcher.v3 import (  # type: ignore[import-untyped,unused-ignore]
+    regex_pb2,
+    string_pb2,
+)
 from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
     http_status_pb2,
     percent_pb2,
@@ -114,6 +124,7 @@ from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from services.common import headers
+from services.common.extproc import GENERATE_PATH
 from services.common.pki import ENGINE, ROUTER, SAFETY, spiffe_id
 from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.router.xds.snapshot import Snapshot
@@ -129,6 +140,9 @@ SAFETY_FILTER = "switchyard.safety"
 VIRTUAL_HOST_NAME = "switchyard"
 NO_POOL_ROUTE = "no_pool_selected"
 NO_POOL_MESSAGE = "no pool selected"
+NO_HTTP_ROUTE = "openai_without_safety"
+# OpenAI HTTP requests: their paths, and the marker the router sets on their turns.
+HTTP_PREFIX = "/v1/"
 # gRPC health service an engine reports NOT_SERVING for while draining.
 HEALTH_SERVICE = "switchyard.v1.Inference"
 # Retried only while nothing reached the client: Envoy never retries once response headers are
@@ -266,7 +280,9 @@ def build_snapshot(spec: MeshSpec) -> Snapshot:
         ],
         endpoints=[_load_assignment(p) for p in pools],
         listeners=[_listener(spec)],
-        routes=[_route_configuration(pools, spec.per_try_timeout_seconds)],
+        routes=[
+            _route_configuration(pools, spec.per_try_timeout_seconds, http=spec.safety is not None)
+        ],
     )
 
 
@@ -626,6 +642,21 @@ def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
     )
 
 
+def _http_safety_modes() -> Any:
+    """The safety filter on an OpenAI HTTP turn: as for gRPC on the way in; on the way out the
+    response headers, body and trailers full-duplex (FULL_DUPLEX_STREAMED needs the trailers
+    sent), so it may hold the headers until it knows the status and write at the trailers."""
+    mode = processing_mode_pb2.ProcessingMode
+    return mode(
+        request_header_mode=mode.SEND,
+        request_body_mode=mode.BUFFERED,
+        request_trailer_mode=mode.SKIP,
+        response_header_mode=mode.SEND,
+        response_body_mode=mode.FULL_DUPLEX_STREAMED,
+        response_trailer_mode=mode.SEND,
+    )
+
+
 def _tracing(tracing: TracingSpec) -> Any:
     """Envoy starts each turn's trace (W3C traceparent to the ext_proc calls and the engine)."""
     otel = opentelemetry_pb2.OpenTelemetryConfig(
@@ -681,12 +712,95 @@ def _text(text: str) -> Any:
     )
 
 
+def _openai_error(error_type: str) -> Any:
+    """An OpenAI error object whose message is Envoy's local reply body."""
+    body = struct_pb2.Struct()
+    body.update(
+        {
+            "error": {
+                "message": "%LOCAL_REPLY_BODY%",
+                "type": error_type,
+                "param": None,
+                "code": None,
+            }
+        }
+    )
+    return substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=body, content_type="application/json"
+    )
+
+
+# Envoy's local replies to HTTP clients (not the ones the router or safety filter wrote: those
+# are OpenAI errors already, with details "switchyard_…").
+_HTTP_REPLY = (
+    f"(request.path.startsWith('{HTTP_PREFIX}') || '{headers.OPENAI}' in request.headers) && "
+    "!response.code_details.startsWith('switchyard_')"
+)
+
+
+def _http_local_replies(spec: MeshSpec) -> list[Any]:
+    mapper = hcm_pb2.ResponseMapper
+    return [
+        mapper(
+            filter=_matches(f"{_HTTP_REPLY} && response.code == 413"),
+            body=base_pb2.DataSource(
+                inline_string=f"request body is over the mesh's limit of "
+                f"{MAX_REQUEST_BODY_BYTES} bytes (Envoy's request buffer)"
+            ),
+            body_format_override=_openai_error("invalid_request_error"),
+        ),
+        mapper(
+            filter=_matches(f"{_HTTP_REPLY} && response.code == {ROUTER_FAILED_STATUS}"),
+            status_code=_u32(503),
+            body=base_pb2.DataSource(
+                inline_string="the mesh's router failed or could not be reached, so the turn "
+                "was not routed"
+            ),
+            body_format_override=_openai_error("server_error"),
+        ),
+        mapper(
+            filter=_matches(f"{_HTTP_REPLY} && response.code == {SAFETY_FAILED_STATUS}"),
+            status_code=_u32(503),
+            body=base_pb2.DataSource(
+                inline_string="the safety filter failed or could not be reached; the mesh "
+                "fails closed"
+            ),
+            body_format_override=_openai_error("server_error"),
+        ),
+        mapper(
+            filter=_matches(
+                f"{_HTTP_REPLY} && response.code == 504 && "
+                "response.code_details.startsWith('ext_proc')"
+            ),
+            status_code=_u32(503),
+            body=base_pb2.DataSource(
+                inline_string="the mesh's router or safety filter did not answer in time, so "
+                "the turn was not served"
+            ),
+            body_format_override=_openai_error("server_error"),
+        ),
+        mapper(
+            filter=_matches(f"{_HTTP_REPLY} && response.code == 431"),
+            body=base_pb2.DataSource(
+                inline_string=f"request headers are over the mesh's limits "
+                f"({spec.max_request_headers_kb} KiB, {spec.max_headers_count} headers)"
+            ),
+            body_format_override=_openai_error("invalid_request_error"),
+        ),
+        mapper(  # anything else Envoy answers itself (no engine could take the turn…)
+            filter=_matches(_HTTP_REPLY),
+            body_format_override=_openai_error("server_error"),
+        ),
+    ]
+
+
 def _local_replies(spec: MeshSpec) -> Any:
     """Envoy's own answers, made to say what happened: the mesh never answers a turn with an
     empty message or a status a client would misread."""
     mapper = hcm_pb2.ResponseMapper
     return hcm_pb2.LocalReplyConfig(
         mappers=[
+            *_http_local_replies(spec),
             mapper(  # the request headers are over max_request_headers_kb or max_headers_count
                 filter=_status_is(431),
                 body=base_pb2.DataSource(
@@ -834,6 +948,52 @@ def _pool_route(pool: str, per_try_timeout: float) -> Any:
     )
 
 
+def _openai_pool_route(pool: str, per_try_timeout: float) -> Any:
+    """The route of a pool's OpenAI HTTP turns: the gRPC route, plus gRPC's wire headers
+    toward the engine and the safety filter's full-duplex response modes."""
+    route = _pool_route(pool, per_try_timeout)
+    route.name = f"{pool_cluster_name(pool)}_openai"
+    route.match.headers.append(
+        route_components_pb2.HeaderMatcher(name=headers.OPENAI, present_match=True)
+    )
+    route.route.regex_rewrite.CopyFrom(
+        regex_pb2.RegexMatchAndSubstitute(
+            pattern=regex_pb2.RegexMatcher(regex="^.*$"), substitution=GENERATE_PATH
+        )
+    )
+    route.request_headers_to_add.extend(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for key, value in (("content-type", "application/grpc"), ("te", "trailers"))
+    )
+    per_route = ext_proc_pb2.ExtProcPerRoute(
+        overrides=ext_proc_pb2.ExtProcOverrides(processing_mode=_http_safety_modes())
+    )
+    route.typed_per_filter_config[SAFETY_FILTER].CopyFrom(_any(per_route))
+    return route
+
+
+def _no_http_route() -> Any:
+    """Without a safety filter nothing would turn an engine's gRPC frames into OpenAI's
+    format: HTTP turns are refused."""
+    return route_components_pb2.Route(
+        name=NO_HTTP_ROUTE,
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[route_components_pb2.HeaderMatcher(name=headers.OPENAI, present_match=True)],
+        ),
+        direct_response=route_components_pb2.DirectResponseAction(
+            status=501,
+            body=base_pb2.DataSource(
+                inline_string="the OpenAI HTTP API needs the mesh's safety filter, which writes "
+                "its responses; this mesh runs without one"
+            ),
+        ),
+    )
+
+
 def _no_pool_route() -> Any:
     # A local reply to a gRPC request becomes a trailers-only gRPC answer: HTTP 503 maps to
     # grpc-status 14 (UNAVAILABLE) and the body becomes grpc-message.
@@ -846,7 +1006,7 @@ def _no_pool_route() -> Any:
     )
 
 
-def _route_configuration(pools: list[PoolSpec], per_try_timeout: float) -> Any:
+def _route_configuration(pools: list[PoolSpec], per_try_timeout: float, http: bool = True) -> Any:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         # What the caller's quotas have left, as the router wrote it at admission, goes back in
@@ -864,6 +1024,11 @@ def _route_configuration(pools: list[PoolSpec], per_try_timeout: float) -> Any:
                 name=VIRTUAL_HOST_NAME,
                 domains=["*"],
                 routes=[
+                    *(
+                        (_openai_pool_route(p.name, per_try_timeout) for p in pools)
+                        if http
+                        else [_no_http_route()]
+                    ),
                     *(_pool_route(p.name, per_try_timeout) for p in pools),
                     _no_pool_route(),
                 ],
