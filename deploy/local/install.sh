@@ -46,6 +46,7 @@ fi
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v curl >/dev/null || missing+=(curl)  # the HTTP front's SSE test reads it as curl -N
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     as_root=""

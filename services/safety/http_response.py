@@ -18,16 +18,19 @@ trailers. Per message from Envoy, `HttpResponse` gives the answers to send:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from urllib.parse import unquote
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from google.protobuf.message import DecodeError
 
 from services.common import headers as h
 from services.common.extproc import STATUS_DETAILS, header_map, set_header
 from services.openai import errors as openai_errors
 from services.openai.stream import Encoder
 from services.safety.response import ResponseFilter
+from switchyard.v1 import inference_pb2
 
 GRPC_STATUS = "grpc-status"
 GRPC_MESSAGE = "grpc-message"
@@ -35,6 +38,17 @@ GRPC_CONTENT_TYPE = "application/grpc"
 INTERNAL = 13
 # Response headers an HTTP client has no use for (the engine's binary ServedBy, gRPC's own).
 _DROPPED = (h.SERVED_BY, "grpc-accept-encoding", "grpc-encoding")
+# What an HTTP client gets instead: "<pool>/<engine>" of the engine that took the turn.
+SERVED_BY = "x-switchyard-served-by"
+
+
+def _served_by(value: str) -> str:
+    """"pool/engine" from the engine's binary ServedBy header (base64, as on the wire)."""
+    try:
+        served = inference_pb2.ServedBy.FromString(base64.b64decode(value + "=="))
+    except (ValueError, DecodeError):
+        return ""
+    return f"{served.pool}/{served.engine}" if served.engine else ""
 
 
 def _streamed(data: bytes, end: bool = False) -> ext.ProcessingResponse:
@@ -63,6 +77,7 @@ class HttpResponse:
         self._trace_id = trace_id
         self._passthrough = False  # not an engine's gRPC answer: forwarded as it is
         self._held = False  # a non-streamed turn's headers, not answered yet
+        self._served_by = ""
 
     def _headers(self, status: int | None = None) -> ext.ProcessingResponse:
         mutation = ext.HeaderMutation(
@@ -75,6 +90,8 @@ class HttpResponse:
             mutation.set_headers.append(set_header(":status", str(status)))
         if self._trace_id:
             mutation.set_headers.append(set_header(h.TRACE_ID, self._trace_id))
+        if self._served_by:
+            mutation.set_headers.append(set_header(SERVED_BY, self._served_by))
         return ext.ProcessingResponse(
             response_headers=ext.HeadersResponse(
                 response=ext.CommonResponse(header_mutation=mutation)
@@ -95,6 +112,7 @@ class HttpResponse:
             payload = openai_errors.body(message, error_type, code=None)
             yield openai_errors.response(status, payload, details=f"switchyard_engine_{status}")
             return
+        self._served_by = _served_by(fields.get(h.SERVED_BY, ""))
         if self.encoder.wire.stream:
             yield self._headers()
         else:

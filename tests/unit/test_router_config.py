@@ -1,7 +1,7 @@
 import pytest
 
 from services.common.config import parse_config
-from services.common.errors import ConfigError, InvalidArgument, NotFound
+from services.common.errors import ConfigError, NotFound
 from services.router.config import MeshConfig, ModelResolver
 
 

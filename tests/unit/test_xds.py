@@ -171,10 +171,12 @@ def test_local_replies_to_http_clients_are_openai_errors() -> None:
     hcm = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     mappers = hcm.local_reply_config.mappers
+    # First (the first match wins): the mesh's own HTTP answers pass untouched.
+    assert _cel(mappers[0].filter).endswith("&& response.code_details.startsWith('switchyard_')")
+    assert not mappers[0].HasField("body_format_override") and not mappers[0].status_code.value
     http = [m for m in mappers if m.body_format_override.HasField("json_format")]
-    assert http and all(m is not None for m in http)
-    # HTTP mappers come first (the first match wins) and never rewrite the mesh's own answers.
-    assert list(mappers[: len(http)]) == http
+    # Then Envoy's own replies to HTTP clients, before the gRPC mappers.
+    assert list(mappers[1 : 1 + len(http)]) == http
     for m in http:
         expression = _cel(m.filter)
         assert "request.path.startsWith('/v1/')" in expression

@@ -730,17 +730,21 @@ def _openai_error(error_type: str) -> Any:
     )
 
 
-# Envoy's local replies to HTTP clients (not the ones the router or safety filter wrote: those
-# are OpenAI errors already, with details "switchyard_…").
-_HTTP_REPLY = (
-    f"(request.path.startsWith('{HTTP_PREFIX}') || '{headers.OPENAI}' in request.headers) && "
-    "!response.code_details.startsWith('switchyard_')"
-)
+# A reply to an HTTP client (an OpenAI path, or a turn the router translated).
+_HTTP = f"(request.path.startsWith('{HTTP_PREFIX}') || '{headers.OPENAI}' in request.headers)"
+# An answer the router or the safety filter wrote (details "switchyard_…").
+_OURS = "response.code_details.startsWith('switchyard_')"
+# Envoy's own local replies to HTTP clients.
+_HTTP_REPLY = f"{_HTTP} && !{_OURS}"
 
 
 def _http_local_replies(spec: MeshSpec) -> list[Any]:
+    """The first mappers (the first match wins): HTTP answers the mesh wrote are OpenAI errors
+    already and pass untouched; Envoy's own become OpenAI errors. Neither reaches the gRPC
+    mappers after them."""
     mapper = hcm_pb2.ResponseMapper
     return [
+        mapper(filter=_matches(f"{_HTTP} && {_OURS}")),
         mapper(
             filter=_matches(f"{_HTTP_REPLY} && response.code == 413"),
             body=base_pb2.DataSource(
