@@ -43,7 +43,7 @@ SERVED_BY = "x-switchyard-served-by"
 
 
 def _served_by(value: str) -> str:
-    """"pool/engine" from the engine's binary ServedBy header (base64, as on the wire)."""
+    """The "pool/engine" of the engine's binary ServedBy header (base64, as on the wire)."""
     try:
         served = inference_pb2.ServedBy.FromString(base64.b64decode(value + "=="))
     except (ValueError, DecodeError):
