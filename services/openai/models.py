@@ -15,3 +15,9 @@ def listing(ids: Iterable[tuple[str, str]], created: int) -> bytes:
         for model_id, owner in ids
     ]
     return json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
+
+
+def one(model_id: str, created: int) -> bytes:
+    """The model object of `GET /v1/models/{id}`."""
+    obj = {"id": model_id, "object": "model", "created": created, "owned_by": OWNER}
+    return json.dumps(obj, separators=(",", ":")).encode()

@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from services.common.errors import InvalidArgument, NotFound
 from switchyard.v1 import inference_pb2
@@ -117,8 +117,8 @@ class Wire:
 
 
 def api_of(path: str) -> str | None:
-    """The API an HTTP path names ("chat", "completions", "models"); None for gRPC paths.
-    An unknown `/v1/` path raises NotFound."""
+    """The API an HTTP path names ("chat", "completions", "models", "model" for
+    `/v1/models/{id}`); None for gRPC paths. An unknown `/v1/` path raises NotFound."""
     if not path.startswith(PREFIX):
         return None
     path = path.partition("?")[0].rstrip("/")
@@ -128,10 +128,17 @@ def api_of(path: str) -> str | None:
         return "completions"
     if path == MODELS_PATH:
         return "models"
+    if path.startswith(MODELS_PATH + "/"):
+        return "model"
     raise NotFound(
         f"{path} is not served (the mesh serves POST {CHAT_PATH}, POST {COMPLETIONS_PATH} "
-        f"and GET {MODELS_PATH})"
+        f"and GET {MODELS_PATH}[/{{model}}])"
     )
+
+
+def model_id(path: str) -> str:
+    """The model a `/v1/models/{id}` path names."""
+    return unquote(path.partition("?")[0].rstrip("/")[len(MODELS_PATH) + 1 :])
 
 
 def _bad(message: str, param: str) -> InvalidArgument:

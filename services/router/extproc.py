@@ -32,7 +32,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common import headers as h
-from services.common.errors import Internal, InvalidArgument, SwitchyardError, Unimplemented
+from services.common.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    SwitchyardError,
+    Unimplemented,
+)
 from services.common.extproc import (
     GENERATE_PATH,
     LONG_BODY_BYTES,
@@ -317,17 +323,24 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         yield await self.route(turn, span, max_wait)
 
     def _models(self, principal: Principal, headers: dict[str, str]) -> ext.ProcessingResponse:
-        """`GET /v1/models`: the served models the caller may use, and their aliases."""
+        """`GET /v1/models[/{id}]`: the served models the caller may use, and their aliases."""
+        path = headers.get(":path", "")
         if headers.get(":method") != "GET":
-            raise InvalidArgument(f"{openai_request.MODELS_PATH} takes GET")
+            raise InvalidArgument(f"{path} takes GET")
         resolver = self._routing.resolver
         ids = []
         for model in sorted(resolver.pools()):
             if principal.models and model not in principal.models:
                 continue
-            ids.append((model, openai_models.OWNER))
-            ids += [(alias, openai_models.OWNER) for alias in resolver.aliases_of(model)]
-        payload = openai_models.listing(ids, created=int(time.time()))
+            ids += [model, *resolver.aliases_of(model)]
+        created = int(time.time())
+        if openai_request.api_of(path) == "model":
+            wanted = openai_request.model_id(path)
+            if wanted not in ids:
+                raise NotFound(f"model {wanted!r} is unknown or not allowed for this caller")
+            payload = openai_models.one(wanted, created)
+        else:
+            payload = openai_models.listing(((i, openai_models.OWNER) for i in ids), created)
         return openai_errors.response(200, payload, details="switchyard_router_models")
 
     async def Process(
@@ -345,7 +358,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     check_request_headers(headers, self._routing.limits)
                     principal = await self._auth.authenticate(headers.get(h.AUTHORIZATION, ""))
                     principal, _ = self._admission.effective(principal)
-                    if api == "models":
+                    if api in ("models", "model"):
                         yield self._models(principal, headers)
                         return
                     if api is not None and headers.get(":method") != "POST":

@@ -133,6 +133,11 @@ async def test_models_lists_what_the_caller_may_use(mesh: Mesh, admin):
     async with client(mesh, key.secret) as c:
         ids = {m.id async for m in c.models.list()}
     assert "small" in ids and "chat" in ids and "large" not in ids and "reasoning" not in ids
+    async with client(mesh, key.secret) as c:
+        model = await c.models.retrieve("chat")
+        assert model.id == "chat" and model.object == "model"
+        with pytest.raises(openai.NotFoundError):
+            await c.models.retrieve("large")  # exists, but not for this caller
 
 
 async def test_every_error_class_maps_to_the_sdks_exception(mesh: Mesh, admin):
@@ -310,3 +315,53 @@ async def test_session_header_keeps_a_conversation_on_its_engine(mesh: Mesh):
             )
             engines.add(reply.headers["x-switchyard-served-by"])
     assert len(engines) == 1, engines
+
+
+async def test_http2_clients_get_the_same_answers_without_grpc_trailers(mesh: Mesh):
+    headers = {"authorization": f"Bearer {mesh.dev_key}"}
+    body = {
+        "model": SMALL,
+        "prompt": "Say:",
+        "max_tokens": 40,
+        "regex": re.escape("Over HTTP/2."),
+    }
+    # h2c with prior knowledge: HTTP/2 on Envoy's cleartext listener, as gRPC uses it.
+    async with httpx.AsyncClient(
+        base_url=f"http://{mesh.endpoint}", http1=False, http2=True, timeout=120
+    ) as http:
+        r = await http.post("/v1/completions", json=body, headers=headers)
+        assert r.http_version == "HTTP/2" and r.status_code == 200
+        assert r.json()["choices"][0]["text"] == "Over HTTP/2."
+        async with http.stream(
+            "POST", "/v1/completions", json=body | {"stream": True}, headers=headers
+        ) as r:
+            assert r.headers["content-type"] == "text/event-stream"
+            raw = (await r.aread()).decode()
+        assert raw.endswith("data: [DONE]\n\n")
+        assert "grpc-status" not in r.headers
+        r = await http.post("/v1/completions", json=body | {"model": "gpt-17"}, headers=headers)
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+async def test_a_client_that_hangs_up_mid_stream_gets_its_quota_back(mesh: Mesh, admin):
+    from tests.integration.test_tenancy import settled
+
+    tenant, key = await tenant_with(admin, concurrent_streams=1)
+    async with client(mesh, key) as c:
+        stream = await c.chat.completions.create(
+            model=SMALL,
+            messages=[{"role": "user", "content": "Talk for a long while"}],
+            max_tokens=1500,
+            stream=True,
+        )
+        async for _ in stream:
+            break  # one chunk, then hang up
+        await stream.close()
+    st = await settled(admin, tenant)
+    assert st.in_flight == 0
+    # The stream slot is free again: a new turn is admitted at once.
+    async with client(mesh, key) as c:
+        reply = await c.chat.completions.create(
+            model=SMALL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+    assert reply.choices[0].finish_reason in ("stop", "length")

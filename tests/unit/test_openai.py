@@ -11,7 +11,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, NotFound, PayloadTooLarge, ResourceExhausted
 from services.openai import errors
-from services.openai.request import Wire, api_of, translate
+from services.openai.request import Wire, api_of, model_id, translate
 from services.openai.stream import DONE, Encoder
 from services.safety.response import ResponseFilter
 from services.safety.scrubber import Policy
@@ -26,6 +26,7 @@ def test_paths_name_the_api_and_unknown_v1_paths_are_not_found() -> None:
     assert api_of("/v1/chat/completions") == "chat"
     assert api_of("/v1/completions?x=1") == "completions"
     assert api_of("/v1/models") == "models"
+    assert api_of("/v1/models/small") == "model" and model_id("/v1/models/a%2Fb") == "a/b"
     assert api_of("/switchyard.v1.Inference/Generate") is None
     with pytest.raises(NotFound, match="/v1/embeddings is not served"):
         api_of("/v1/embeddings")
