@@ -159,6 +159,10 @@ async def test_every_error_class_maps_to_the_sdks_exception(mesh: Mesh, admin):
         with pytest.raises(openai.NotFoundError) as e:
             await c.chat.completions.create(model="gpt-17", messages=messages, max_tokens=2)
         assert "model 'gpt-17' is unknown" in e.value.message
+        # A pool with no engine: 503, saying why (the SDK's InternalServerError class).
+        with pytest.raises(openai.InternalServerError) as e:
+            await c.chat.completions.create(model="medium", messages=messages, max_tokens=2)
+        assert e.value.status_code == 503
         for bad, param in (
             ({"n": 2}, "n"),
             ({"logprobs": True}, "logprobs"),
