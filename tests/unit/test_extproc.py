@@ -340,3 +340,63 @@ async def test_a_tenant_in_a_cache_group_shares_its_groups_salt():
     assert _set(await service(FakeRouting(), adm).decide(HEADERS, body, ACME))[h.CACHE_SALT] == (
         "group:partners"
     )
+
+
+HTTP_HEADERS = {":path": "/v1/chat/completions", ":method": "POST", h.SESSION_ID: "s1"}
+
+
+async def test_an_openai_body_is_replaced_by_its_generate_request_and_the_turn_marked():
+    import json
+
+    from services.openai.request import Wire
+
+    routing = FakeRouting()
+    body = json.dumps(
+        {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ).encode()
+    resp = await service(routing).decide(HTTP_HEADERS, body, ACME)
+    common = resp.request_body.response
+    sent = inference_pb2.GenerateRequest.FromString(single_message(common.body_mutation.body))
+    assert sent.model == "small"  # the alias resolved, as for gRPC
+    assert [(m.role, m.content) for m in sent.conversation.messages] == [("user", "hi")]
+    headers = {
+        o.header.key: o.header.raw_value.decode() for o in common.header_mutation.set_headers
+    }
+    wire = Wire.decode(headers[h.OPENAI])
+    assert wire.api == "chat" and wire.stream and wire.model == "small"
+    assert headers[h.POOL] == "p" and "content-length" in common.header_mutation.remove_headers
+    assert routing.calls[0][2] == "s1"  # x-session-id, as over gRPC
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type"),
+    [
+        (b"{oops", 400, "invalid_request_error"),
+        (
+            b'{"messages": [{"role": "user", "content": "hi"}], "n": 4}',
+            400,
+            "invalid_request_error",
+        ),
+    ],
+)
+async def test_an_openai_turn_refused_is_an_openai_error(body, status, error_type):
+    import json
+
+    resp = await service(FakeRouting()).decide(HTTP_HEADERS, body, ACME)
+    ir = resp.immediate_response
+    assert ir.status.code == status and not ir.HasField("grpc_status")
+    assert json.loads(ir.body)["error"]["type"] == error_type
+    assert ir.details.startswith("switchyard_router_")
+
+
+async def test_an_unknown_model_over_http_is_404():
+    import json
+
+    from services.common.errors import NotFound
+
+    routing = FakeRouting(error=NotFound("model 'gpt-17' is unknown"))
+    body = b'{"model": "gpt-17", "prompt": "hi"}'
+    headers = HTTP_HEADERS | {":path": "/v1/completions"}
+    resp = await service(routing).decide(headers, body, ACME)
+    assert resp.immediate_response.status.code == 404
+    assert "gpt-17" in json.loads(resp.immediate_response.body)["error"]["message"]
