@@ -158,3 +158,51 @@ async def test_extproc_fails_a_stream_it_cannot_read():
     bad = ext.ProcessingRequest(response_body=ext.HttpBody(body=b"\x01\x00\x00\x00\x01x"))
     out = await run([headers_msg(), bad])
     assert out[1].immediate_response.grpc_status.status == grpc.StatusCode.INTERNAL.value[0]
+
+
+def http_headers_msg(tenant: str = "", stream: bool = True) -> ext.ProcessingRequest:
+    from services.openai.request import Wire
+
+    msg = headers_msg(tenant)
+    wire = Wire(api="chat", stream=stream, include_usage=False, id="chatcmpl-1", created=1)
+    msg.request_headers.headers.headers.add(key=h.OPENAI, raw_value=wire.encode().encode())
+    return msg
+
+
+async def test_an_openai_turn_refused_by_the_prompt_policy_is_an_http_error():
+    import json
+
+    req = inference_pb2.GenerateRequest(prompt="my card 4111 1111 1111 1111", model="small")
+    out = await run([http_headers_msg("strict"), body_msg(req)])
+    ir = out[1].immediate_response
+    assert ir.status.code == 400 and not ir.HasField("grpc_status")
+    assert "prompt contains CREDIT_CARD" in json.loads(ir.body)["error"]["message"]
+
+
+async def test_an_openai_turn_is_scrubbed_and_answered_as_sse():
+    req = inference_pb2.GenerateRequest(prompt="hi", model="small")
+    engine_headers = ext.ProcessingRequest()
+    for k, v in ((":status", "200"), ("content-type", "application/grpc")):
+        engine_headers.response_headers.headers.headers.add(key=k, raw_value=v.encode())
+    out = await run(
+        [
+            http_headers_msg(),
+            body_msg(req),
+            engine_headers,
+            *response_msgs("mail ali", "ce@exam", "ple.org"),
+        ]
+    )
+    assert out[2].HasField("response_headers")
+    sse = b"".join(
+        r.response_body.response.body_mutation.streamed_response.body
+        for r in out[3:]
+        if r.HasField("response_body")
+    ).decode()
+    assert "alice@example.org" not in sse and "[EMAIL]" in sse
+    assert sse.endswith("data: [DONE]\n\n")
+
+
+async def test_a_local_reply_the_router_wrote_passes_untouched():
+    # No request reached this filter (the router answered first): its reply is not an engine's.
+    out = await run([ext.ProcessingRequest(response_body=ext.HttpBody(body=b'{"error": {}}'))])
+    assert not out[0].response_body.response.HasField("body_mutation")
