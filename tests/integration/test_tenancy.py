@@ -271,17 +271,35 @@ async def test_a_tenant_never_hits_another_tenants_prefix_cache(mesh: Mesh, admi
     _, key_b = await tenant_with(admin)
     prompt = long_text(400)  # several KV blocks
 
-    async def cached(key: str) -> int:
+    async def cached(key: str) -> tuple[int, str]:
         async with mesh_channel(mesh, key) as ch:
             reply = await generate(
                 inference_pb2_grpc.InferenceStub(ch),
                 make_request(prompt, model=SMALL, max_tokens=1),
             )
-        return reply.final.usage.cached_prompt_tokens
+        return reply.final.usage.cached_prompt_tokens, reply.final.served_by.engine
 
-    assert await cached(key_a) == 0
-    assert await cached(key_b) == 0  # the same prompt, another tenant: none of A's blocks
-    assert await cached(key_a) > 0  # A again: its own cache (the router knows where it is)
+    async def indexed(engine: str) -> int:
+        status = await admin.Status(router_pb2.StatusRequest())
+        return sum(
+            e.indexed_blocks for p in status.pools for e in p.engines if e.engine_id == engine
+        )
+
+    status = await admin.Status(router_pb2.StatusRequest())
+    before = {e.engine_id: e.indexed_blocks for p in status.pools for e in p.engines}
+    hits, engine = await cached(key_a)
+    assert hits == 0
+    # The engine's KV events reach the router's index asynchronously: wait until A's blocks are
+    # there, else A's next turn may be placed before the router knows where its cache is.
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        if await indexed(engine) != before.get(engine, 0):
+            break
+        await asyncio.sleep(0.1)
+    hits, _ = await cached(key_b)
+    assert hits == 0  # the same prompt, another tenant: none of A's blocks
+    hits, again = await cached(key_a)
+    assert hits > 0, (engine, again)  # A again: its own cache (the router knows where it is)
 
 
 # -- fair share under saturation -------------------------------------------------------------
