@@ -256,7 +256,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         mesh.start()
         print(
-            f"\nSwitchyard is up. gRPC endpoint: {mesh.endpoint}\n"
+            f"\nSwitchyard is up. gRPC endpoint: {mesh.endpoint}; "
+            f"OpenAI HTTP API: http://{mesh.endpoint}/v1\n"
             f'  try:    switchyard chat --target {mesh.endpoint} "Hello"   '
             f"(API key: {mesh.dev_key_file})\n"
             f"  status: switchyard status --router {mesh.router_address}\n"

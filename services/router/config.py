@@ -70,7 +70,7 @@ class RouterSection(StrictModel):
 
 
 class EnvoySection(StrictModel):
-    listen: str = "127.0.0.1:8080"  # the mesh's one gRPC endpoint
+    listen: str = "127.0.0.1:8080"  # the mesh's one endpoint (gRPC and OpenAI HTTP)
     admin: str = "127.0.0.1:9901"
     node_id: str = "switchyard-envoy-0"
     # An engine that has not accepted a turn (sent its response headers) within this long is
