@@ -154,3 +154,28 @@ async def test_a_ledger_down_fails_closed_or_open_as_configured(tmp_path: Path) 
     adm.cfg = QuotaSection.model_validate({"fail_open": True})
     t = await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)
     assert t.decision == "unmetered" and not t.res_id.endswith(".m")
+
+
+async def test_a_retried_turns_abandoned_attempt_does_not_settle_what_the_other_still_uses(
+    tmp_path: Path,
+) -> None:
+    # Envoy retried the turn on e2 (e1 too slow to accept): both accept under one reservation,
+    # then e1's attempt is cancelled. The turn's stream slot stays taken until e2 ends it.
+    adm = admission(tmp_path, acme={"quotas": {"concurrent_streams": 1, "tokens_per_minute": 1000}})
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=100, max_tokens=400)
+    adm.on_usage("e2", usage(t.res_id))
+    adm.on_usage("e1", usage(t.res_id))
+    adm.on_usage("e1", usage(t.res_id, done=True, prompt=100, completion=0))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 1
+    with pytest.raises(QuotaExceeded, match="concurrent_streams"):
+        await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)
+    adm.engine_gone("e1")  # e1's stream closing changes nothing either
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 1
+    adm.on_usage("e2", usage(t.res_id, done=True, prompt=100, completion=20))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    # Both attempts' tokens are charged once the turn ends: 100 + 100 + 20.
+    assert 780 <= (await adm.remaining("acme"))["tokens_per_minute"] <= 790  # (refills)
+    await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the slot is back

@@ -167,6 +167,13 @@ class Admission:
         # accepted which (settled at their prompt if the engine's stream closes).
         self._tenant_of: dict[str, str] = {}
         self._by_engine: dict[str, set[str]] = defaultdict(set)
+        # Engines that accepted a reservation and have not reported it done. A turn Envoy retried
+        # on another engine (the first too slow to accept within its per-try timeout) is accepted
+        # under one reservation twice: the abandoned attempt's end must not settle what the
+        # other still uses (its stream slot above all). Tokens of attempts that ended while
+        # another holds the turn wait in `_spent` for the last one's report.
+        self._holders: dict[str, set[str]] = {}
+        self._spent: dict[str, int] = {}
         self._deadline: dict[str, float] = {}  # when this replica stops waiting for a report
         self._reports: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._logged: dict[str, float] = {}
@@ -323,13 +330,38 @@ class Admission:
     def on_usage(self, engine_id: str, usage: engine_pb2.TurnUsage) -> None:
         """An engine's report on its registry stream: flow control's count of the pool's turns
         takes it at once; the ledger in order, in the background (it may wait on Redis)."""
-        if not usage.reservation_id:
+        res_id = usage.reservation_id
+        if not res_id:
             return
+        if not usage.done:
+            holders = self._holders.setdefault(res_id, set())
+            first = not holders
+            holders.add(engine_id)
+            self._by_engine[engine_id].add(res_id)
+            if first:  # a retried attempt's accept changes nothing the first one did not
+                if self.flow is not None:
+                    self.flow.on_accept(res_id)
+                self._reports.put_nowait((engine_id, usage))
+            return
+        self._by_engine[engine_id].discard(res_id)
+        held = self._holders.get(res_id)
+        if held is not None:
+            held.discard(engine_id)
+            if held:  # another attempt still runs the turn: it settles for both
+                spent = usage.prompt_tokens + usage.completion_tokens
+                self._spent[res_id] = self._spent.get(res_id, 0) + spent
+                return
+            del self._holders[res_id]
+        spent = self._spent.pop(res_id, 0)
+        if spent:
+            usage = engine_pb2.TurnUsage(
+                reservation_id=res_id,
+                done=True,
+                prompt_tokens=usage.prompt_tokens + spent,
+                completion_tokens=usage.completion_tokens,
+            )
         if self.flow is not None:
-            if usage.done:
-                self.flow.on_done(usage.reservation_id, usage.completion_tokens)
-            else:
-                self.flow.on_accept(usage.reservation_id)
+            self.flow.on_done(res_id, usage.completion_tokens)
         self._reports.put_nowait((engine_id, usage))
 
     def engine_gone(self, engine_id: str) -> None:
@@ -340,6 +372,11 @@ class Admission:
     async def _apply(self, engine_id: str, usage: engine_pb2.TurnUsage | None) -> None:
         if usage is None:  # the engine's stream closed: its turns settle at their prompt
             for res_id in self._by_engine.pop(engine_id, set()):
+                holders = self._holders.get(res_id)
+                if holders is not None:
+                    holders.discard(engine_id)
+                    if holders:  # another engine runs it too (a retried turn): it settles
+                        continue
                 self._ended(res_id, 0)
                 if res_id.endswith(METERED):
                     with contextlib.suppress(LedgerUnavailable):  # the lease settles it then
@@ -347,13 +384,11 @@ class Admission:
             return
         res_id = usage.reservation_id
         if not usage.done:
-            self._by_engine[engine_id].add(res_id)
             if res_id in self._deadline:
                 self._deadline[res_id] = time.monotonic() + self.cfg.max_turn_seconds
             if res_id.endswith(METERED):
                 await self.ledger.accept(res_id, lease=self.cfg.max_turn_seconds)
             return
-        self._by_engine[engine_id].discard(res_id)
         used = usage.prompt_tokens + usage.completion_tokens
         try:
             if res_id.endswith(METERED):
@@ -368,6 +403,8 @@ class Admission:
     def _ended(self, res_id: str, used: int) -> str | None:
         tenant = self._tenant_of.pop(res_id, None)
         self._deadline.pop(res_id, None)
+        self._holders.pop(res_id, None)
+        self._spent.pop(res_id, None)
         if self.flow is not None:
             self.flow.forget(res_id)
         if tenant is not None:  # admitted by this replica
