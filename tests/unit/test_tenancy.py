@@ -179,3 +179,31 @@ async def test_a_retried_turns_abandoned_attempt_does_not_settle_what_the_other_
     # Both attempts' tokens are charged once the turn ends: 100 + 100 + 20.
     assert 780 <= (await adm.remaining("acme"))["tokens_per_minute"] <= 790  # (refills)
     await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the slot is back
+
+
+async def test_an_attempt_that_ends_before_any_engine_took_the_turn_waits_for_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.router.tenancy import admission as adm_module
+
+    monkeypatch.setattr(adm_module, "SWEEP_SECONDS", 0.01)
+    adm = admission(tmp_path, acme={"quotas": {"concurrent_streams": 1}})
+    # e1 gave up before accepting (Envoy's per-try timeout cancelled it); e2 takes the retry.
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=10, max_tokens=10)
+    adm.on_usage("e1", usage(t.res_id, done=True))
+    adm.on_usage("e2", usage(t.res_id))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 1
+    with pytest.raises(QuotaExceeded, match="concurrent_streams"):
+        await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)
+    adm.on_usage("e2", usage(t.res_id, done=True, prompt=10, completion=2))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    # No retry comes (a client that went away before any engine took its turn): it ends after
+    # the grace, with nothing charged.
+    monkeypatch.setattr(adm_module, "RETRY_GRACE_SECONDS", 0.0)
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=10, max_tokens=10)
+    adm.on_usage("e1", usage(t.res_id, done=True))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the slot is back

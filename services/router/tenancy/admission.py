@@ -55,6 +55,10 @@ OTHER = "other"
 LOG_EVERY_SECONDS = 10.0
 METERED = ".m"  # suffix of reservation ids held in the ledger
 SWEEP_SECONDS = 1.0
+# An attempt that ended before it was accepted (Envoy gave up on a slow engine after its
+# per-try timeout, 5 s by default) may be retried on another engine under the same
+# reservation: its end settles the reservation only if no engine accepts the turn this long.
+RETRY_GRACE_SECONDS = 8.0
 
 QUOTA_DECISIONS = Counter(
     "switchyard_router_quota_decisions_total",
@@ -174,6 +178,9 @@ class Admission:
         # another holds the turn wait in `_spent` for the last one's report.
         self._holders: dict[str, set[str]] = {}
         self._spent: dict[str, int] = {}
+        # Attempts that ended before any engine accepted their turn, with nothing used: settled
+        # after RETRY_GRACE_SECONDS unless a retry is accepted meanwhile (deadline, engine, report).
+        self._unaccepted_ends: dict[str, tuple[float, str, engine_pb2.TurnUsage]] = {}
         self._deadline: dict[str, float] = {}  # when this replica stops waiting for a report
         self._reports: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._logged: dict[str, float] = {}
@@ -334,6 +341,7 @@ class Admission:
         if not res_id:
             return
         if not usage.done:
+            self._unaccepted_ends.pop(res_id, None)  # a retry took the turn: it settles it
             holders = self._holders.setdefault(res_id, set())
             first = not holders
             holders.add(engine_id)
@@ -352,6 +360,16 @@ class Admission:
                 self._spent[res_id] = self._spent.get(res_id, 0) + spent
                 return
             del self._holders[res_id]
+        elif usage.prompt_tokens + usage.completion_tokens == 0:
+            # Ended before any engine took it: a retry may yet (see RETRY_GRACE_SECONDS).
+            deadline = time.monotonic() + RETRY_GRACE_SECONDS
+            self._unaccepted_ends[res_id] = (deadline, engine_id, usage)
+            return
+        self._end(engine_id, usage)
+
+    def _end(self, engine_id: str, usage: engine_pb2.TurnUsage) -> None:
+        """The turn of `usage` ended on its last engine: flow control now, the ledger queued."""
+        res_id = usage.reservation_id
         spent = self._spent.pop(res_id, 0)
         if spent:
             usage = engine_pb2.TurnUsage(
@@ -405,6 +423,7 @@ class Admission:
         self._deadline.pop(res_id, None)
         self._holders.pop(res_id, None)
         self._spent.pop(res_id, None)
+        self._unaccepted_ends.pop(res_id, None)
         if self.flow is not None:
             self.flow.forget(res_id)
         if tenant is not None:  # admitted by this replica
@@ -434,6 +453,10 @@ class Admission:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = time.monotonic()
+            for res_id, (deadline, engine_id, usage) in list(self._unaccepted_ends.items()):
+                if deadline <= now:  # no retry took it: it ends as its attempt reported
+                    del self._unaccepted_ends[res_id]
+                    self._end(engine_id, usage)
             for res_id in [r for r, d in self._deadline.items() if d <= now]:
                 self._ended(res_id, 0)  # never reported here (the ledger's lease settles it)
             try:
