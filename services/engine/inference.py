@@ -196,8 +196,10 @@ class InferenceService:
         # may resume a stream that breaks after this; Envoy retries elsewhere one that does
         # not get this far within its per-try timeout (a frozen engine).
         reservation = prepared.reservation_id
+        accepted = False  # the response headers went out: the turn is this engine's
         try:  # (a client gone while the headers go out still gets its reservation settled)
             await context.send_initial_metadata(self._accepted)
+            accepted = True
             if reservation and self._usage is not None:
                 self._usage(engine_pb2.TurnUsage(reservation_id=reservation))
             if prepared.exhausted:  # a resumed turn that had used its whole budget already
@@ -250,12 +252,16 @@ class InferenceService:
         finally:
             if reservation and self._usage is not None:
                 # However the turn ended: what it used goes back to its tenant's ledger (a
-                # resumed turn's prompt was charged by the turn it continues).
+                # resumed turn's prompt was charged by the turn it continues; one cancelled
+                # before it was accepted, e.g. by Envoy's per-try timeout to retry it
+                # elsewhere, used nothing here, and the router waits for that retry).
                 self._usage(
                     engine_pb2.TurnUsage(
                         reservation_id=reservation,
                         done=True,
-                        prompt_tokens=0 if prepared.resumed else prepared.prompt_tokens,
+                        prompt_tokens=0
+                        if prepared.resumed or not accepted
+                        else prepared.prompt_tokens,
                         completion_tokens=turn.completion_tokens,
                     )
                 )
