@@ -175,6 +175,7 @@ def test_local_replies_to_http_clients_are_openai_errors() -> None:
     assert _cel(mappers[0].filter).endswith("&& response.code_details.startsWith('switchyard_')")
     assert not mappers[0].HasField("body_format_override") and not mappers[0].status_code.value
     http = [m for m in mappers if m.body_format_override.HasField("json_format")]
+    assert len(http) == 6  # 413, router failed, safety failed, late, 431, anything else
     # Then Envoy's own replies to HTTP clients, before the gRPC mappers.
     assert list(mappers[1 : 1 + len(http)]) == http
     for m in http:

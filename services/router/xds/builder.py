@@ -738,63 +738,57 @@ _OURS = "response.code_details.startsWith('switchyard_')"
 _HTTP_REPLY = f"{_HTTP} && !{_OURS}"
 
 
+def _http_reply(
+    condition: str, text: str | None, error_type: str, status: int | None = None
+) -> Any:
+    """A mapper making one of Envoy's local replies to an HTTP client an OpenAI error: its
+    message `text` (None: Envoy's own), its status `status` (None: Envoy's)."""
+    return hcm_pb2.ResponseMapper(
+        filter=_matches(f"{_HTTP_REPLY} && {condition}" if condition else _HTTP_REPLY),
+        status_code=_u32(status) if status is not None else None,
+        body=base_pb2.DataSource(inline_string=text) if text is not None else None,
+        body_format_override=_openai_error(error_type),
+    )
+
+
 def _http_local_replies(spec: MeshSpec) -> list[Any]:
     """The first mappers (the first match wins): HTTP answers the mesh wrote are OpenAI errors
     already and pass untouched; Envoy's own become OpenAI errors. Neither reaches the gRPC
     mappers after them."""
-    mapper = hcm_pb2.ResponseMapper
     return [
-        mapper(filter=_matches(f"{_HTTP} && {_OURS}")),
-        mapper(
-            filter=_matches(f"{_HTTP_REPLY} && response.code == 413"),
-            body=base_pb2.DataSource(
-                inline_string=f"request body is over the mesh's limit of "
-                f"{MAX_REQUEST_BODY_BYTES} bytes (Envoy's request buffer)"
-            ),
-            body_format_override=_openai_error("invalid_request_error"),
+        hcm_pb2.ResponseMapper(filter=_matches(f"{_HTTP} && {_OURS}")),
+        _http_reply(
+            "response.code == 413",
+            f"request body is over the mesh's limit of {MAX_REQUEST_BODY_BYTES} bytes "
+            "(Envoy's request buffer)",
+            "invalid_request_error",
         ),
-        mapper(
-            filter=_matches(f"{_HTTP_REPLY} && response.code == {ROUTER_FAILED_STATUS}"),
-            status_code=_u32(503),
-            body=base_pb2.DataSource(
-                inline_string="the mesh's router failed or could not be reached, so the turn "
-                "was not routed"
-            ),
-            body_format_override=_openai_error("server_error"),
+        _http_reply(
+            f"response.code == {ROUTER_FAILED_STATUS}",
+            "the mesh's router failed or could not be reached, so the turn was not routed",
+            "server_error",
+            503,
         ),
-        mapper(
-            filter=_matches(f"{_HTTP_REPLY} && response.code == {SAFETY_FAILED_STATUS}"),
-            status_code=_u32(503),
-            body=base_pb2.DataSource(
-                inline_string="the safety filter failed or could not be reached; the mesh "
-                "fails closed"
-            ),
-            body_format_override=_openai_error("server_error"),
+        _http_reply(
+            f"response.code == {SAFETY_FAILED_STATUS}",
+            "the safety filter failed or could not be reached; the mesh fails closed",
+            "server_error",
+            503,
         ),
-        mapper(
-            filter=_matches(
-                f"{_HTTP_REPLY} && response.code == 504 && "
-                "response.code_details.startsWith('ext_proc')"
-            ),
-            status_code=_u32(503),
-            body=base_pb2.DataSource(
-                inline_string="the mesh's router or safety filter did not answer in time, so "
-                "the turn was not served"
-            ),
-            body_format_override=_openai_error("server_error"),
+        _http_reply(
+            "response.code == 504 && response.code_details.startsWith('ext_proc')",
+            "the mesh's router or safety filter did not answer in time, so the turn was not served",
+            "server_error",
+            503,
         ),
-        mapper(
-            filter=_matches(f"{_HTTP_REPLY} && response.code == 431"),
-            body=base_pb2.DataSource(
-                inline_string=f"request headers are over the mesh's limits "
-                f"({spec.max_request_headers_kb} KiB, {spec.max_headers_count} headers)"
-            ),
-            body_format_override=_openai_error("invalid_request_error"),
+        _http_reply(
+            "response.code == 431",
+            f"request headers are over the mesh's limits ({spec.max_request_headers_kb} KiB, "
+            f"{spec.max_headers_count} headers)",
+            "invalid_request_error",
         ),
-        mapper(  # anything else Envoy answers itself (no engine could take the turn…)
-            filter=_matches(_HTTP_REPLY),
-            body_format_override=_openai_error("server_error"),
-        ),
+        # Anything else Envoy answers itself (no engine could take the turn…).
+        _http_reply("", None, "server_error"),
     ]
 
 
