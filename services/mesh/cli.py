@@ -666,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # SWITCHYARD_DEBUG="services.router.tenancy,…": those loggers log at DEBUG (every process).
+    for name in filter(None, os.environ.get("SWITCHYARD_DEBUG", "").split(",")):
+        logging.getLogger(name.strip()).setLevel(logging.DEBUG)
     return int(args.func(args))
 
 

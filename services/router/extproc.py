@@ -115,6 +115,7 @@ class _Admitted:
     ticket: Ticket
     policy: TenantPolicy
     wire: Wire | None = None  # an OpenAI HTTP turn: how the safety filter answers it
+    sent: bool = False  # routed: Envoy sends it on to an engine
 
 
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -257,6 +258,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if not isinstance(e, Exception):
                 raise
             return self._refused(e, span, turn.wire is not None)
+        turn.sent = True
         if span.is_recording():
             _annotate(span, decision, routed)
         endpoints = [decision.engine.address, *(f.address for f in decision.fallbacks)]
@@ -298,10 +300,12 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         body: bytes,
         principal: Principal,
         span: trace.Span,
+        sent: list[str],
     ) -> AsyncIterator[ext.ProcessingResponse]:
         """The answers to a turn's body: the decision, preceded by a request for more time
         when tokenizing a long prompt or waiting for a saturated pool may take longer than
-        Envoy's message timeout (Envoy takes one such request per message)."""
+        Envoy's message timeout (Envoy takes one such request per message). A turn sent on
+        adds its reservation to `sent`."""
         started = time.monotonic()
         extended = 0.0
         if len(body) >= LONG_BODY_BYTES:
@@ -320,7 +324,10 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             max_wait = left if max_wait is None else min(max_wait, left)
         elif self._flow is not None and self.would_wait(turn):
             yield extend_timeout(self._flow.wait_limit(max_wait) + EXTENSION_MARGIN_SECONDS)
-        yield await self.route(turn, span, max_wait)
+        answer = await self.route(turn, span, max_wait)
+        if turn.sent:
+            sent.append(turn.ticket.res_id)
+        yield answer
 
     def _models(self, principal: Principal, headers: dict[str, str]) -> ext.ProcessingResponse:
         """`GET /v1/models[/{id}]`: the served models the caller may use, and their aliases."""
@@ -345,6 +352,22 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     async def Process(
         self, requests: AsyncIterator[ext.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ext.ProcessingResponse]:
+        # The stream stays open until Envoy ends the turn's HTTP stream (every attempt on an
+        # engine included): its end tells admission that a turn sent on is over.
+        sent: list[str] = []
+        try:
+            async for answer in self._process(requests, context, sent):
+                yield answer
+        finally:
+            for res_id in sent:
+                self._admission.stream_closed(res_id)
+
+    async def _process(
+        self,
+        requests: AsyncIterator[ext.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+        sent: list[str],
     ) -> AsyncIterator[ext.ProcessingResponse]:
         headers: dict[str, str] = {}
         principal: Principal | None = None
@@ -378,7 +401,9 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 assert principal is not None  # Envoy sends the headers first
                 body = msg.request_body.body
                 if self._tracer is None:
-                    async for answer in self._body(headers, body, principal, trace.INVALID_SPAN):
+                    async for answer in self._body(
+                        headers, body, principal, trace.INVALID_SPAN, sent
+                    ):
                         yield answer
                     continue
                 parent = extract(context.invocation_metadata() or ()) if context else None
@@ -386,7 +411,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 # starts spans of its own; each is given `span`).
                 span = self._tracer.start_span(PICK_SPAN, context=parent)
                 try:
-                    async for answer in self._body(headers, body, principal, span):
+                    async for answer in self._body(headers, body, principal, span, sent):
                         yield answer
                 finally:
                     span.end()

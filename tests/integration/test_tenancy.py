@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 import yaml
 from envoy.config.core.v3 import base_pb2
@@ -34,8 +37,31 @@ pytestmark = pytest.mark.integration
 
 SMALL = "small"
 # Turns as long as the small model's context allows: they hold their slot (a stream, a place in
-# a saturated pool) until the test cancels them, however fast this machine generates.
+# a saturated pool) until the test cancels them or they end, some 8 to 20 s on, as fast as the
+# tiny model generates here (`frozen_generation` holds them as long as a test needs).
 HOLD_TOKENS = 1900
+
+
+@contextlib.contextmanager
+def frozen_generation(mesh: Mesh, pool: str = "l4-small") -> Iterator[None]:
+    """The pool's vLLM engine cores (and their workers) stopped with SIGSTOP, then resumed: the
+    turns they run keep their slots and make no progress — none ends by itself — while the
+    engines' gRPC fronts go on reporting, accepting turns and queueing them for the core."""
+    assert mesh.supervisor is not None
+    stopped: list[psutil.Process] = []
+    try:
+        for child in mesh.supervisor.children():
+            if child.kind != "engine" or not child.name.startswith(f"{pool}-"):
+                continue
+            for p in psutil.Process(child.proc.pid).children(recursive=True):
+                p.send_signal(signal.SIGSTOP)
+                stopped.append(p)
+        assert stopped, f"no engine core of pool {pool} to stop"
+        yield
+    finally:
+        for p in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGCONT)
 
 
 async def tenant_with(admin: Any, **quotas: int) -> tuple[str, str]:
@@ -177,8 +203,9 @@ async def test_concurrent_streams_are_a_quota(mesh: Mesh, admin: Any) -> None:
             make_request("Count slowly.", model=SMALL, max_tokens=HOLD_TOKENS, ignore_eos=True)
         )
         assert (await call.read()).HasField("delta")
-        with pytest.raises(grpc.aio.AioRpcError) as e:
-            await generate(stub, make_request("hi", model=SMALL, max_tokens=2))
+        with frozen_generation(mesh), pytest.raises(grpc.aio.AioRpcError) as e:
+            # (the first stream cannot end meanwhile; a second admitted would time out here)
+            await generate(stub, make_request("hi", model=SMALL, max_tokens=2), timeout=30)
         call.cancel()
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "concurrent_streams" in e.value.details()
@@ -432,7 +459,9 @@ async def _flood_then_one(mesh: Mesh, admin: Any) -> None:
             for label in flood:
                 turns.start(a, label, HOLD_TOKENS)
             await queued(admin, flooder, 4, turns)  # the pool is saturated: A's rest wait
-            turns.start(b, "b", 4)
+            with frozen_generation(mesh):  # no turn of A ends by itself before B waits too
+                turns.start(b, "b", 4)
+                await queued(admin, other, 1, turns)
             # First-come-first-served would give the next four slots to A's backlog; fair share
             # gives the first to B, whose tenant has nothing in flight.
             await first_released(admin, turns, flood, other, 1, then=flooder)
@@ -473,12 +502,14 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
         for label in fill:
             turns.start(f, label, HOLD_TOKENS)
         await pool_full(admin)
-        # 16 free turns fill the router's queue (flow.max_queue in tests/integration/mesh.yaml).
-        for i in range(16):
-            turns.start(fr, f"free{i}", 4)
-        await queued(admin, free.key.tenant, 16, turns)
-        for i in range(2):
-            turns.start(pr, f"premium{i}", 4)
+        with frozen_generation(mesh):  # no fill turn ends by itself before the premium ones wait
+            # 16 free turns fill the router's queue (flow.max_queue in tests/integration/mesh.yaml).
+            for i in range(16):
+                turns.start(fr, f"free{i}", 4)
+            await queued(admin, free.key.tenant, 16, turns)
+            for i in range(2):
+                turns.start(pr, f"premium{i}", 4)
+            await queued(admin, premium.key.tenant, 2, turns)
         # Two free turns made room for the premium ones, which take the next slots.
         await first_released(admin, turns, fill, premium.key.tenant, 2, then=free.key.tenant)
         await turns.end_all("fill")

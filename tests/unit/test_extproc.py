@@ -262,6 +262,10 @@ async def test_an_authenticated_turn_is_routed_as_its_principal():
     assert set_ == {h.TENANT, h.TIER}
     assert routed.request_body.response.clear_route_cache
     assert routing.calls[0][1] == "acme"
+    # Envoy ended the stream (the turn is over) before any engine reported taking it: the
+    # turn is no longer the router's to count (its reservation goes back after a grace).
+    res_id = _set(routed)[h.RESERVATION]
+    assert res_id in svc._admission._unaccepted_ends
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,36 @@ async def test_a_tenant_under_its_share_starts_at_once_in_a_pool_another_floods(
                        max_wait=0.05)  # fmt: skip
 
 
+async def test_a_burst_slot_goes_to_the_tenants_own_oldest_waiting_turn():
+    eng = engine(depth=0)
+    fc = flow(Engines(eng), burst=0.25)
+    for i in range(4):  # A takes the whole pool (capacity 4)
+        await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1,
+                       res_id=f"a{i}")  # fmt: skip
+    eng.reported_depth = 4
+    await fc.admit(
+        "p", "b", priority=0, weight=1, input_tokens=1, output_bound=1, res_id="b0"
+    )  # fmt: skip  (B's burst: one over capacity)
+    eng.reported_depth = 5
+    order: list[str] = []
+
+    async def turn(label: str) -> None:
+        await fc.admit("p", "b", priority=0, weight=1, input_tokens=1, output_bound=1,
+                       res_id=label)  # fmt: skip
+        order.append(label)
+
+    older = asyncio.create_task(turn("b1"))  # the burst is used: it waits
+    await asyncio.sleep(0.01)
+    assert order == [] and fc.queued("b") == 1
+    fc.on_done("a0", 1)  # one of A's turns ends; the engine's report still counts it
+    newer = asyncio.create_task(turn("b2"))
+    await asyncio.sleep(0.01)
+    # The burst has room again: B's waiting turn takes it, not the one that just came.
+    assert order == ["b1"] and fc.queued("b") == 1
+    newer.cancel()
+    await asyncio.gather(older, newer, return_exceptions=True)
+
+
 async def test_a_turn_no_engine_accepted_stops_counting_and_counts_again_if_one_does(
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -224,6 +254,7 @@ async def test_a_frozen_router_does_not_age_its_unaccepted_turns():
     """The engines' accepts may sit unread in the router's sockets while its loop is frozen:
     only time the router ran counts towards giving up on them."""
     from services.common.looplag import RunningClock
+    from services.router.tenancy import flow as flow_module
 
     clock = RunningClock()
     fc = FlowControl(
@@ -238,7 +269,7 @@ async def test_a_frozen_router_does_not_age_its_unaccepted_turns():
         )
     clock.advance(0.025)  # one tick, after a stall of any length
     assert fc.free_slots("p") == 0  # still counted: the pool stays full
-    clock.advance(3.0)  # three seconds of the router running, and still no engine took them
+    clock.advance(flow_module.UNACCEPTED_SECONDS)  # the router ran that long: no engine took them
     assert fc.free_slots("p") == 4
 
 

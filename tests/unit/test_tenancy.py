@@ -207,3 +207,90 @@ async def test_an_attempt_that_ends_before_any_engine_took_the_turn_waits_for_a_
     await settle_reports(adm)
     assert adm.stats["acme"].in_flight == 0
     await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the slot is back
+
+
+async def test_an_accepted_attempt_cut_before_its_first_token_waits_for_a_retry(
+    tmp_path: Path,
+) -> None:
+    # e1 accepted, but Envoy's per-try timeout fired first (a stalled engine or Envoy): e1's
+    # attempt is cancelled and reports its prompt before e2's accept of the retry arrives.
+    adm = admission(tmp_path, acme={"quotas": {"concurrent_streams": 1, "tokens_per_minute": 1000}})
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=100, max_tokens=400)
+    adm.on_usage("e1", usage(t.res_id))
+    adm.on_usage("e1", usage(t.res_id, done=True, prompt=100, completion=0))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 1
+    adm.on_usage("e2", usage(t.res_id))
+    await settle_reports(adm)
+    with pytest.raises(QuotaExceeded, match="concurrent_streams"):
+        await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)
+    adm.on_usage("e2", usage(t.res_id, done=True, prompt=100, completion=20))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    # Both attempts' tokens are charged: 100 + 100 + 20.
+    assert 780 <= (await adm.remaining("acme"))["tokens_per_minute"] <= 790  # (refills)
+
+
+async def test_a_turn_whose_stream_ends_before_any_engine_took_it_ends_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused after the router (the safety filter's prompt policy): Envoy ends the HTTP stream,
+    # the router's ext_proc stream with it. The pool's slot frees at once, the reservation
+    # after the close grace, whole.
+    from services.router.saturation import SaturationSection
+    from services.router.tenancy import admission as adm_module
+    from services.router.tenancy.flow import FlowControl, FlowSection
+    from tests.unit.test_flow import Engines, engine
+
+    monkeypatch.setattr(adm_module, "SWEEP_SECONDS", 0.01)
+    monkeypatch.setattr(adm_module, "CLOSE_GRACE_SECONDS", 0.0)
+    adm = admission(tmp_path, acme={"quotas": {"concurrent_streams": 1, "tokens_per_minute": 1000}})
+    sat = SaturationSection.model_validate({"capacity": {"cpu": 4}})
+    fc = FlowControl(FlowSection.model_validate({"burst": 0}), sat, Engines(engine()))  # type: ignore[arg-type]
+    adm.attach_flow(fc)
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=100, max_tokens=400)
+    await fc.admit("p", "acme", priority=0, weight=1, input_tokens=100, output_bound=400,
+                   res_id=t.res_id)  # fmt: skip
+    assert fc.free_slots("p") == 3
+    adm.stream_closed(t.res_id)
+    assert fc.free_slots("p") == 4
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    assert (await adm.remaining("acme"))["tokens_per_minute"] >= 999  # nothing charged
+    await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the stream is back
+
+
+async def test_a_turns_stream_end_changes_nothing_an_engine_reports_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.router.tenancy import admission as adm_module
+
+    monkeypatch.setattr(adm_module, "SWEEP_SECONDS", 0.01)
+    monkeypatch.setattr(adm_module, "CLOSE_GRACE_SECONDS", 0.0)
+    adm = admission(tmp_path, acme={"quotas": {"concurrent_streams": 1, "tokens_per_minute": 1000}})
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=100, max_tokens=400)
+    adm.on_usage("e1", usage(t.res_id))
+    adm.stream_closed(t.res_id)  # (its done report is on its way)
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 1
+    adm.on_usage("e1", usage(t.res_id, done=True, prompt=100, completion=20))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    assert 878 <= (await adm.remaining("acme"))["tokens_per_minute"] <= 885  # 120 charged
+    # An attempt cut before its first token after the stream ended: no retry can come, so it
+    # settles after the close grace rather than the retry grace.
+    monkeypatch.setattr(adm_module, "RETRY_GRACE_SECONDS", 3600.0)
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=10, max_tokens=10)
+    adm.on_usage("e1", usage(t.res_id))
+    adm.stream_closed(t.res_id)
+    adm.on_usage("e1", usage(t.res_id, done=True, prompt=10))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    # The same when the engine's reports arrive after the stream's end (they often do).
+    t = await adm.admit(*adm.effective(ACME), prompt_tokens=10, max_tokens=10)
+    adm.stream_closed(t.res_id)
+    adm.on_usage("e1", usage(t.res_id))
+    adm.on_usage("e1", usage(t.res_id, done=True, prompt=10))
+    await settle_reports(adm)
+    assert adm.stats["acme"].in_flight == 0
+    await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the stream is back

@@ -55,10 +55,14 @@ OTHER = "other"
 LOG_EVERY_SECONDS = 10.0
 METERED = ".m"  # suffix of reservation ids held in the ledger
 SWEEP_SECONDS = 1.0
-# An attempt that ended before it was accepted (Envoy gave up on a slow engine after its
+# An attempt that ended before its first token (Envoy gave up on a slow engine after its
 # per-try timeout, 5 s by default) may be retried on another engine under the same
-# reservation: its end settles the reservation only if no engine accepts the turn this long.
+# reservation: its end settles the reservation only if no engine accepts the turn this long
+# (a turn the client cancels that early keeps its quota units this much longer).
 RETRY_GRACE_SECONDS = 8.0
+# Envoy ended the turn's HTTP stream (the router's ext_proc stream of the turn closes with it)
+# and no engine has reported taking it: reports still on their way get this long.
+CLOSE_GRACE_SECONDS = 1.0
 
 QUOTA_DECISIONS = Counter(
     "switchyard_router_quota_decisions_total",
@@ -178,9 +182,12 @@ class Admission:
         # another holds the turn wait in `_spent` for the last one's report.
         self._holders: dict[str, set[str]] = {}
         self._spent: dict[str, int] = {}
-        # Attempts that ended before any engine accepted their turn, with nothing used: settled
-        # after RETRY_GRACE_SECONDS unless a retry is accepted meanwhile (deadline, engine, report).
+        # Turns whose last attempt ended before its first token: settled after
+        # RETRY_GRACE_SECONDS unless a retry is accepted meanwhile (deadline, engine, report).
         self._unaccepted_ends: dict[str, tuple[float, str, engine_pb2.TurnUsage]] = {}
+        # Turns whose HTTP stream Envoy has ended: no retry can come any more.
+        self._closed: set[str] = set()
+        self._settling: set[str] = set()  # ended on their last engine, report queued
         self._deadline: dict[str, float] = {}  # when this replica stops waiting for a report
         self._reports: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._logged: dict[str, float] = {}
@@ -312,6 +319,7 @@ class Admission:
 
     async def release(self, ticket: Ticket) -> None:
         """A turn admitted but never sent on (no engine, shed): everything goes back."""
+        log.debug("reservation %s released (never sent on)", ticket.res_id)
         self._deadline.pop(ticket.res_id, None)
         if self.flow is not None:
             self.flow.forget(ticket.res_id)
@@ -340,8 +348,16 @@ class Admission:
         res_id = usage.reservation_id
         if not res_id:
             return
+        log.debug(
+            "usage %s from %s: done=%s prompt=%d completion=%d holders=%s", res_id, engine_id,
+            usage.done, usage.prompt_tokens, usage.completion_tokens, self._holders.get(res_id),
+        )  # fmt: skip
         if not usage.done:
-            self._unaccepted_ends.pop(res_id, None)  # a retry took the turn: it settles it
+            cut = self._unaccepted_ends.pop(res_id, None)
+            if cut is not None:  # a retry took the turn: it settles for both attempts
+                spent = cut[2].prompt_tokens + cut[2].completion_tokens
+                if spent:
+                    self._spent[res_id] = self._spent.get(res_id, 0) + spent
             holders = self._holders.setdefault(res_id, set())
             first = not holders
             holders.add(engine_id)
@@ -360,9 +376,13 @@ class Admission:
                 self._spent[res_id] = self._spent.get(res_id, 0) + spent
                 return
             del self._holders[res_id]
-        elif usage.prompt_tokens + usage.completion_tokens == 0:
-            # Ended before any engine took it: a retry may yet (see RETRY_GRACE_SECONDS).
-            deadline = time.monotonic() + RETRY_GRACE_SECONDS
+        if usage.completion_tokens == 0:
+            # Cut before its first token (before an engine took it, or before Envoy saw that
+            # one had: a stalled engine or Envoy lets the per-try timeout fire first): a retry
+            # on another engine may take it yet (see RETRY_GRACE_SECONDS), unless the turn's
+            # stream is over.
+            grace = CLOSE_GRACE_SECONDS if res_id in self._closed else RETRY_GRACE_SECONDS
+            deadline = time.monotonic() + grace
             self._unaccepted_ends[res_id] = (deadline, engine_id, usage)
             return
         self._end(engine_id, usage)
@@ -370,6 +390,8 @@ class Admission:
     def _end(self, engine_id: str, usage: engine_pb2.TurnUsage) -> None:
         """The turn of `usage` ended on its last engine: flow control now, the ledger queued."""
         res_id = usage.reservation_id
+        log.debug("reservation %s ends on %s", res_id, engine_id)
+        self._settling.add(res_id)
         spent = self._spent.pop(res_id, 0)
         if spent:
             usage = engine_pb2.TurnUsage(
@@ -381,6 +403,28 @@ class Admission:
         if self.flow is not None:
             self.flow.on_done(res_id, usage.completion_tokens)
         self._reports.put_nowait((engine_id, usage))
+
+    def stream_closed(self, res_id: str) -> None:
+        """Envoy ended the turn's HTTP stream, every attempt included (the turn's ext_proc
+        stream to the router closes with it). An engine holding the turn reports its end
+        itself; a turn no engine has reported taking was refused on the way (the safety
+        filter's prompt policy, Envoy's own error, a client gone first): its slot frees now and
+        its reservation goes back after CLOSE_GRACE_SECONDS (for reports still on their way)."""
+        if res_id not in self._tenant_of or res_id in self._settling:
+            return  # settled already (or released), or about to be
+        self._closed.add(res_id)
+        if self._holders.get(res_id):
+            return
+        deadline = time.monotonic() + CLOSE_GRACE_SECONDS
+        log.debug("reservation %s: stream closed, no engine holds it", res_id)
+        cut = self._unaccepted_ends.get(res_id)
+        if cut is not None:  # an attempt was cut: no retry comes now
+            self._unaccepted_ends[res_id] = (min(cut[0], deadline), cut[1], cut[2])
+            return
+        if self.flow is not None:
+            self.flow.forget(res_id)
+        nothing = engine_pb2.TurnUsage(reservation_id=res_id, done=True)
+        self._unaccepted_ends[res_id] = (deadline, "", nothing)
 
     def engine_gone(self, engine_id: str) -> None:
         """The engine's registry stream closed: after its reports queued so far, its accepted
@@ -419,11 +463,14 @@ class Admission:
                 QUOTA_TOKENS.labels(label, "completion").inc(usage.completion_tokens)
 
     def _ended(self, res_id: str, used: int) -> str | None:
+        log.debug("reservation %s settled here (used %d)", res_id, used)
         tenant = self._tenant_of.pop(res_id, None)
         self._deadline.pop(res_id, None)
         self._holders.pop(res_id, None)
         self._spent.pop(res_id, None)
         self._unaccepted_ends.pop(res_id, None)
+        self._closed.discard(res_id)
+        self._settling.discard(res_id)
         if self.flow is not None:
             self.flow.forget(res_id)
         if tenant is not None:  # admitted by this replica

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from services.common.errors import ResourceExhausted
 from services.router.registry import Registry
 from services.router.saturation import SaturationSection
 
+log = logging.getLogger(__name__)
+
 QUEUE_WAIT = Histogram(
     "switchyard_router_queue_wait_seconds",
     "Time turns waited in the router for a saturated pool (0 when they went straight on).",
@@ -53,8 +56,11 @@ SHED = Counter(
     ["pool", "tenant", "reason"],
 )
 # A turn let through that no engine has accepted after this long (of the router running: see
-# `RunningClock`) stops counting in flight.
-UNACCEPTED_SECONDS = 3.0
+# `RunningClock`) stops counting in flight. A backstop: a turn refused after the router (the
+# safety filter's prompt policy, Envoy's own error) ends when Envoy closes its ext_proc stream
+# (`forget`); an engine slow to accept, stalled on a busy machine, is no reason to let another
+# turn in.
+UNACCEPTED_SECONDS = 30.0
 QUEUED = Gauge("switchyard_router_queued_turns", "Turns waiting in the router.", ["pool"])
 
 
@@ -102,8 +108,9 @@ class _Waiter:
 
 @dataclass(eq=False)
 class _Sent:
-    """A turn let through: counted in flight until it ends, or until it goes unaccepted by any
-    engine for `UNACCEPTED_SECONDS` (refused after the router, e.g. by the safety filter)."""
+    """A turn let through: counted in flight until it ends (its engine's report, or its
+    stream's end when no engine took it), or until it goes unaccepted by any engine for
+    `UNACCEPTED_SECONDS`."""
 
     pool: str
     tenant: str
@@ -243,19 +250,23 @@ class FlowControl:
         cost = (input_tokens + self.cfg.output_weight * output_bound) / weight
         p.weights[tenant] = weight
         free = self.free_slots(pool)
-        if (
-            not self.cfg.enabled
-            or free is None
-            or (p.waiting == 0 and free > 0)
-            or (
-                # Over capacity by this router's own count (the engines' reports may lag or
-                # include turns that are ending), within the burst.
-                self.cfg.burst > 0
-                and p.in_flight < self._capacity(pool) + self._burst(pool)
-                and not any(q for prio, b in p.bands.items() if prio > priority for q in b.values())
-                and self._under_share(pool, p, tenant)
-            )
-        ):
+        straight = not self.cfg.enabled or free is None or (p.waiting == 0 and free > 0)
+        burst = (
+            not straight
+            # Over capacity by this router's own count (the engines' reports may lag or
+            # include turns that are ending), within the burst.
+            and self.cfg.burst > 0
+            and p.in_flight < self._capacity(pool) + self._burst(pool)
+            and not any(q for prio, b in p.bands.items() if prio > priority for q in b.values())
+            and self._under_share(pool, p, tenant)
+        )
+        if burst and (own := self._own_backlog(p, tenant)) is not None:
+            # The tenant's own waiting turns come first: its oldest takes the burst's slot
+            # and this one waits behind the rest.
+            self._release(pool, p, own.popleft())
+            QUEUED.labels(pool).set(p.waiting)
+            burst = False
+        if straight or burst:
             self._let_through(pool, p, tenant, cost, res_id, output_bound, weight)
             QUEUE_WAIT.labels(pool, self._label(tenant)).observe(0.0)
             return Admitted(pool, 0.0, self._picked)
@@ -269,6 +280,10 @@ class FlowControl:
         )  # fmt: skip
         self._make_room(pool, p, w)
         self._enqueue(p, w)
+        log.debug(
+            "%s waits for %s: free %s, %d in flight, %d waiting", res_id, pool, free,
+            p.in_flight, p.waiting,
+        )  # fmt: skip
         QUEUED.labels(pool).set(p.waiting)
         self.kick(pool)
         try:
@@ -364,6 +379,9 @@ class FlowControl:
     ) -> None:
         p.counters[tenant] = p.counters.get(tenant, 0.0) + cost
         self._count(p, tenant, 1)
+        log.debug(
+            "%s let through to %s: %d in flight, %d waiting", res_id, pool, p.in_flight, p.waiting
+        )
         if res_id:
             sent = _Sent(pool, tenant, bound, weight, self._clock())
             self._charged[res_id] = sent
@@ -386,6 +404,11 @@ class FlowControl:
         while q and (q[0].accepted or not q[0].counted or q[0].at < horizon):
             sent = q.popleft()
             if not sent.accepted and sent.counted:
+                log.debug(
+                    "a turn of %s unaccepted for %ss: no longer counted",
+                    sent.tenant,
+                    UNACCEPTED_SECONDS,
+                )
                 sent.counted = False
                 self._count(p, sent.tenant, -1)
 
@@ -429,12 +452,25 @@ class FlowControl:
                 w = self._next(p)
                 if w is None:
                     break
-                p.waiting -= 1
-                self.waited[w.tenant] += 1
-                self._let_through(name, p, w.tenant, w.cost, w.res_id, w.output_bound, w.weight)
+                self._release(name, p, w)
                 free -= 1
-                w.future.set_result(None)
             QUEUED.labels(name).set(p.waiting)
+
+    def _release(self, pool: str, p: _Pool, w: _Waiter) -> None:
+        """Let a waiting turn (already taken off its queue) through."""
+        p.waiting -= 1
+        self.waited[w.tenant] += 1
+        self._let_through(pool, p, w.tenant, w.cost, w.res_id, w.output_bound, w.weight)
+        w.future.set_result(None)
+
+    @staticmethod
+    def _own_backlog(p: _Pool, tenant: str) -> deque[_Waiter] | None:
+        """The tenant's queue of waiting turns in its highest band, if it has any."""
+        for prio in sorted(p.bands, reverse=True):
+            q = p.bands[prio].get(tenant)
+            if q:
+                return q
+        return None
 
     def _next(self, p: _Pool) -> _Waiter | None:
         for prio in sorted(p.bands, reverse=True):
