@@ -90,6 +90,8 @@ class ResponseFilter:
                 try:
                     text = self._scrubber.feed(delta.text)
                 except BlockedError as e:
+                    if e.text:
+                        out.append(self._delta(e.text))
                     out.append(self._encoder.final(self._blocked(e.entity_type, msg)))
                     break
                 if text:
@@ -106,7 +108,8 @@ class ResponseFilter:
         try:
             tail = self._scrubber.finish()
         except BlockedError as e:
-            return [self._encoder.final(self._blocked(e.entity_type, msg))]
+            before = [self._delta(e.text)] if e.text else []
+            return [*before, self._encoder.final(self._blocked(e.entity_type, msg))]
         self.done = True
         final = inference_pb2.GenerateResponse()
         final.CopyFrom(msg)

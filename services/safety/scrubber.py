@@ -125,11 +125,14 @@ class ScrubResult:
 
 
 class BlockedError(Exception):
-    """Raised by the stream scrubber when an entity whose action is ``block`` appears."""
+    """Raised by the stream scrubber when an entity whose action is ``block`` appears.
+    ``text``: the (scrubbed) text before it that had not gone out yet: it still goes, so what
+    a client receives before a block does not depend on how the stream was chunked."""
 
-    def __init__(self, entity_type: str) -> None:
+    def __init__(self, entity_type: str, text: str = "") -> None:
         super().__init__(f"blocked: {entity_type}")
         self.entity_type = entity_type
+        self.text = text
 
 
 def _replacement(value: str, key: str, entity_type: str, policy: Policy) -> str:
@@ -179,11 +182,16 @@ def _apply(
 
 
 def _first_blocked(spans: Sequence[Span], policy: Policy, view: str) -> str | None:
+    sp = _first_blocked_span(spans, policy, view)
+    return sp.type if sp is not None else None
+
+
+def _first_blocked_span(spans: Sequence[Span], policy: Policy, view: str) -> Span | None:
     for sp in spans:
         if policy.action(sp.type) == "block" and not policy.allows(
             sp.type, view[sp.start : sp.end]
         ):
-            return sp.type
+            return sp
     return None
 
 
@@ -364,12 +372,20 @@ class StreamScrubber:
         if final:  # the end of the turn: an entity cut off here is judged by what it already is
             # (one that began before the pending text cannot be: its recognizer held it back)
             spans = merge_spans([*spans, *_truncated(self._recs, view, vlo, n, spans)])
-        blocked = _first_blocked(spans, self.policy, view)
-        if blocked is not None:
-            self.blocked = blocked
-            self.findings[blocked] += 1
-            raise BlockedError(blocked)
         buf, origin = self._buf, self._origin
+        blocked = _first_blocked_span(spans, self.policy, view)
+        if blocked is not None:
+            self.blocked = blocked.type
+            self.findings[blocked.type] += 1
+            # What came before the blocked entity still goes out, scrubbed.
+            before = [sp for sp in spans if sp.end <= blocked.start]
+            ostart = blocked.start if origin is None else origin[blocked.start]
+            text = (
+                _apply(buf, view, origin, self._lo, ostart, before, self.policy, self.findings)
+                if before
+                else buf[self._lo : ostart]
+            )
+            raise BlockedError(blocked.type, text)
         # The original text up to the cut: to the first pending view character's origin (or the
         # end of what arrived, invisible characters after the view's end included).
         ocut = len(buf) if cut == n else (cut if origin is None else origin[cut])

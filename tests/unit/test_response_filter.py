@@ -104,3 +104,16 @@ def test_block_found_at_the_final_keeps_the_engines_usage():
     assert last.finish_reason == pb.FinishReason.FINISH_REASON_BLOCKED
     assert (last.usage.completion_tokens, last.request_id) == (9, "r9")
     assert "4111" not in "".join(m.delta.text for m in msgs[:-1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(text_cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=12))
+def test_what_precedes_a_blocked_entity_goes_out_however_the_stream_is_cut(text_cuts):
+    # One delta holding all of it, or one per character: the client sees the same clean text
+    # (scrubbed) before the blocking Final, and nothing of the entity.
+    policy = Policy({"CREDIT_CARD": "block"})
+    text = "Mail bob@example.com; card 4111 1111 1111 1111 and then more."
+    msgs = run(body(split_text(text, text_cuts)), [], policy)
+    assert msgs[-1].final.finish_reason == pb.FinishReason.FINISH_REASON_BLOCKED
+    sent = "".join(m.delta.text for m in msgs[:-1])
+    assert sent == "Mail [EMAIL]; card ", sent
