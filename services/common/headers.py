@@ -34,6 +34,10 @@ PRIORITY = "x-switchyard-priority"
 # no tenant shares KV blocks with another.
 RESERVATION = "x-switchyard-reservation"
 CACHE_SALT = "x-switchyard-cache-salt"
+# Set by the router when a tiered name ("auto") chose the turn's model: the name asked for, and
+# how the tier chose (the engine names both in the Final's served_by).
+ROUTED_AS = "x-switchyard-routed-as"
+ROUTE_REASON = "x-switchyard-route-reason"
 # Set by the router at admission, and copied by Envoy into the response headers: what the
 # caller's quotas have left after this turn's reservation ("tokens_per_minute=9100, …").
 QUOTA_REMAINING = "x-switchyard-quota-remaining"

@@ -80,6 +80,7 @@ class _Turn:
     last: Any = None  # the last RequestOutput
     span: trace.Span = trace.INVALID_SPAN  # switchyard.engine.generate
     arrived_ns: int = 0  # time.time_ns() at the handler's start
+    route: tuple[str, str] = ("", "")  # the router's tier choice: (routed as, why)
 
 
 class InferenceService:
@@ -157,7 +158,7 @@ class InferenceService:
         if isinstance(request, Malformed):
             raise request.error
         self._admission.check()
-        reservation = salt = ""
+        reservation = salt = routed_as = route_reason = ""
         for key, value in context.invocation_metadata() or ():
             if key == headers.PRIORITY:  # set by the router from the caller's tier
                 try:
@@ -168,6 +169,10 @@ class InferenceService:
                 reservation = value
             elif key == headers.CACHE_SALT:  # the tenant's prefix-cache salt
                 salt = value
+            elif key == headers.ROUTED_AS:  # a tiered name chose this engine's model
+                routed_as = value
+            elif key == headers.ROUTE_REASON:
+                route_reason = value
         runtime = self._runtime_ref[0]
         if runtime is None:
             raise Unavailable("engine is not ready")
@@ -190,6 +195,7 @@ class InferenceService:
         prepared.reservation_id, prepared.cache_salt = reservation, salt
         turn = _Turn(prepared, arrived)
         turn.span, turn.arrived_ns = span, arrived_ns
+        turn.route = (routed_as, route_reason)
         if span.is_recording():
             self._annotate_request(span, request, turn)
         # The turn is taken: say so (and by whom) at once, before the first token. A client
@@ -378,11 +384,19 @@ class InferenceService:
                 decode=_duration(decode),
                 total=_duration(now - turn.arrived),
             ),
-            served_by=self._served_by,
+            served_by=self._served_by_of(turn),
             request_id=req.request_id,
             stop_sequence=stop_sequence,
             resumed=req.resumed,
         )
+
+    def _served_by_of(self, turn: _Turn) -> inference_pb2.ServedBy:
+        if not turn.route[0]:
+            return self._served_by
+        sb = inference_pb2.ServedBy()
+        sb.CopyFrom(self._served_by)
+        sb.routed_as, sb.route_reason = turn.route
+        return sb
 
 
 def _client_error_message(req: PreparedRequest, e: Exception) -> str:

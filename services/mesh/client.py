@@ -277,7 +277,8 @@ class MeshClient:
                     # and resuming would add a second Final.
                     log.info("turn complete, its stream then broke (%s); not resumed", e.code())
                     return
-                accepted = _accepted(await call.initial_metadata())
+                initial = await call.initial_metadata()
+                accepted = _accepted(initial)
                 policy = self._resume
                 now = time.monotonic()
                 placing = resumed > 0 and e.code() == grpc.StatusCode.UNAVAILABLE
@@ -294,12 +295,26 @@ class MeshClient:
                 if accepted:
                     resumed += 1
                     broke_at, wait = now, policy.backoff
+                    # The continuation stays with the model that took the turn (a tiered name
+                    # such as "auto" could choose another).
+                    served = inference_pb2.ServedBy.FromString(initial[headers.SERVED_BY])
+                    if served.model and served.model != request.model:
+                        request = _with_model(request, served.model)
                 else:  # the continuation found no place yet: wait, then offer it again
                     await asyncio.sleep(wait)
                     wait = min(policy.max_backoff, wait * 2)
                 req = continuation_of(request, "".join(received), tokens, resumed)
                 if accepted and reply is not None:
                     reply.resumes.append(req.continuation)
+
+
+def _with_model(
+    request: inference_pb2.GenerateRequest, model: str
+) -> inference_pb2.GenerateRequest:
+    out = inference_pb2.GenerateRequest()
+    out.CopyFrom(request)
+    out.model = model
+    return out
 
 
 def _accepted(initial: grpc.aio.Metadata | None) -> bool:

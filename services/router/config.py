@@ -16,7 +16,7 @@ where the router and Envoy listen. `switchyard up` also reads which engines to s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 
@@ -30,11 +30,14 @@ from services.router.saturation import SaturationSection
 from services.router.tenancy.admission import QuotaSection
 from services.router.tenancy.flow import FlowSection
 from services.router.tenancy.policy import TenantsSection
+from services.router.tiers import ComplexitySection, PoolCost, Scorer, TierModel, TierSelector
 
 
 class ModelEntry(StrictModel):
     name: str = pydantic.Field(min_length=1)  # the served model name engines register with
     tokenizer: Path  # a directory with the model's tokenizer (the router tokenizes prompts)
+    # The hardest turns a tier may give it (see `tiers`): "easy" ones only, or any.
+    handles: Literal["easy", "hard"] = "hard"
 
 
 class EngineGroup(StrictModel):
@@ -47,6 +50,8 @@ class PoolConfig(StrictModel):
     accelerator: str = pydantic.Field(min_length=1)
     models: list[ModelEntry] = pydantic.Field(min_length=1)
     engines: list[EngineGroup] = pydantic.Field(default_factory=list)
+    # What its tokens cost (tiers choose the cheapest able pool); None: unknown, chosen last.
+    cost: PoolCost | None = None
 
 
 class RouterSection(StrictModel):
@@ -139,6 +144,12 @@ class MeshConfig(StrictModel):
     pools: list[PoolConfig] = pydantic.Field(min_length=1)
     default_model: str = ""  # what "" and "auto" resolve to; defaults to the first pool's model
     aliases: dict[str, str] = pydantic.Field(default_factory=dict)  # alias -> model name
+    # Tiered names (e.g. "auto") → the models each may choose per turn: the cheapest able to
+    # serve it (see services/router/tiers.py), scored by `complexity`.
+    tiers: dict[str, list[str]] = pydantic.Field(default_factory=dict)
+    complexity: ComplexitySection = pydantic.Field(
+        default_factory=lambda: ComplexitySection.model_validate({})
+    )
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> MeshConfig:
@@ -166,6 +177,20 @@ class MeshConfig(StrictModel):
                     f"tenants.policies.{tenant}.tier: {policy.tier!r} is not one of auth.tiers "
                     f"({', '.join(sorted(self.auth.tiers))})"
                 )
+        handles = {m.name: m.handles for p in self.pools for m in p.models}
+        for name, chosen in self.tiers.items():
+            where = f"tiers.{name}"
+            if name in models or name in self.aliases:
+                raise ValueError(f"{where}: a tiered name may not shadow a model or an alias")
+            if not chosen:
+                raise ValueError(f"{where}: name at least one model")
+            for name_ in chosen:
+                if name_ not in models:
+                    raise ValueError(f"{where}: {name_!r} is not a model of any pool")
+            if len(set(chosen)) != len(chosen):
+                raise ValueError(f"{where}: a model is named twice")
+            if all(handles[n] == "easy" for n in chosen):
+                raise ValueError(f"{where}: none of its models handles hard turns")
         if self.default_model and self.default_model not in models:
             raise ValueError(f"default_model: {self.default_model!r} is not a model of any pool")
         return self
@@ -204,6 +229,7 @@ class ModelResolver:
     def __init__(self, cfg: MeshConfig) -> None:
         self._pool_of = {m.name: p.name for p in cfg.pools for m in p.models}
         self._aliases = dict(cfg.aliases)
+        self._tiers = {name: list(models) for name, models in cfg.tiers.items()}
         self.default_model = cfg.default_model or cfg.pools[0].models[0].name
 
     def resolve(self, requested: str) -> tuple[str, str]:
@@ -215,8 +241,10 @@ class ModelResolver:
         if pool is None:
             known = ", ".join(sorted(self._pool_of))
             aliases = ", ".join(sorted(self._aliases)) or "none"
+            tiers = f"; tiers: {', '.join(sorted(self._tiers))}" if self._tiers else ""
             raise NotFound(
-                f"model {requested!r} is unknown (models: {known}; aliases: {aliases}; or 'auto')"
+                f"model {requested!r} is unknown (models: {known}; aliases: {aliases}{tiers}; "
+                "or 'auto')"
             )
         return pool, model
 
@@ -225,6 +253,23 @@ class ModelResolver:
 
     def aliases_of(self, model: str) -> list[str]:
         return sorted(a for a, m in self._aliases.items() if m == model)
+
+    def tiers(self) -> dict[str, list[str]]:
+        """Tiered names → the models each may choose."""
+        return dict(self._tiers)
+
+
+def tier_selector(cfg: MeshConfig) -> TierSelector:
+    """The mesh's tiered names, their models priced by their pools' cost."""
+    entries = {m.name: (p, m) for p in cfg.pools for m in p.models}
+    tiers: dict[str, list[TierModel]] = {}
+    for name, chosen in cfg.tiers.items():
+        tiers[name] = []
+        for model in chosen:
+            pool, entry = entries[model]
+            cost = pool.cost.per_million_tokens() if pool.cost is not None else None
+            tiers[name].append(TierModel(model, pool.name, entry.handles, cost))
+    return TierSelector(tiers, Scorer(cfg.complexity))
 
 
 def load_mesh_config(path: str | Path) -> MeshConfig:

@@ -89,6 +89,13 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
             **decision.candidate_attributes(),
         }
     )
+    if routed.routed_as:
+        span.set_attributes(
+            {
+                "switchyard.routed_as": routed.routed_as,
+                "switchyard.route_reason": routed.route_reason,
+            }
+        )
 
 
 def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:
@@ -272,6 +279,11 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 *(set_header(k, v) for k, v in ticket.headers),
             ]
         )
+        if routed.routed_as:
+            mutation.set_headers.extend(
+                [set_header(h.ROUTED_AS, routed.routed_as),
+                 set_header(h.ROUTE_REASON, routed.route_reason)]
+            )  # fmt: skip
         body_mutation = None
         if turn.wire is not None:
             # An HTTP turn: the engine gets the GenerateRequest (the pool's HTTP route gives it
@@ -340,6 +352,9 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if principal.models and model not in principal.models:
                 continue
             ids += [model, *resolver.aliases_of(model)]
+        for name, models in sorted(resolver.tiers().items()):
+            if not principal.models or any(m in principal.models for m in models):
+                ids.append(name)
         created = int(time.time())
         if openai_request.api_of(path) == "model":
             wanted = openai_request.model_id(path)

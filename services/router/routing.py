@@ -29,6 +29,7 @@ from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision, NoEngineAvailable, Scheduler
+from services.router.tiers import TierSelector
 from switchyard.v1 import inference_pb2
 
 
@@ -97,8 +98,10 @@ class RoutingService:
         scheduler: Scheduler,
         registry: Registry,
         limits: Limits | None = None,
+        tiers: TierSelector | None = None,
     ) -> None:
         self.resolver = resolver
+        self.tiers = tiers
         self.tokenizers = tokenizers
         self.scheduler = scheduler
         self.registry = registry
@@ -147,7 +150,15 @@ class RoutingService:
         """Everything but the pick: model and pool, limits, the prompt's tokens as the engine
         will prefill them. `default_max_tokens` caps a turn that leaves sampling.max_tokens
         unset (the tenant's policy; `RoutingRequest.capped` says it applied)."""
-        pool, model = self.resolver.resolve(req.model)
+        name = req.model  # ("" is the mesh's default model, never a tier)
+        choice = None
+        if self.tiers is not None and self.tiers.tiered(name):
+            # A tiered name: the cheapest model able to serve this turn that the caller may use.
+            allowed = principal.models if principal is not None else ()
+            choice = self.tiers.choose(name, req, allowed)
+            pool, model = choice.pool, choice.model
+        else:
+            pool, model = self.resolver.resolve(req.model)
         priority = req.priority
         if principal is not None:
             principal.check_model(model, req.model)
@@ -221,6 +232,8 @@ class RoutingService:
             output_bound=output_bound,
             capped=capped,
             resumed=req.HasField("continuation"),
+            routed_as=choice.routed_as if choice is not None else "",
+            route_reason=choice.reason if choice is not None else "",
         )
         return rr
 

@@ -79,6 +79,7 @@ class FakeRouted:
     resumed = False
     capped = 0
     cache_salt = "tenant:acme"
+    routed_as = route_reason = ""
 
 
 class FakeRouting:

@@ -183,18 +183,22 @@ class Timing(_message.Message):
     def __init__(self, queue: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttft: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decode: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ServedBy(_message.Message):
-    __slots__ = ("pool", "engine", "model", "model_version", "accelerator")
+    __slots__ = ("pool", "engine", "model", "model_version", "accelerator", "routed_as", "route_reason")
     POOL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_AS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_REASON_FIELD_NUMBER: _ClassVar[int]
     pool: str
     engine: str
     model: str
     model_version: str
     accelerator: str
-    def __init__(self, pool: _Optional[str] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., accelerator: _Optional[str] = ...) -> None: ...
+    routed_as: str
+    route_reason: str
+    def __init__(self, pool: _Optional[str] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., accelerator: _Optional[str] = ..., routed_as: _Optional[str] = ..., route_reason: _Optional[str] = ...) -> None: ...
 
 class SafetyReport(_message.Message):
     __slots__ = ("findings", "blocked", "reason")

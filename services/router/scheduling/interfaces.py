@@ -57,6 +57,8 @@ class RoutingRequest:
     output_bound: int = 1  # the most tokens the engine may generate (reserved against quotas)
     capped: int = 0  # sampling.max_tokens the router sets (the tenant's default cap); 0: none
     resumed: bool = False  # a resumed turn (its prompt was charged by the turn it continues)
+    routed_as: str = ""  # the tiered name asked for ("auto"), when a tier chose the model
+    route_reason: str = ""  # how the tier chose it
     # Own block hashes of the prompt by block size, computed on first use.
     _hashes: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 
