@@ -38,6 +38,8 @@ CACHE_SALT = "x-switchyard-cache-salt"
 # how the tier chose (the engine names both in the Final's served_by).
 ROUTED_AS = "x-switchyard-routed-as"
 ROUTE_REASON = "x-switchyard-route-reason"
+# Set by the router when a fallback model serves the turn (graceful degradation): why.
+DEGRADED = "x-switchyard-degraded"
 # Set by the router at admission, and copied by Envoy into the response headers: what the
 # caller's quotas have left after this turn's reservation ("tokens_per_minute=9100, …").
 QUOTA_REMAINING = "x-switchyard-quota-remaining"

@@ -80,7 +80,7 @@ class _Turn:
     last: Any = None  # the last RequestOutput
     span: trace.Span = trace.INVALID_SPAN  # switchyard.engine.generate
     arrived_ns: int = 0  # time.time_ns() at the handler's start
-    route: tuple[str, str] = ("", "")  # the router's tier choice: (routed as, why)
+    route: tuple[str, str, str] = ("", "", "")  # the router's: (routed as, why, degraded why)
 
 
 class InferenceService:
@@ -158,7 +158,7 @@ class InferenceService:
         if isinstance(request, Malformed):
             raise request.error
         self._admission.check()
-        reservation = salt = routed_as = route_reason = ""
+        reservation = salt = routed_as = route_reason = degraded = ""
         for key, value in context.invocation_metadata() or ():
             if key == headers.PRIORITY:  # set by the router from the caller's tier
                 try:
@@ -173,6 +173,8 @@ class InferenceService:
                 routed_as = value
             elif key == headers.ROUTE_REASON:
                 route_reason = value
+            elif key == headers.DEGRADED:  # a fallback for a saturated model
+                degraded = value
         runtime = self._runtime_ref[0]
         if runtime is None:
             raise Unavailable("engine is not ready")
@@ -195,7 +197,7 @@ class InferenceService:
         prepared.reservation_id, prepared.cache_salt = reservation, salt
         turn = _Turn(prepared, arrived)
         turn.span, turn.arrived_ns = span, arrived_ns
-        turn.route = (routed_as, route_reason)
+        turn.route = (routed_as, route_reason, degraded)
         if span.is_recording():
             self._annotate_request(span, request, turn)
         # The turn is taken: say so (and by whom) at once, before the first token. A client
@@ -391,11 +393,11 @@ class InferenceService:
         )
 
     def _served_by_of(self, turn: _Turn) -> inference_pb2.ServedBy:
-        if not turn.route[0]:
+        if not any(turn.route):
             return self._served_by
         sb = inference_pb2.ServedBy()
         sb.CopyFrom(self._served_by)
-        sb.routed_as, sb.route_reason = turn.route
+        sb.routed_as, sb.route_reason, sb.degraded_reason = turn.route
         return sb
 
 

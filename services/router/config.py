@@ -26,6 +26,7 @@ from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.router.auth.config import AuthSection
+from services.router.fallback import Fallbacks
 from services.router.saturation import SaturationSection
 from services.router.tenancy.admission import QuotaSection
 from services.router.tenancy.flow import FlowSection
@@ -150,6 +151,9 @@ class MeshConfig(StrictModel):
     complexity: ComplexitySection = pydantic.Field(
         default_factory=lambda: ComplexitySection.model_validate({})
     )
+    # Model → the model a saturated (or engineless) one degrades to, for tiers that degrade
+    # (auth.tiers.<tier>.degrade; see services/router/fallback.py).
+    fallbacks: dict[str, str] = pydantic.Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> MeshConfig:
@@ -191,6 +195,15 @@ class MeshConfig(StrictModel):
                 raise ValueError(f"{where}: a model is named twice")
             if all(handles[n] == "easy" for n in chosen):
                 raise ValueError(f"{where}: none of its models handles hard turns")
+        for model, target in self.fallbacks.items():
+            for name_ in (model, target):
+                if name_ not in models:
+                    raise ValueError(f"fallbacks.{model}: {name_!r} is not a model of any pool")
+            if models[model] == models[target]:
+                raise ValueError(
+                    f"fallbacks.{model}: {target!r} is served by the same pool "
+                    f"({models[model]}): it would be just as full"
+                )
         if self.default_model and self.default_model not in models:
             raise ValueError(f"default_model: {self.default_model!r} is not a model of any pool")
         return self
@@ -270,6 +283,12 @@ def tier_selector(cfg: MeshConfig) -> TierSelector:
             cost = pool.cost.per_million_tokens() if pool.cost is not None else None
             tiers[name].append(TierModel(model, pool.name, entry.handles, cost))
     return TierSelector(tiers, Scorer(cfg.complexity))
+
+
+def fallbacks(cfg: MeshConfig) -> Fallbacks:
+    pool_of = {m.name: p.name for p in cfg.pools for m in p.models}
+    degrading = [name for name, t in cfg.auth.tiers.items() if t.degrade]
+    return Fallbacks(cfg.fallbacks, pool_of, degrading)
 
 
 def load_mesh_config(path: str | Path) -> MeshConfig:

@@ -96,6 +96,8 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
                 "switchyard.route_reason": routed.route_reason,
             }
         )
+    if routed.degraded_reason:
+        span.set_attribute("switchyard.degraded_reason", routed.degraded_reason)
 
 
 def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:
@@ -279,6 +281,8 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 *(set_header(k, v) for k, v in ticket.headers),
             ]
         )
+        if routed.degraded_reason:
+            mutation.set_headers.append(set_header(h.DEGRADED, routed.degraded_reason))
         if routed.routed_as:
             mutation.set_headers.extend(
                 [set_header(h.ROUTED_AS, routed.routed_as),

@@ -26,6 +26,7 @@ from services.common.tokens import (
 )
 from services.router.auth.principal import Principal
 from services.router.config import MeshConfig, ModelResolver
+from services.router.fallback import Fallbacks
 from services.router.registry import Registry
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision, NoEngineAvailable, Scheduler
@@ -99,9 +100,11 @@ class RoutingService:
         registry: Registry,
         limits: Limits | None = None,
         tiers: TierSelector | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.resolver = resolver
         self.tiers = tiers
+        self.fallbacks = fallbacks
         self.tokenizers = tokenizers
         self.scheduler = scheduler
         self.registry = registry
@@ -160,6 +163,15 @@ class RoutingService:
         else:
             pool, model = self.resolver.resolve(req.model)
         priority = req.priority
+        degraded = no_fallback = ""
+        if self.fallbacks is not None and choice is None and not req.HasField("continuation"):
+            if principal is not None:
+                principal.check_model(model, req.model)  # (a fallback is no way around it)
+            fb = self.fallbacks.choose(model, pool, principal)
+            if isinstance(fb, str):
+                no_fallback = fb
+            elif fb is not None:
+                pool, model, degraded = fb.pool, fb.model, fb.reason
         if principal is not None:
             principal.check_model(model, req.model)
             tenant, priority = principal.tenant, principal.turn_priority(req.priority)
@@ -234,6 +246,8 @@ class RoutingService:
             resumed=req.HasField("continuation"),
             routed_as=choice.routed_as if choice is not None else "",
             route_reason=choice.reason if choice is not None else "",
+            degraded_reason=degraded,
+            no_fallback=no_fallback,
         )
         return rr
 
@@ -243,8 +257,10 @@ class RoutingService:
         while True:
             try:
                 return self.scheduler.pick(rr, commit=commit)
-            except NoEngineAvailable:
+            except NoEngineAvailable as e:
                 left = self._grace_until - self.registry.clock()
                 if left <= 0 or self.registry.engines(rr.pool):
+                    if rr.no_fallback:
+                        raise NoEngineAvailable(f"{e}; no fallback: {rr.no_fallback}") from None
                     raise
                 await self.registry.wait_changed(left)

@@ -26,7 +26,7 @@ from services.common.tracing import setup_tracing
 from services.router import api, extproc, registry_service
 from services.router import metrics as router_metrics
 from services.router.auth.authenticator import Authenticator
-from services.router.config import MeshConfig, ModelResolver, tier_selector
+from services.router.config import MeshConfig, ModelResolver, fallbacks, tier_selector
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
 from services.router.registry import Registry
@@ -88,7 +88,8 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
         registration_grace_seconds=r.registration_grace_seconds,
     )
     tiers = tier_selector(cfg) if cfg.tiers else None
-    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits, tiers)
+    degrade = fallbacks(cfg) if cfg.fallbacks else None
+    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits, tiers, degrade)
 
     auth = Authenticator(cfg.auth)
     tracing = setup_tracing("switchyard-router", cfg.tracing)
@@ -106,8 +107,11 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     running = RunningClock()
     flow = FlowControl(cfg.flow, cfg.saturation, registry, admission.label, clock=running)
     admission.attach_flow(flow)
-    if tiers is not None:  # tiers prefer pools with room: the flow control's count of it
+    # Tiers prefer pools with room, and saturated models degrade: the flow control's count of it.
+    if tiers is not None:
         tiers.room = flow.free_slots
+    if degrade is not None:
+        degrade.room = flow.free_slots
     registry.on_load_listener = flow.kick  # a slot may have freed: release waiting turns
     registry.subscribe(flow.kick)  # engines came or went
     if cfg.quotas.redis_url:

@@ -74,3 +74,83 @@ async def test_a_tiered_name_is_not_a_way_around_the_callers_models(mesh: Mesh, 
             await c.completions.create(
                 model="auto", prompt="Write a Python function to sort a list.", max_tokens=2
             )
+
+
+async def test_a_saturated_large_pool_degrades_free_turns_and_premium_waits(
+    mesh: Mesh,
+    admin,  # type: ignore[no-untyped-def]
+) -> None:
+    import asyncio
+    import contextlib
+    import uuid
+
+    import grpc
+
+    from switchyard.v1 import router_pb2
+    from tests.integration.conftest import mesh_channel
+    from tests.integration.test_tenancy import HOLD_TOKENS, frozen_generation, tenant_status
+
+    def key(tier: str):  # type: ignore[no-untyped-def]
+        name = f"{tier}-{uuid.uuid4().hex[:6]}"
+        return admin.CreateKey(router_pb2.CreateKeyRequest(tenant=name, tier=tier))
+
+    holder, free, premium = await key("standard"), await key("free"), await key("premium")
+
+    async def large_pool() -> router_pb2.PoolStatus:
+        status = await admin.Status(router_pb2.StatusRequest())
+        return next(p for p in status.pools if p.name == "h100-large")
+
+    async def hold(stub: inference_pb2_grpc.InferenceStub) -> None:
+        call = stub.Generate(make_request("Count.", model="large", max_tokens=HOLD_TOKENS,
+                                          ignore_eos=True))  # fmt: skip
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for _ in call:
+                pass
+
+    async with (
+        mesh_channel(mesh, holder.secret) as h,
+        mesh_channel(mesh, free.secret) as f,
+        mesh_channel(mesh, premium.secret) as p,
+    ):
+        capacity = (await large_pool()).capacity
+        holders = [asyncio.create_task(hold(inference_pb2_grpc.InferenceStub(h)))
+                   for _ in range(capacity)]  # fmt: skip
+        try:
+            for _ in range(600):  # the router has let them all into the pool
+                if (await large_pool()).in_flight >= capacity:
+                    break
+                await asyncio.sleep(0.1)
+            with frozen_generation(mesh, "h100-large"):  # none of them ends meanwhile
+                # A free turn does not wait for the saturated large model: the small one serves.
+                reply = await generate(
+                    inference_pb2_grpc.InferenceStub(f),
+                    make_request("Hi", model="reasoning", max_tokens=2),  # an alias of large
+                    timeout=60,
+                )
+                sb = reply.final.served_by
+                assert sb.model == "small", sb
+                assert sb.degraded_reason == (
+                    "large (pool h100-large) is saturated; tier free degrades"
+                ), sb
+                # A premium turn waits for the large model.
+                waiting = asyncio.create_task(
+                    generate(
+                        inference_pb2_grpc.InferenceStub(p),
+                        make_request("Hi", model="large", max_tokens=2),
+                        timeout=120,
+                    )
+                )
+                for _ in range(300):
+                    if (await tenant_status(admin, premium.key.tenant)).queued == 1:
+                        break
+                    assert not waiting.done(), waiting
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("the premium turn never waited for the large pool")
+            holders.pop().cancel()  # a slot frees: the premium turn takes it
+            sb = (await waiting).final.served_by
+            assert sb.model == "large" and not sb.degraded_reason, sb
+        finally:
+            for t in holders:
+                t.cancel()
+            await asyncio.gather(*holders, return_exceptions=True)

@@ -443,6 +443,7 @@ def test_compose_pools_load_and_match_the_local_mesh(monkeypatch, tmp_path):
             "pools": [p.model_dump() for p in c.pools],  # engine configs resolved to absolute paths
             "aliases": c.aliases,
             "tiers": c.tiers,
+            "fallbacks": c.fallbacks,
             "default_model": c.default_model,
             "profile": c.router.profile,
             "fail_open": c.safety.fail_open,

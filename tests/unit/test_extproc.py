@@ -79,7 +79,7 @@ class FakeRouted:
     resumed = False
     capped = 0
     cache_salt = "tenant:acme"
-    routed_as = route_reason = ""
+    routed_as = route_reason = degraded_reason = ""
 
 
 class FakeRouting:

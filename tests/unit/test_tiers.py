@@ -165,3 +165,42 @@ def test_the_scorer_on_the_labelled_prompts():
     assert len(data["easy"]) == len(data["hard"]) == 30
     assert right["easy"] == 30
     assert right["easy"] + right["hard"] >= 53, right
+
+
+# -- graceful degradation (services/router/fallback.py) --------------------------------------
+
+
+def principal(tier: str, models: frozenset[str] = frozenset()):  # type: ignore[no-untyped-def]
+    from services.router.auth.principal import Principal
+
+    return Principal(tenant="acme", tier=tier, priority=0, models=models)
+
+
+def test_a_saturated_model_degrades_to_its_fallback_for_tiers_that_degrade():
+    from services.router.config import fallbacks
+    from services.router.fallback import Degraded
+
+    fb = fallbacks(mesh(fallbacks={"large": "small"}))
+    room = {"h100-large": 0, "l4-small": 2}
+    fb.room = room.get
+    got = fb.choose("large", "h100-large", principal("free"))
+    assert isinstance(got, Degraded) and (got.model, got.pool) == ("small", "l4-small")
+    assert got.reason == "large (pool h100-large) is saturated; tier free degrades"
+    # Premium waits for its model (and is told why no fallback took it, should that fail).
+    assert "tier premium does not degrade" in fb.choose("large", "h100-large", principal("premium"))
+    assert "may not use its fallback" in fb.choose(
+        "large", "h100-large", principal("free", frozenset({"large"}))
+    )
+    room["l4-small"] = 0
+    assert "has no room either" in fb.choose("large", "h100-large", principal("free"))
+    room["h100-large"] = None  # no engine at all: the fallback's engines take it, even full
+    got = fb.choose("large", "h100-large", principal("free"))
+    assert isinstance(got, Degraded) and "has no serving engine" in got.reason
+    room["h100-large"] = 1  # room again: nothing to degrade from
+    assert fb.choose("large", "h100-large", principal("free")) is None
+    assert fb.choose("small", "l4-small", principal("free")) is None  # no fallback named
+
+
+def test_a_fallback_must_be_another_pools_model():
+    with pytest.raises(Exception, match=r"fallbacks\.large: 'tiny' is not a model of any pool"):
+        mesh(fallbacks={"large": "tiny"})

@@ -183,7 +183,7 @@ class Timing(_message.Message):
     def __init__(self, queue: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttft: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decode: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ServedBy(_message.Message):
-    __slots__ = ("pool", "engine", "model", "model_version", "accelerator", "routed_as", "route_reason")
+    __slots__ = ("pool", "engine", "model", "model_version", "accelerator", "routed_as", "route_reason", "degraded_reason")
     POOL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class ServedBy(_message.Message):
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     ROUTED_AS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     pool: str
     engine: str
     model: str
@@ -198,7 +199,8 @@ class ServedBy(_message.Message):
     accelerator: str
     routed_as: str
     route_reason: str
-    def __init__(self, pool: _Optional[str] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., accelerator: _Optional[str] = ..., routed_as: _Optional[str] = ..., route_reason: _Optional[str] = ...) -> None: ...
+    degraded_reason: str
+    def __init__(self, pool: _Optional[str] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., accelerator: _Optional[str] = ..., routed_as: _Optional[str] = ..., route_reason: _Optional[str] = ..., degraded_reason: _Optional[str] = ...) -> None: ...
 
 class SafetyReport(_message.Message):
     __slots__ = ("findings", "blocked", "reason")

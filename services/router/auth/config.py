@@ -3,7 +3,7 @@
 auth:
   keys_file: ~/.cache/switchyard/keys.json   # API keys (hashes); shared by router replicas
   default_tier: standard
-  tiers: {premium: {priority: 10}, standard: {priority: 0}, free: {priority: -10}}
+  tiers: {premium: {priority: 10}, standard: {priority: 0}, free: {priority: -10, degrade: true}}
   jwt: {issuer: https://idp.example.com, audiences: [switchyard], jwks_file: jwks.json}
 """
 
@@ -21,13 +21,16 @@ from services.router.auth.jwt import JwtConfig
 class TierConfig(StrictModel):
     # The priority its turns run at (higher first); a client may ask for less, never more.
     priority: int = 0
+    # A turn for a saturated (or engineless) model goes to its fallback (`fallbacks:`) rather
+    # than wait for it.
+    degrade: bool = False
 
 
 def _default_tiers() -> dict[str, TierConfig]:
     return {
         "premium": TierConfig(priority=10),
         "standard": TierConfig(priority=0),
-        "free": TierConfig(priority=-10),
+        "free": TierConfig(priority=-10, degrade=True),
     }
 
 

@@ -59,6 +59,8 @@ class RoutingRequest:
     resumed: bool = False  # a resumed turn (its prompt was charged by the turn it continues)
     routed_as: str = ""  # the tiered name asked for ("auto"), when a tier chose the model
     route_reason: str = ""  # how the tier chose it
+    degraded_reason: str = ""  # a fallback serves the turn: why (services/router/fallback.py)
+    no_fallback: str = ""  # why the model's fallback did not take the turn, when it has one
     # Own block hashes of the prompt by block size, computed on first use.
     _hashes: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 
