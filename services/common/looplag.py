@@ -34,7 +34,7 @@ class RunningClock:
     """Seconds the event loop ran: `watch_loop`'s ticks advance it by their interval only, so a
     stall (the process frozen, the loop blocked) adds one interval however long it lasted.
 
-    A timeout on this clock ("no engine accepted the turn within 3 s") gives what arrived during
+    A timeout on this clock ("no engine accepted the turn within 30 s") gives what arrived during
     a stall (queued in sockets) time to be processed after it before it fires.
     """
 
