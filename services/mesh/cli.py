@@ -6,6 +6,7 @@ switchyard status                     pools, engines, load, hit rate, xDS ACK/NA
 switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
 switchyard admin keys create|list|revoke   API keys (the secret is shown once)
 switchyard admin tenants set|list|reset    quotas, weights, tiers, cache groups (live)
+switchyard admin reload               apply edited model routing (aliases, tiers, fallbacks)
 switchyard status --tenants           each tenant's policy, quota left, turns, tokens
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
@@ -159,7 +160,8 @@ def cmd_router(args: argparse.Namespace) -> int:
         return 2
     from services.router.server import serve
 
-    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
+    watch = Path(args.watch_config or args.config)
+    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None, watch))
     return 0
 
 
@@ -407,6 +409,10 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 )
         elif args.action == "tenants":
             return _admin_tenants(args)
+        elif args.action == "reload":
+            got = _router_call(args, "ReloadConfig", router_pb2.ReloadConfigRequest())
+            changed = ", ".join(got.changed) or "nothing had changed"  # type: ignore[attr-defined]
+            print(f"reloaded {got.source}: {changed}")  # type: ignore[attr-defined]
         else:
             revoked = _router_call(
                 args, "RevokeKey", router_pb2.RevokeKeyRequest(key_id=args.key_id)
@@ -559,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "drain":
             a.add_argument("--grace", type=float, help="seconds before in-flight turns abort")
         _router_flags(a)
+    rl = asub.add_parser(
+        "reload", help="apply the mesh config's edited model routing now (aliases, tiers...)"
+    )
+    _router_flags(rl)
     keys = asub.add_parser("keys", help="API keys: create, list, revoke")
     ksub = keys.add_subparsers(dest="keys_action", required=True, metavar="KEYS_ACTION")
     kc = ksub.add_parser("create", help="a new key (its secret is printed once)")
@@ -598,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--listen", help="override router.listen (HOST:PORT)")
     r.add_argument("--ready-file", help="write {address, ports, pid} as JSON here once serving")
     r.add_argument("--models-dir", help="value of ${SWITCHYARD_MODELS} in the config")
+    r.add_argument(
+        "--watch-config",
+        help="the file to reload model routing from (default: --config; `up` gives its own)",
+    )
     r.set_defaults(func=cmd_router)
 
     t = sub.add_parser("trace", help="draw a turn's spans (local trace files) as a waterfall")

@@ -306,7 +306,9 @@ class Mesh:
     def _start_router(self) -> procs.ServiceProcess:
         cfg_path = self.workdir / "mesh.yaml"
         self.router = procs.start_service(
-            ["router", "--config", str(cfg_path)], name="router", workdir=self.workdir
+            ["router", "--config", str(cfg_path), "--watch-config", str(self.config_path)],
+            name="router",
+            workdir=self.workdir,
         )
         return self.router
 

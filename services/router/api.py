@@ -6,7 +6,7 @@ import time
 
 import grpc
 
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.tls import TlsFiles
 from services.common.tls import channel as tls_channel
 from services.router.auth.authenticator import Authenticator
@@ -14,6 +14,7 @@ from services.router.auth.keys import KeyRecord
 from services.router.auth.principal import Quotas
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
+from services.router.reload import ConfigReloader
 from services.router.routing import RoutingService, check_request_size
 from services.router.tenancy.admission import Admission
 from services.router.tenancy.policy import PolicyStore, TenantPolicy, cache_salt
@@ -118,9 +119,21 @@ class AdminService(router_pb2_grpc.AdminServicer):
         self._router_id = router_id
         self._auth = auth
         self._tls = tls  # the router's identity, for EngineControl calls
+        self.reloader: ConfigReloader | None = None  # the mesh config, reloaded live
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_AdminServicer_to_server(self, server)
+
+    def use_resolver(self, resolver: ModelResolver) -> None:
+        self._resolver = resolver
+
+    async def ReloadConfig(
+        self, request: router_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ReloadConfigResponse:
+        if self.reloader is None:
+            raise FailedPrecondition("this router does not watch a config file")
+        changed = self.reloader.reload()
+        return router_pb2.ReloadConfigResponse(source=str(self.reloader.source), changed=changed)
 
     async def Status(
         self, request: router_pb2.StatusRequest, context: grpc.aio.ServicerContext

@@ -73,6 +73,9 @@ class RouterSection(StrictModel):
     registration_grace_seconds: float = pydantic.Field(3.0, ge=0)
     # A scheduling profile (plugins and weights); empty uses the default profile.
     profile: dict[str, Any] = pydantic.Field(default_factory=dict)
+    # How often the router checks its mesh config file for edits to reload live (aliases,
+    # tiers, fallbacks... see services/router/reload.py); 0: only `switchyard admin reload`.
+    config_poll_seconds: float = pydantic.Field(2.0, ge=0)
 
 
 class EnvoySection(StrictModel):

@@ -30,6 +30,7 @@ from services.router.config import MeshConfig, ModelResolver, fallbacks, tier_se
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
 from services.router.registry import Registry
+from services.router.reload import ConfigReloader
 from services.router.routing import Limits, RoutingService, TokenizerCache
 from services.router.scheduling.profile import load_profile
 from services.router.scheduling.scheduler import Scheduler
@@ -66,7 +67,11 @@ TICK_SECONDS = 0.025
 SWEEP_EVERY = 4
 
 
-async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
+async def serve(
+    cfg: MeshConfig, ready_file: Path | None = None, watch_config: Path | None = None
+) -> None:
+    """Run the router; `watch_config`: the mesh config file whose model-routing fields it
+    reloads live (services/router/reload.py)."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     progress = Progress("router")
@@ -129,9 +134,22 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
         routing, auth, admission, tracing.tracer(__name__) if tracing.enabled else None, flow
     ).add_to_server(server.grpc)
     api.RouterService(routing, policies).add_to_server(server.grpc)
-    api.AdminService(
-        cfg, resolver, registry, cache, reg.router_id, auth, tls, admission
-    ).add_to_server(server.grpc)
+    admin = api.AdminService(cfg, resolver, registry, cache, reg.router_id, auth, tls, admission)
+    admin.add_to_server(server.grpc)
+
+    def apply_routing(new: MeshConfig) -> None:
+        """A reloaded config's model routing, swapped in between two turns."""
+        resolver = ModelResolver(new)
+        tiers = tier_selector(new) if new.tiers else None
+        degrade = fallbacks(new) if new.fallbacks else None
+        for part in (tiers, degrade):
+            if part is not None:
+                part.room = flow.free_slots
+        routing.resolver, routing.tiers, routing.fallbacks = resolver, tiers, degrade
+        admin.use_resolver(resolver)
+
+    if watch_config is not None:
+        admin.reloader = ConfigReloader(watch_config, apply_routing)
     xds_server.add_to_server(server.grpc, cache)
 
     metrics_host, metrics_port = host_port(cfg.router.metrics_listen)
@@ -170,6 +188,10 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
 
     sweeper = asyncio.create_task(watch_loop(TICK_SECONDS, tick), name="loop-monitor")
     settling = asyncio.create_task(admission.run(), name="quota-settlement")
+    tasks = [sweeper, settling]
+    if admin.reloader is not None and cfg.router.config_poll_seconds > 0:
+        watching = admin.reloader.watch(cfg.router.config_poll_seconds)
+        tasks.append(asyncio.create_task(watching, name="config-watch"))
     if ready_file is not None:
         write_ready_file(
             ready_file,
@@ -188,7 +210,7 @@ async def serve(cfg: MeshConfig, ready_file: Path | None = None) -> None:
     )
     await stop.wait()
     progress.say("stopping")
-    for task in (sweeper, settling):
+    for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from services.common.tls import channel as tls_channel
 from services.mesh import procs
@@ -114,6 +115,20 @@ def collector() -> Iterator[OtlpCollector]:
         yield c
 
 
+def source_config(workdir: Path) -> Path:
+    """tests/integration/mesh.yaml copied into `workdir` with its relative paths made absolute:
+    the file the mesh's router watches, which a test may edit (test_model_routing)."""
+    data = yaml.safe_load(MESH_CONFIG.read_text())
+    here = MESH_CONFIG.parent
+    data["safety"]["config"] = str((here / data["safety"]["config"]).resolve())
+    for pool in data["pools"]:
+        for group in pool.get("engines", []):
+            group["config"] = str((here / group["config"]).resolve())
+    path = workdir / "mesh-source.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="session")
 def mesh(
     models_dir: Path,
@@ -127,7 +142,7 @@ def mesh(
     quota ledger lives in a real Redis (as with several router replicas)."""
     workdir = tmp_path_factory.mktemp("mesh")
     m = Mesh(
-        MESH_CONFIG,
+        source_config(workdir),
         workdir=workdir,
         free_ports=True,
         say=lambda line: print(line, file=sys.stderr),

@@ -154,3 +154,62 @@ async def test_a_saturated_large_pool_degrades_free_turns_and_premium_waits(
             for t in holders:
                 t.cancel()
             await asyncio.gather(*holders, return_exceptions=True)
+
+
+async def test_a_config_reload_adds_an_alias_and_a_tier_with_turns_in_flight(
+    mesh: Mesh,
+    admin,  # type: ignore[no-untyped-def]
+    envoy: inference_pb2_grpc.InferenceStub,
+) -> None:
+    import asyncio
+
+    import grpc
+
+    from switchyard.v1 import router_pb2
+
+    source = mesh.config_path  # the file the router watches (a copy: see conftest)
+    original = source.read_text()
+    data = yaml.safe_load(original)
+    in_flight = [
+        asyncio.create_task(
+            generate(envoy, make_request(f"Count {i}.", max_tokens=200, ignore_eos=True))
+        )
+        for i in range(4)
+    ]
+    try:
+        await asyncio.sleep(0.5)
+        data["aliases"]["quick"] = "small"
+        data["tiers"]["budget"] = ["small", "large"]
+        source.write_text(yaml.safe_dump(data, sort_keys=False))
+        got = await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
+        assert got.source == str(source)  # (the router's own watch may have applied it first)
+        reply = await generate(envoy, make_request("Hi", model="quick", max_tokens=2))
+        assert reply.final.served_by.model == "small"
+        reply = await generate(envoy, make_request("Hi", model="budget", max_tokens=2))
+        assert reply.final.served_by.routed_as == "budget"
+        # An invalid file is refused naming the field; the running config stays.
+        data["aliases"]["broken"] = "no-such-model"
+        source.write_text(yaml.safe_dump(data, sort_keys=False))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "aliases.broken: 'no-such-model' is not a model of any pool" in e.value.details()
+        reply = await generate(envoy, make_request("Hi", model="quick", max_tokens=2))
+        assert reply.final.served_by.model == "small"
+        # A change that needs a restart is refused whole, naming it.
+        del data["aliases"]["broken"]
+        data["aliases"]["later"] = "large"
+        data["pools"][0]["accelerator"] = "h100"
+        source.write_text(yaml.safe_dump(data, sort_keys=False))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "pools[0].accelerator" in e.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await generate(envoy, make_request("Hi", model="later", max_tokens=2))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND  # not applied
+    finally:
+        source.write_text(original)
+        await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
+    for turn in await asyncio.gather(*in_flight):  # none of the turns in flight failed
+        assert turn.final.usage.completion_tokens == 200

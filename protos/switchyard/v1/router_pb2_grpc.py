@@ -229,6 +229,11 @@ class AdminStub:
                 request_serializer=switchyard_dot_v1_dot_router__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_router__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/switchyard.v1.Admin/ReloadConfig',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -288,6 +293,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """Re-read the mesh config now and apply its model-routing fields (aliases, default model,
+        tiers, complexity, fallbacks, pool costs, model handles); INVALID_ARGUMENT for an invalid
+        file, FAILED_PRECONDITION for one changing what needs a restart: nothing applied then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +344,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=switchyard_dot_v1_dot_router__pb2.ListTenantsRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_router__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -550,6 +569,33 @@ class Admin:
             '/switchyard.v1.Admin/ListTenants',
             switchyard_dot_v1_dot_router__pb2.ListTenantsRequest.SerializeToString,
             switchyard_dot_v1_dot_router__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/ReloadConfig',
+            switchyard_dot_v1_dot_router__pb2.ReloadConfigRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.ReloadConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
