@@ -161,7 +161,8 @@ def cmd_router(args: argparse.Namespace) -> int:
     from services.router.server import serve
 
     watch = Path(args.watch_config or args.config)
-    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None, watch))
+    running = Path(args.config) if args.watch_config else None
+    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None, watch, running))
     return 0
 
 

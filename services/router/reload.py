@@ -88,6 +88,29 @@ def live_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def _with_live_fields(base: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the live fields of `live` (pools matched by position)."""
+    out = {k: v for k, v in base.items() if k not in LIVE_KEYS}
+    out.update({k: live[k] for k in LIVE_KEYS if k in live})
+    pools = []
+    for i, pool in enumerate(base.get("pools") or []):
+        other = (live.get("pools") or [])[i] if i < len(live.get("pools") or []) else {}
+        p = {k: v for k, v in pool.items() if k not in LIVE_POOL_KEYS}
+        p.update({k: other[k] for k in LIVE_POOL_KEYS if k in other})
+        models = []
+        for j, model in enumerate(pool.get("models") or []):
+            om = (other.get("models") or [])[j] if j < len(other.get("models") or []) else {}
+            m = {k: v for k, v in model.items() if k not in LIVE_MODEL_KEYS}
+            m.update({k: om[k] for k in LIVE_MODEL_KEYS if k in om})
+            models.append(m)
+        if "models" in pool:
+            p["models"] = models
+        pools.append(p)
+    if "pools" in base:
+        out["pools"] = pools
+    return out
+
+
 def _raw(path: Path) -> dict[str, Any]:
     try:
         data = expand_env(yaml.safe_load(path.read_text()))
@@ -101,10 +124,20 @@ def _raw(path: Path) -> dict[str, Any]:
 class ConfigReloader:
     """Watches the mesh config file and applies its live fields through `apply`."""
 
-    def __init__(self, source: Path, apply: Callable[[MeshConfig], None]) -> None:
+    def __init__(
+        self,
+        source: Path,
+        apply: Callable[[MeshConfig], None],
+        running: dict[str, Any] | None = None,
+    ) -> None:
+        """`running`: the raw config the router runs (when it is not `source` itself, e.g. the
+        copy `up` renders): its live fields are the baseline, so that the first reload applies
+        what `source` changed since (a router restarted after an edit)."""
         self.source = source
         self._apply = apply
         self._baseline = _raw(source)
+        if running is not None:
+            self._baseline = _with_live_fields(self._baseline, running)
         self._mtime = self._stat()
 
     def _stat(self) -> float:

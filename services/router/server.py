@@ -10,7 +10,11 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from services.common.errors import SwitchyardError
 from services.common.looplag import RunningClock, watch_loop
 from services.common.metrics import start_metrics_server
 from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER
@@ -43,6 +47,12 @@ from services.router.xds.cache import SnapshotCache
 
 log = logging.getLogger(__name__)
 
+
+def _raw_config(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
 SERVICE_NAMES = [
     "switchyard.v1.Registry",
     "switchyard.v1.Router",
@@ -68,10 +78,14 @@ SWEEP_EVERY = 4
 
 
 async def serve(
-    cfg: MeshConfig, ready_file: Path | None = None, watch_config: Path | None = None
+    cfg: MeshConfig,
+    ready_file: Path | None = None,
+    watch_config: Path | None = None,
+    running_config: Path | None = None,
 ) -> None:
     """Run the router; `watch_config`: the mesh config file whose model-routing fields it
-    reloads live (services/router/reload.py)."""
+    reloads live (services/router/reload.py), when `cfg` was read from another file
+    (`running_config`, e.g. the copy `up` renders)."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     progress = Progress("router")
@@ -149,7 +163,13 @@ async def serve(
         admin.use_resolver(resolver)
 
     if watch_config is not None:
-        admin.reloader = ConfigReloader(watch_config, apply_routing)
+        rendered = _raw_config(running_config) if running_config is not None else None
+        admin.reloader = ConfigReloader(watch_config, apply_routing, rendered)
+        try:  # a router restarted after an edit of the watched file: apply it now
+            if changed := admin.reloader.reload():
+                log.info("config applied from %s: %s", watch_config, ", ".join(changed))
+        except SwitchyardError as e:
+            log.error("config reload refused: %s", e)
     xds_server.add_to_server(server.grpc, cache)
 
     metrics_host, metrics_port = host_port(cfg.router.metrics_listen)

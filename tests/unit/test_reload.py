@@ -84,3 +84,18 @@ async def test_the_router_notices_an_edited_file_by_itself(tmp_path):
         assert applied and applied[-1].default_model == "large"
     finally:
         watching.cancel()
+
+
+def test_a_router_started_on_a_rendered_copy_applies_what_the_watched_file_changed_since(
+    tmp_path,
+):
+    # `up` runs the router on a copy rendered at its start; the router restarted after an edit
+    # of the file `up` was given still runs that copy: its first reload applies the edit.
+    path = tmp_path / "mesh.yaml"
+    write(path, {**BASE, "aliases": {"chat": "small", "deep": "large"}})
+    rendered = {**BASE, "router": {"listen": "127.0.0.1:4242"}}  # ports, paths filled in
+    applied: list[MeshConfig] = []
+    r = ConfigReloader(path, applied.append, rendered)
+    assert r.reload() == ["aliases"]
+    assert applied[-1].aliases == {"chat": "small", "deep": "large"}
+    assert r.reload() == []
