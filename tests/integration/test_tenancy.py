@@ -181,7 +181,10 @@ async def test_a_cancelled_stream_gives_back_what_it_did_not_generate(
             call = inference_pb2_grpc.InferenceStub(ch).Generate(
                 make_request("Count slowly.", model=SMALL, max_tokens=HOLD_TOKENS, ignore_eos=True)
             )
-            await call.initial_metadata()  # an engine took it (and reported so)
+            # Its first token: the engine took it and prefilled its prompt (a cancel right
+            # after the accept may reach the engine before anything was prefilled: then it
+            # rightly charges nothing).
+            assert (await call.read()).HasField("delta")
             call.cancel()
         st = await settled(admin, tenant, timeout=90)  # (past the 30 s of an unaccepted turn)
         assert st.in_flight == 0
