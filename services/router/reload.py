@@ -128,16 +128,16 @@ class ConfigReloader:
         self,
         source: Path,
         apply: Callable[[MeshConfig], None],
-        running: dict[str, Any] | None = None,
+        running: Path | None = None,
     ) -> None:
-        """`running`: the raw config the router runs (when it is not `source` itself, e.g. the
-        copy `up` renders): its live fields are the baseline, so that the first reload applies
-        what `source` changed since (a router restarted after an edit)."""
+        """`running`: the config file the router runs when it is not `source` itself (the copy
+        `up` renders): its live fields are the baseline, so that the first reload applies what
+        `source` changed since (a router restarted after an edit)."""
         self.source = source
         self._apply = apply
         self._baseline = _raw(source)
         if running is not None:
-            self._baseline = _with_live_fields(self._baseline, running)
+            self._baseline = _with_live_fields(self._baseline, _raw(running))
         self._mtime = self._stat()
 
     def _stat(self) -> float:

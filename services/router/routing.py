@@ -163,18 +163,16 @@ class RoutingService:
         else:
             pool, model = self.resolver.resolve(req.model)
         priority = req.priority
+        if principal is not None:  # (before any fallback: a fallback is no way around it)
+            principal.check_model(model, req.model)
+            tenant, priority = principal.tenant, principal.turn_priority(req.priority)
         degraded = no_fallback = ""
         if self.fallbacks is not None and choice is None and not req.HasField("continuation"):
-            if principal is not None:
-                principal.check_model(model, req.model)  # (a fallback is no way around it)
-            fb = self.fallbacks.choose(model, pool, principal)
+            fb = self.fallbacks.choose(model, pool, principal)  # (only models it may use)
             if isinstance(fb, str):
                 no_fallback = fb
             elif fb is not None:
                 pool, model, degraded = fb.pool, fb.model, fb.reason
-        if principal is not None:
-            principal.check_model(model, req.model)
-            tenant, priority = principal.tenant, principal.turn_priority(req.priority)
         context, max_tokens_limit = self._model_limits(pool, model)
         s = req.sampling
         requested = s.max_tokens if s.HasField("max_tokens") else None

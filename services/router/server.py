@@ -10,9 +10,6 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from services.common.errors import SwitchyardError
 from services.common.looplag import RunningClock, watch_loop
@@ -46,11 +43,6 @@ from services.router.xds import server as xds_server
 from services.router.xds.cache import SnapshotCache
 
 log = logging.getLogger(__name__)
-
-
-def _raw_config(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) else {}
 
 
 SERVICE_NAMES = [
@@ -106,9 +98,7 @@ async def serve(
         max_headers_count=cfg.envoy.max_headers_count,
         registration_grace_seconds=r.registration_grace_seconds,
     )
-    tiers = tier_selector(cfg) if cfg.tiers else None
-    degrade = fallbacks(cfg) if cfg.fallbacks else None
-    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits, tiers, degrade)
+    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits)
 
     auth = Authenticator(cfg.auth)
     tracing = setup_tracing("switchyard-router", cfg.tracing)
@@ -126,11 +116,6 @@ async def serve(
     running = RunningClock()
     flow = FlowControl(cfg.flow, cfg.saturation, registry, admission.label, clock=running)
     admission.attach_flow(flow)
-    # Tiers prefer pools with room, and saturated models degrade: the flow control's count of it.
-    if tiers is not None:
-        tiers.room = flow.free_slots
-    if degrade is not None:
-        degrade.room = flow.free_slots
     registry.on_load_listener = flow.kick  # a slot may have freed: release waiting turns
     registry.subscribe(flow.kick)  # engines came or went
     if cfg.quotas.redis_url:
@@ -152,7 +137,8 @@ async def serve(
     admin.add_to_server(server.grpc)
 
     def apply_routing(new: MeshConfig) -> None:
-        """A reloaded config's model routing, swapped in between two turns."""
+        """The config's model routing (at start, and reloaded: swapped in between two turns).
+        Tiers prefer pools with room, and saturated models degrade: the flow control's count."""
         resolver = ModelResolver(new)
         tiers = tier_selector(new) if new.tiers else None
         degrade = fallbacks(new) if new.fallbacks else None
@@ -162,9 +148,9 @@ async def serve(
         routing.resolver, routing.tiers, routing.fallbacks = resolver, tiers, degrade
         admin.use_resolver(resolver)
 
+    apply_routing(cfg)
     if watch_config is not None:
-        rendered = _raw_config(running_config) if running_config is not None else None
-        admin.reloader = ConfigReloader(watch_config, apply_routing, rendered)
+        admin.reloader = ConfigReloader(watch_config, apply_routing, running_config)
         try:  # a router restarted after an edit of the watched file: apply it now
             if changed := admin.reloader.reload():
                 log.info("config applied from %s: %s", watch_config, ", ".join(changed))

@@ -198,7 +198,7 @@ async def test_a_cancelled_stream_gives_back_what_it_did_not_generate(
 
 
 async def test_concurrent_streams_are_a_quota(mesh: Mesh, admin: Any) -> None:
-    _, key = await tenant_with(admin, concurrent_streams=1)
+    tenant, key = await tenant_with(admin, concurrent_streams=1)
     async with mesh_channel(mesh, key) as ch:
         stub = inference_pb2_grpc.InferenceStub(ch)
         # As long as the context allows: the first stream is still open when the second comes.
@@ -206,12 +206,22 @@ async def test_concurrent_streams_are_a_quota(mesh: Mesh, admin: Any) -> None:
             make_request("Count slowly.", model=SMALL, max_tokens=HOLD_TOKENS, ignore_eos=True)
         )
         assert (await call.read()).HasField("delta")
-        with frozen_generation(mesh), pytest.raises(grpc.aio.AioRpcError) as e:
+        with frozen_generation(mesh):
             # (the first stream cannot end meanwhile; a second admitted would time out here)
-            await generate(stub, make_request("hi", model=SMALL, max_tokens=2), timeout=30)
+            try:
+                second = await generate(
+                    stub, make_request("hi", model=SMALL, max_tokens=2), timeout=30
+                )
+            except grpc.aio.AioRpcError as err:
+                e = err
+            else:
+                raise AssertionError(
+                    f"a second stream was admitted and served by {second.final.served_by} "
+                    f"while the first streamed: {await tenant_status(admin, tenant)}"
+                )
         call.cancel()
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "concurrent_streams" in e.value.details()
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+    assert "concurrent_streams" in e.details()
 
 
 # -- one budget across router replicas ------------------------------------------------------

@@ -178,13 +178,19 @@ async def test_without_routable_engines_nothing_waits():
     assert got.waited == 0.0
 
 
-async def test_a_tenant_under_its_share_starts_at_once_in_a_pool_another_floods():
+async def flooded_by_a() -> tuple[EngineState, FlowControl]:
+    """A pool of capacity 4 with a burst of 1, all four slots taken by tenant A."""
     eng = engine(depth=0)
     fc = flow(Engines(eng), burst=0.25)
-    for i in range(4):  # A takes the whole pool (capacity 4)
+    for i in range(4):
         await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1,
                        res_id=f"a{i}")  # fmt: skip
     eng.reported_depth = 4
+    return eng, fc
+
+
+async def test_a_tenant_under_its_share_starts_at_once_in_a_pool_another_floods():
+    eng, fc = await flooded_by_a()
     assert fc.would_wait("p")
     # B holds none of its share (2 of 4): it goes one over capacity, at once.
     got = await fc.admit("p", "b", priority=0, weight=1, input_tokens=1, output_bound=1,
@@ -201,12 +207,7 @@ async def test_a_tenant_under_its_share_starts_at_once_in_a_pool_another_floods(
 
 
 async def test_a_burst_slot_goes_to_the_tenants_own_oldest_waiting_turn():
-    eng = engine(depth=0)
-    fc = flow(Engines(eng), burst=0.25)
-    for i in range(4):  # A takes the whole pool (capacity 4)
-        await fc.admit("p", "a", priority=0, weight=1, input_tokens=1, output_bound=1,
-                       res_id=f"a{i}")  # fmt: skip
-    eng.reported_depth = 4
+    eng, fc = await flooded_by_a()
     await fc.admit(
         "p", "b", priority=0, weight=1, input_tokens=1, output_bound=1, res_id="b0"
     )  # fmt: skip  (B's burst: one over capacity)

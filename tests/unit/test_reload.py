@@ -93,7 +93,8 @@ def test_a_router_started_on_a_rendered_copy_applies_what_the_watched_file_chang
     # of the file `up` was given still runs that copy: its first reload applies the edit.
     path = tmp_path / "mesh.yaml"
     write(path, {**BASE, "aliases": {"chat": "small", "deep": "large"}})
-    rendered = {**BASE, "router": {"listen": "127.0.0.1:4242"}}  # ports, paths filled in
+    rendered = tmp_path / "rendered.yaml"  # ports, paths filled in
+    write(rendered, {**BASE, "router": {"listen": "127.0.0.1:4242"}})
     applied: list[MeshConfig] = []
     r = ConfigReloader(path, applied.append, rendered)
     assert r.reload() == ["aliases"]
