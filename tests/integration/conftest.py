@@ -7,14 +7,17 @@ Set SWITCHYARD_TEST_ENGINE_READY=/path/to/ready.json to reuse an engine you star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 import yaml
 
@@ -39,6 +42,26 @@ def models_dir() -> Path:
     )
     os.environ["SWITCHYARD_MODELS"] = str(path)
     return path
+
+
+@contextlib.contextmanager
+def frozen_cores(engine_pids: list[int]) -> Iterator[None]:
+    """These engines' vLLM engine cores (and their workers) stopped with SIGSTOP, then resumed:
+    the turns they run keep their slots and make no progress, so none ends by itself, while the
+    engines' gRPC fronts go on answering (health, load, drain, accepting turns for the core).
+    A turn cannot then finish during a check however fast the model or slow the machine."""
+    stopped: list[psutil.Process] = []
+    try:
+        for pid in engine_pids:
+            for p in psutil.Process(pid).children(recursive=True):
+                p.send_signal(signal.SIGSTOP)
+                stopped.append(p)
+        assert stopped, f"no engine core under pids {engine_pids} to stop"
+        yield
+    finally:
+        for p in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGCONT)
 
 
 def start_test_engine(name: str, tmp: Path, **overrides: Any) -> procs.EngineProcess:

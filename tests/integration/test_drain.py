@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.tls import channel as tls_channel
 from services.mesh.client import CHANNEL_OPTIONS, generate, make_request
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tests.integration.conftest import start_test_engine
+from tests.integration.conftest import frozen_cores, start_test_engine
 
 FR = inference_pb2.FinishReason
 INFERENCE = "switchyard.v1.Inference"
@@ -131,19 +131,21 @@ async def test_sigterm_drains_then_exits(sigterm_engine, operator_tls):
     async with tls_channel(sigterm_engine.address, operator_tls, CHANNEL_OPTIONS) as ch:
         inference = inference_pb2_grpc.InferenceStub(ch)
         control = engine_pb2_grpc.EngineControlStub(ch)
-        # As long a turn as the context allows, so it is still streaming when the health check
-        # gets through even if vLLM's busy-waiting CPU worker starves this process for seconds.
         call = await started(inference, LONG_TURN)
-        sigterm_engine.proc.send_signal(signal.SIGTERM)
-        for _ in range(50):
-            if await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING:
-                break
-            await asyncio.sleep(0.05)
-        assert await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert (await control.GetLoad(engine_pb2.GetLoadRequest())).draining
-        with pytest.raises(grpc.aio.AioRpcError) as e:
-            await generate(inference, make_request("too late", max_tokens=4))
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The turn must still be in flight while the drain is checked: the tiny model finishes
+        # it in seconds, and a loaded machine can starve this client longer than that.
+        with frozen_cores([sigterm_engine.proc.pid]):
+            sigterm_engine.proc.send_signal(signal.SIGTERM)
+            for _ in range(50):
+                if await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.05)
+            assert await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
+            load = await control.GetLoad(engine_pb2.GetLoadRequest())
+            assert load.draining and load.in_flight == 1
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await generate(inference, make_request("too late", max_tokens=4))
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         msgs = await rest(call)
     assert msgs[-1].final.finish_reason == FR.FINISH_REASON_LENGTH
     assert msgs[-1].final.usage.completion_tokens == LONG_TURN

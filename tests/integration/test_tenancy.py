@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 import pytest
 import yaml
 from envoy.config.core.v3 import base_pb2
@@ -30,7 +27,7 @@ from services.mesh import procs
 from services.mesh.client import generate, make_request
 from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, inference_pb2_grpc, router_pb2
-from tests.integration.conftest import mesh_channel
+from tests.integration.conftest import frozen_cores, mesh_channel
 from tests.integration.test_engine import long_text
 
 pytestmark = pytest.mark.integration
@@ -42,26 +39,19 @@ SMALL = "small"
 HOLD_TOKENS = 1900
 
 
-@contextlib.contextmanager
-def frozen_generation(mesh: Mesh, pool: str = "l4-small") -> Iterator[None]:
-    """The pool's vLLM engine cores (and their workers) stopped with SIGSTOP, then resumed: the
-    turns they run keep their slots and make no progress — none ends by itself — while the
-    engines' gRPC fronts go on reporting, accepting turns and queueing them for the core."""
+def frozen_generation(
+    mesh: Mesh, pool: str = "l4-small"
+) -> contextlib.AbstractContextManager[None]:
+    """The pool's vLLM engine cores frozen (see `frozen_cores`): the turns they run keep their
+    slots and none ends by itself, while the engines' fronts go on reporting and accepting."""
     assert mesh.supervisor is not None
-    stopped: list[psutil.Process] = []
-    try:
-        for child in mesh.supervisor.children():
-            if child.kind != "engine" or not child.name.startswith(f"{pool}-"):
-                continue
-            for p in psutil.Process(child.proc.pid).children(recursive=True):
-                p.send_signal(signal.SIGSTOP)
-                stopped.append(p)
-        assert stopped, f"no engine core of pool {pool} to stop"
-        yield
-    finally:
-        for p in stopped:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGCONT)
+    return frozen_cores(
+        [
+            child.proc.pid
+            for child in mesh.supervisor.children()
+            if child.kind == "engine" and child.name.startswith(f"{pool}-")
+        ]
+    )
 
 
 async def tenant_with(admin: Any, **quotas: int) -> tuple[str, str]:
