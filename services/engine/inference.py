@@ -205,12 +205,14 @@ class InferenceService:
         # not get this far within its per-try timeout (a frozen engine).
         reservation = prepared.reservation_id
         accepted = False  # the response headers went out: the turn is this engine's
+        outcome = engine_pb2.TURN_OUTCOME_CANCELLED  # until it ends one way or another
         try:  # (a client gone while the headers go out still gets its reservation settled)
             await context.send_initial_metadata(self._accepted)
             accepted = True
             if reservation and self._usage is not None:
                 self._usage(engine_pb2.TurnUsage(reservation_id=reservation))
             if prepared.exhausted:  # a resumed turn that had used its whole budget already
+                outcome = engine_pb2.TURN_OUTCOME_OK
                 yield inference_pb2.GenerateResponse(final=self._final(turn))
                 return
 
@@ -256,23 +258,37 @@ class InferenceService:
                         )
                         pending = 0
                     turn.last = out
+            cut = turn.deadline_hit or stopper.drain_expired
+            # Cut before any text: the engine did not serve it (a stalled or overloaded one).
+            failed = cut and turn.first_text_at is None
+            outcome = engine_pb2.TURN_OUTCOME_FAILED if failed else engine_pb2.TURN_OUTCOME_OK
             yield inference_pb2.GenerateResponse(final=self._final(turn))
+        except SwitchyardError as e:
+            # A caller's mistake is no failure of the engine's; the rest are.
+            caller = e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.CANCELLED)
+            outcome = engine_pb2.TURN_OUTCOME_OK if caller else engine_pb2.TURN_OUTCOME_FAILED
+            raise
+        except Exception:  # (not a caller gone: CancelledError and GeneratorExit are not these)
+            outcome = engine_pb2.TURN_OUTCOME_FAILED
+            raise
         finally:
-            if reservation and self._usage is not None:
+            if self._usage is not None and (accepted or reservation):
                 # However the turn ended: what it used goes back to its tenant's ledger (a
                 # resumed turn's prompt was charged by the turn it continues; one cancelled
                 # before it was accepted, e.g. by Envoy's per-try timeout to retry it
-                # elsewhere, used nothing here, and the router waits for that retry).
-                self._usage(
-                    engine_pb2.TurnUsage(
-                        reservation_id=reservation,
-                        done=True,
-                        prompt_tokens=0
-                        if prepared.resumed or not accepted
-                        else prepared.prompt_tokens,
-                        completion_tokens=turn.completion_tokens,
-                    )
+                # elsewhere, used nothing here, and the router waits for that retry); and
+                # for a turn it took, how it went (the router's per-version metrics).
+                report = engine_pb2.TurnUsage(
+                    reservation_id=reservation,
+                    done=True,
+                    prompt_tokens=0 if prepared.resumed or not accepted else prepared.prompt_tokens,
+                    completion_tokens=turn.completion_tokens,
                 )
+                if accepted:
+                    report.outcome = outcome
+                    if turn.first_text_at is not None:
+                        report.ttft.FromNanoseconds(int((turn.first_text_at - arrived) * 1e9))
+                self._usage(report)
 
     async def _outputs(self, runtime: Runtime, turn: _Turn) -> AsyncGenerator[Any, None]:
         """vLLM's outputs, with its exceptions turned into gRPC-aware errors."""

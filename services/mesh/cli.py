@@ -7,6 +7,7 @@ switchyard admin drain|undrain ENGINE take an engine out of / back into rotation
 switchyard admin keys create|list|revoke   API keys (the secret is shown once)
 switchyard admin tenants set|list|reset    quotas, weights, tiers, cache groups (live)
 switchyard admin reload               apply edited model routing (aliases, tiers, fallbacks)
+switchyard admin versions [MODEL [V=W...]]  model versions (canaries): weights, rollbacks
 switchyard status --tenants           each tenant's policy, quota left, turns, tokens
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
@@ -410,6 +411,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 )
         elif args.action == "tenants":
             return _admin_tenants(args)
+        elif args.action == "versions":
+            return _admin_versions(args)
         elif args.action == "reload":
             got = _router_call(args, "ReloadConfig", router_pb2.ReloadConfigRequest())
             changed = ", ".join(got.changed) or "nothing had changed"  # type: ignore[attr-defined]
@@ -447,6 +450,36 @@ def _add_quota_flags(p: argparse.ArgumentParser) -> None:
             metavar="N",
             help=f"{what}; 0: no limit",
         )
+
+
+def _admin_versions(args: argparse.Namespace) -> int:
+    from services.mesh.status import format_versions
+    from switchyard.v1 import router_pb2
+
+    if not args.weights:
+        got = _router_call(args, "Status", router_pb2.StatusRequest())
+        models = list(got.versions)  # type: ignore[attr-defined]
+        if args.model:
+            models = [m for m in models if m.model == args.model]
+        print("\n".join(format_versions(models)) or "no model has versions configured")
+        return 0
+    if not args.model:
+        print("error: name the model whose version weights to set", file=sys.stderr)
+        return 2
+    weights: dict[str, float] = {}
+    for item in args.weights:
+        version, sep, value = item.partition("=")
+        try:
+            weights[version] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not version:
+            print(f"error: {item!r}: write VERSION=WEIGHT (e.g. canary=5)", file=sys.stderr)
+            return 2
+    req = router_pb2.SetVersionWeightsRequest(model=args.model, weights=weights)
+    set_ = _router_call(args, "SetVersionWeights", req)
+    print("\n".join(format_versions([set_.model])))  # type: ignore[attr-defined]
+    return 0
 
 
 def _admin_tenants(args: argparse.Namespace) -> int:
@@ -570,6 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
         "reload", help="apply the mesh config's edited model routing now (aliases, tiers...)"
     )
     _router_flags(rl)
+    vs = asub.add_parser(
+        "versions",
+        help="model versions (canary arms): weights, window figures, rollbacks; set weights live",
+        description="Without weights: each versioned model's arms. With MODEL VERSION=WEIGHT...: "
+        "set those arms' weights live (new sessions follow; a rolled-back arm set again comes "
+        "back) until the config's `versions` section for the model changes.",
+    )
+    vs.add_argument("model", nargs="?", help="a versioned model (default: all, when listing)")
+    vs.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT", help="e.g. canary=0 stable=100")
+    _router_flags(vs)
     keys = asub.add_parser("keys", help="API keys: create, list, revoke")
     ksub = keys.add_subparsers(dest="keys_action", required=True, metavar="KEYS_ACTION")
     kc = ksub.add_parser("create", help="a new key (its secret is printed once)")

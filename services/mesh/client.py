@@ -166,14 +166,20 @@ BROKEN_STREAM = frozenset(
 
 
 def continuation_of(
-    request: inference_pb2.GenerateRequest, received: str, tokens: int, resumed: int
+    request: inference_pb2.GenerateRequest,
+    received: str,
+    tokens: int,
+    resumed: int,
+    model_version: str = "",
 ) -> inference_pb2.GenerateRequest:
-    """`request`, resumed after `received` (the text of `tokens` completion tokens)."""
+    """`request`, resumed after `received` (the text of `tokens` completion tokens), on
+    `model_version` (the arm that served the stream) while it serves."""
     out = inference_pb2.GenerateRequest()
     out.CopyFrom(request)
     out.continuation.received_text = received
     out.continuation.completion_tokens = tokens
     out.continuation.resumed = resumed
+    out.continuation.model_version = model_version
     return out
 
 
@@ -250,6 +256,7 @@ class MeshClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         received: list[str] = []
         tokens = resumed = 0
+        version = ""  # the model version (arm) that took the turn, once one has
         broke_at = 0.0  # when the last break happened (monotonic)
         wait = self._resume.backoff if self._resume else 0.0
         req = request
@@ -300,10 +307,11 @@ class MeshClient:
                     served = inference_pb2.ServedBy.FromString(initial[headers.SERVED_BY])
                     if served.model and served.model != request.model:
                         request = _with_model(request, served.model)
+                    version = served.model_version  # and with its version (a canary arm)
                 else:  # the continuation found no place yet: wait, then offer it again
                     await asyncio.sleep(wait)
                     wait = min(policy.max_backoff, wait * 2)
-                req = continuation_of(request, "".join(received), tokens, resumed)
+                req = continuation_of(request, "".join(received), tokens, resumed, version)
                 if accepted and reply is not None:
                     reply.resumes.append(req.continuation)
 

@@ -150,7 +150,8 @@ def start_engine(
 ) -> EngineProcess:
     """Start `switchyard engine` for `config` (a YAML path or a config dict); returns at once.
 
-    `overrides` are merged over the config's top level (e.g. {"listen": "127.0.0.1:0"})."""
+    `overrides` are merged over the config's top level (e.g. {"listen": "127.0.0.1:0"});
+    `model_version` among them sets the config's `model.version`."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"switchyard-{name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if isinstance(config, Path):
@@ -158,7 +159,11 @@ def start_engine(
         base = config.parent.resolve()
     else:
         data, base = dict(config), Path.cwd()
-    data = {**data, **(overrides or {})}
+    overrides = dict(overrides or {})
+    version = overrides.pop("model_version", None)
+    data = {**data, **overrides}
+    if version:
+        data["model"] = {**data["model"], "version": version}
     model_path = Path(str(data["model"]["path"]))
     if "${" not in str(model_path) and not model_path.is_absolute():
         data["model"] = {**data["model"], "path": str((base / model_path).resolve())}

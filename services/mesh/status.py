@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ def format_status(resp: router_pb2.StatusResponse) -> str:
                 f"report {e.seconds_since_report:4.1f}s ago"
             )
         lines.append("")
+    if resp.versions:
+        lines += format_versions(resp.versions)
+        lines.append("")
     lines.append("xDS (per Envoy node):")
     if not resp.xds_nodes:
         lines.append("  (no Envoy connected)")
@@ -86,6 +90,28 @@ def format_status(resp: router_pb2.StatusResponse) -> str:
                 f"acked {t.version_acked or '-':<14} {state}"
             )
     return "\n".join(lines)
+
+
+def format_versions(models: Iterable[router_pb2.VersionedModel]) -> list[str]:
+    """Each versioned model's arms: weight (and the config's), the window's turns, failures
+    and TTFT p99, and a rollback's reason."""
+    lines = []
+    for m in models:
+        lines.append(f"model {m.model} versions (baseline {m.baseline}):")
+        total = sum(a.weight for a in m.arms) or 1.0
+        for a in m.arms:
+            weight = f"{a.weight:g}" + (
+                f" (config {a.configured_weight:g})" if a.weight != a.configured_weight else ""
+            )
+            p99 = f"{a.window_ttft_p99 * 1000:.0f} ms" if a.window_ttft_p99 else "-"
+            lines.append(
+                f"  {a.version:<14} pool {a.pool:<14} weight {weight:<16} "
+                f"share {100 * a.weight / total:5.1f}%  turns {a.window_turns:>5} "
+                f"failed {a.window_failed:>4}  ttft p99 {p99}"
+            )
+            if a.rolled_back:
+                lines.append(f"    ROLLED BACK: {a.rolled_back}")
+    return lines
 
 
 def format_tenants(resp: router_pb2.ListTenantsResponse) -> str:

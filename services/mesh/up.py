@@ -219,8 +219,9 @@ class Mesh:
                 for _ in range(group.count):
                     name = f"{pool.name}-{index}"
                     index += 1
-                    self.say(f"[up] starting engine {name} ({group.config.name})")
-                    starter = self._engine_starter(name, pool.name, group.config)
+                    version = f", version {group.version}" if group.version else ""
+                    self.say(f"[up] starting engine {name} ({group.config.name}{version})")
+                    starter = self._engine_starter(name, pool.name, group.config, group.version)
                     starters.append((name, starter))
                     self.engines.append(starter())
         for (name, starter), engine in zip(starters, list(self.engines), strict=True):
@@ -313,21 +314,21 @@ class Mesh:
         return self.router
 
     def _engine_starter(
-        self, name: str, pool: str, config: Path
+        self, name: str, pool: str, config: Path, version: str = ""
     ) -> Callable[[], procs.EngineProcess]:
         def start() -> procs.EngineProcess:
+            overrides: dict[str, Any] = {
+                "listen": "127.0.0.1:0",
+                "engine_id": name,
+                "pool": pool,
+                "router": self.router_address,
+                "tracing": self.tracing,
+                "tls": self._tls_settings(),
+            }
+            if version:  # (a canary arm of the same engine config)
+                overrides["model_version"] = version
             engine = procs.start_engine(
-                config,
-                name=name,
-                workdir=self.workdir,
-                overrides={
-                    "listen": "127.0.0.1:0",
-                    "engine_id": name,
-                    "pool": pool,
-                    "router": self.router_address,
-                    "tracing": self.tracing,
-                    "tls": self._tls_settings(),
-                },
+                config, name=name, workdir=self.workdir, overrides=overrides
             )
             for i, e in enumerate(self.engines):
                 if e.name == name:

@@ -18,6 +18,7 @@ from services.router.reload import ConfigReloader
 from services.router.routing import RoutingService, check_request_size
 from services.router.tenancy.admission import Admission
 from services.router.tenancy.policy import PolicyStore, TenantPolicy, cache_salt
+from services.router.versions import Versions
 from services.router.xds.cache import SnapshotCache
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -120,6 +121,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         self._auth = auth
         self._tls = tls  # the router's identity, for EngineControl calls
         self.reloader: ConfigReloader | None = None  # the mesh config, reloaded live
+        self.versions = Versions()  # the router's versioned models (its own, set by serve)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_AdminServicer_to_server(self, server)
@@ -134,6 +136,14 @@ class AdminService(router_pb2_grpc.AdminServicer):
             raise FailedPrecondition("this router does not watch a config file")
         changed = self.reloader.reload()
         return router_pb2.ReloadConfigResponse(source=str(self.reloader.source), changed=changed)
+
+    async def SetVersionWeights(
+        self, request: router_pb2.SetVersionWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.SetVersionWeightsResponse:
+        if not request.weights:
+            raise InvalidArgument("weights: name at least one version and its weight")
+        vm = self.versions.set_weights(request.model, dict(request.weights))
+        return router_pb2.SetVersionWeightsResponse(model=vm.to_proto())
 
     async def Status(
         self, request: router_pb2.StatusRequest, context: grpc.aio.ServicerContext
@@ -168,6 +178,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
                     seconds_since_report=now - e.last_report_at,
                 )
         resp.xds_nodes.extend(xds_status(self._xds))
+        resp.versions.extend(self.versions.to_proto())
         return resp
 
     async def _control(

@@ -32,6 +32,7 @@ from services.router.tenancy.admission import QuotaSection
 from services.router.tenancy.flow import FlowSection
 from services.router.tenancy.policy import TenantsSection
 from services.router.tiers import ComplexitySection, PoolCost, Scorer, TierModel, TierSelector
+from services.router.versions import VersionsSection
 
 
 class ModelEntry(StrictModel):
@@ -39,11 +40,17 @@ class ModelEntry(StrictModel):
     tokenizer: Path  # a directory with the model's tokenizer (the router tokenizes prompts)
     # The hardest turns a tier may give it (see `tiers`): "easy" ones only, or any.
     handles: Literal["easy", "hard"] = "hard"
+    # One version of a model served by several (see `versions`): this pool serves that arm.
+    # Empty: the pool serves whatever versions its engines report.
+    version: str = ""
 
 
 class EngineGroup(StrictModel):
     config: Path  # an engine config (YAML), relative to this file
     count: int = pydantic.Field(1, ge=0)  # engines `switchyard up` starts from it
+    # The model version these engines report (over the engine config's `model.version`): a
+    # canary arm of the same config, e.g. a second engine group with `version: canary`.
+    version: str = ""
 
 
 class PoolConfig(StrictModel):
@@ -157,22 +164,44 @@ class MeshConfig(StrictModel):
     # Model → the model a saturated (or engineless) one degrades to, for tiers that degrade
     # (auth.tiers.<tier>.degrade; see services/router/fallback.py).
     fallbacks: dict[str, str] = pydantic.Field(default_factory=dict)
+    # Model → its versions (canary and A/B arms) by weight, sticky per session, with an
+    # optional automatic rollback (see services/router/versions.py).
+    versions: dict[str, VersionsSection] = pydantic.Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> MeshConfig:
         seen_pools: set[str] = set()
-        models: dict[str, str] = {}
+        models: dict[str, str] = {}  # model → its (unversioned, else first) pool
+        served: dict[tuple[str, str], str] = {}  # (model, version or "") → pool
         for i, pool in enumerate(self.pools):
             if pool.name in seen_pools:
                 raise ValueError(f"pools[{i}].name: pool {pool.name!r} is defined twice")
             seen_pools.add(pool.name)
-            for m in pool.models:
-                if m.name in models:
+            for j, m in enumerate(pool.models):
+                if (m.name, m.version) in served:
+                    which = f"version {m.version!r} of " if m.version else ""
                     raise ValueError(
-                        f"pools[{i}].models: model {m.name!r} is already served by pool "
-                        f"{models[m.name]!r}; a model name belongs to one pool"
+                        f"pools[{i}].models[{j}]: {which}model {m.name!r} is already served by "
+                        f"pool {served[(m.name, m.version)]!r}; a model name belongs to one pool "
+                        "(or give each pool's entry its own `version`)"
                     )
-                models[m.name] = pool.name
+                served[(m.name, m.version)] = pool.name
+                if not m.version or m.name not in models:
+                    models[m.name] = pool.name
+                if m.version and m.version not in (self.versions.get(m.name, _NO_VERSIONS).weights):
+                    raise ValueError(
+                        f"pools[{i}].models[{j}].version: {m.version!r} is not one of "
+                        f"versions.{m.name}.weights"
+                    )
+        for model, section in self.versions.items():
+            if model not in models:
+                raise ValueError(f"versions.{model}: {model!r} is not a model of any pool")
+            for version in section.weights:
+                if (model, version) not in served and (model, "") not in served:
+                    raise ValueError(
+                        f"versions.{model}.weights.{version}: no pool serves it (give a pool's "
+                        f"model entry `version: {version}`, or serve {model!r} unversioned)"
+                    )
         for alias, target in self.aliases.items():
             if target not in models:
                 raise ValueError(f"aliases.{alias}: {target!r} is not a model of any pool")
@@ -239,11 +268,38 @@ def _abs(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+_NO_VERSIONS = VersionsSection(weights={"-": 1.0})
+
+
+def primary_entries(cfg: MeshConfig) -> dict[str, tuple[PoolConfig, ModelEntry]]:
+    """Each model's pool and entry as tiers, fallbacks and aliases see it: the pool serving it
+    unversioned, else the first naming one of its versions."""
+    out: dict[str, tuple[PoolConfig, ModelEntry]] = {}
+    for p in cfg.pools:
+        for m in p.models:
+            if not m.version or m.name not in out:
+                out[m.name] = (p, m)
+    return out
+
+
+def version_pool(cfg: MeshConfig, model: str, version: str) -> str:
+    """The pool serving `version` of `model`: the pool naming that version, else the pool
+    serving the model unversioned."""
+    fallback = ""
+    for p in cfg.pools:
+        for m in p.models:
+            if m.name == model and m.version == version:
+                return p.name
+            if m.name == model and not m.version:
+                fallback = p.name
+    return fallback
+
+
 class ModelResolver:
     """Model name, alias, "" or "auto" → (pool, served model name)."""
 
     def __init__(self, cfg: MeshConfig) -> None:
-        self._pool_of = {m.name: p.name for p in cfg.pools for m in p.models}
+        self._pool_of = {name: p.name for name, (p, _) in primary_entries(cfg).items()}
         self._aliases = dict(cfg.aliases)
         self._tiers = {name: list(models) for name, models in cfg.tiers.items()}
         self.default_model = cfg.default_model or cfg.pools[0].models[0].name
@@ -277,7 +333,7 @@ class ModelResolver:
 
 def tier_selector(cfg: MeshConfig) -> TierSelector:
     """The mesh's tiered names, their models priced by their pools' cost."""
-    entries = {m.name: (p, m) for p in cfg.pools for m in p.models}
+    entries = primary_entries(cfg)
     tiers: dict[str, list[TierModel]] = {}
     for name, chosen in cfg.tiers.items():
         tiers[name] = []
@@ -289,7 +345,7 @@ def tier_selector(cfg: MeshConfig) -> TierSelector:
 
 
 def fallbacks(cfg: MeshConfig) -> Fallbacks:
-    pool_of = {m.name: p.name for p in cfg.pools for m in p.models}
+    pool_of = {name: p.name for name, (p, _) in primary_entries(cfg).items()}
     degrading = [name for name, t in cfg.auth.tiers.items() if t.degrade]
     return Fallbacks(cfg.fallbacks, pool_of, degrading)
 

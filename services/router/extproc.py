@@ -98,6 +98,13 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
         )
     if routed.degraded_reason:
         span.set_attribute("switchyard.degraded_reason", routed.degraded_reason)
+    if routed.model_version:
+        span.set_attributes(
+            {
+                "switchyard.model_version": routed.model_version,
+                "switchyard.version_reason": routed.version_reason,
+            }
+        )
 
 
 def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:

@@ -3,7 +3,8 @@
 
     switchyard admin reload          # now; the router also notices an edited file by itself
 
-Reloaded live: `aliases`, `default_model`, `tiers`, `complexity`, `fallbacks`, and each pool's
+Reloaded live: `aliases`, `default_model`, `tiers`, `complexity`, `fallbacks`, `versions` (a
+model whose section changed gets the file's weights back, rollbacks cleared), and each pool's
 `cost` and its models' `handles`. The whole new file is validated first (an invalid one is
 refused naming the field, and the running config stays); a file that also changes anything else
 (pools, engines, listeners, auth...) is refused whole, naming what needs a restart. Applying
@@ -37,7 +38,7 @@ RELOADS = Counter(
     "Mesh config reloads: applied, unchanged, invalid, or needs_restart (refused whole).",
     ["result"],
 )
-LIVE_KEYS = ("aliases", "default_model", "tiers", "complexity", "fallbacks")
+LIVE_KEYS = ("aliases", "default_model", "tiers", "complexity", "fallbacks", "versions")
 LIVE_POOL_KEYS = ("cost",)
 LIVE_MODEL_KEYS = ("handles",)
 
@@ -165,7 +166,7 @@ class ConfigReloader:
             raise FailedPrecondition(
                 f"{self.source} changes {', '.join(restart)}, which need a restart of the mesh; "
                 "nothing was applied (live: aliases, default_model, tiers, complexity, "
-                "fallbacks, pools' cost and models' handles)"
+                "fallbacks, versions, pools' cost and models' handles)"
             )
         changed = live_changes(self._baseline, new)
         if changed:

@@ -31,6 +31,7 @@ from services.router.registry import Registry
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision, NoEngineAvailable, Scheduler
 from services.router.tiers import TierSelector
+from services.router.versions import Versions
 from switchyard.v1 import inference_pb2
 
 
@@ -38,23 +39,30 @@ class TokenizerCache:
     """The tokenizer of each served model, loaded once from the pool config."""
 
     def __init__(self, cfg: MeshConfig) -> None:
-        self._paths: dict[str, Path] = {m.name: m.tokenizer for p in cfg.pools for m in p.models}
-        self._loaded: dict[str, Tokenizer] = {}
+        # (model, version) → its tokenizer directory; version "" for a pool serving the model
+        # unversioned (every version of a model has one unless a pool names it).
+        self._paths: dict[tuple[str, str], Path] = {}
+        for p in cfg.pools:
+            for m in p.models:
+                self._paths[(m.name, m.version)] = m.tokenizer
+                self._paths.setdefault((m.name, ""), m.tokenizer)
+        self._loaded: dict[Path, Tokenizer] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str) -> Tokenizer:
-        tok = self._loaded.get(model)
+    def get(self, model: str, version: str = "") -> Tokenizer:
+        path = self._paths.get((model, version)) or self._paths[(model, "")]
+        tok = self._loaded.get(path)
         if tok is None:
             with self._lock:
-                tok = self._loaded.get(model)
+                tok = self._loaded.get(path)
                 if tok is None:
-                    tok = load_tokenizer(str(self._paths[model]))
-                    self._loaded[model] = tok
+                    tok = load_tokenizer(str(path))
+                    self._loaded[path] = tok
         return tok
 
     def preload(self) -> None:
-        for model in self._paths:
-            self.get(model)
+        for model, version in self._paths:
+            self.get(model, version)
 
 
 @dataclass(frozen=True)
@@ -101,15 +109,23 @@ class RoutingService:
         limits: Limits | None = None,
         tiers: TierSelector | None = None,
         fallbacks: Fallbacks | None = None,
+        versions: Versions | None = None,
     ) -> None:
         self.resolver = resolver
         self.tiers = tiers
         self.fallbacks = fallbacks
+        self.versions = versions
         self.tokenizers = tokenizers
         self.scheduler = scheduler
         self.registry = registry
         self.limits = limits or Limits()
         self._grace_until = registry.clock() + self.limits.registration_grace_seconds
+
+    def _serves(self, pool: str, model: str, version: str) -> bool:
+        """Whether a routable engine of `pool` serves `version` of `model`."""
+        return any(
+            e.model == model and e.model_version == version for e in self.registry.routable(pool)
+        )
 
     def _model_limits(self, pool: str, model: str) -> tuple[int, int]:
         """(context, max_tokens limit) the model's registered engines accept, the largest of
@@ -173,6 +189,18 @@ class RoutingService:
                 no_fallback = fb
             elif fb is not None:
                 pool, model, degraded = fb.pool, fb.model, fb.reason
+        session = req.session_id or session_id
+        # Sessions are the tenant's own: another tenant naming the same id is not steered.
+        session_key = f"{tenant}/{session}" if session else ""
+        version = version_reason = ""
+        vm = self.versions.get(model) if self.versions is not None else None
+        if vm is not None:  # sticky per session, else per tenant
+            arm = vm.choose(
+                session_key or tenant or req.request_id,
+                lambda p, v: self._serves(p, model, v),
+                pinned=req.continuation.model_version if req.HasField("continuation") else "",
+            )
+            pool, version, version_reason = arm.pool, arm.version, arm.reason
         context, max_tokens_limit = self._model_limits(pool, model)
         s = req.sampling
         requested = s.max_tokens if s.HasField("max_tokens") else None
@@ -195,7 +223,7 @@ class RoutingService:
             bound = min(bound or context, context)
         elif context:
             keep_last = context
-        tokenizer = self.tokenizers.get(model)
+        tokenizer = self.tokenizers.get(model, version)
         try:
             turn = await turn_tokens_async(req, tokenizer, limit=bound, keep_last=keep_last)
         except TooManyTokens as e:
@@ -227,13 +255,13 @@ class RoutingService:
             kept = turn.count - truncated  # the engine prefills the last `kept` tokens
             tokens = tokens[len(tokens) - kept :]
             output_bound = max_tokens if requested else max(1, context - kept)
-        session = req.session_id or session_id
         rr = RoutingRequest(
             request_id=req.request_id,
             tenant=tenant,
-            # Sessions are the tenant's own: another tenant naming the same id is not steered.
-            session_id=f"{tenant}/{session}" if session else "",
+            session_id=session_key,
             model=model,
+            model_version=version,
+            version_reason=version_reason,
             pool=pool,
             prompt_token_ids=tokens,
             max_tokens=max_tokens,

@@ -27,7 +27,13 @@ from services.common.tracing import setup_tracing
 from services.router import api, extproc, registry_service
 from services.router import metrics as router_metrics
 from services.router.auth.authenticator import Authenticator
-from services.router.config import MeshConfig, ModelResolver, fallbacks, tier_selector
+from services.router.config import (
+    MeshConfig,
+    ModelResolver,
+    fallbacks,
+    tier_selector,
+    version_pool,
+)
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
 from services.router.registry import Registry
@@ -39,8 +45,10 @@ from services.router.sessions import SessionTable
 from services.router.tenancy.admission import Admission, make_ledger
 from services.router.tenancy.flow import FlowControl
 from services.router.tenancy.policy import PolicyStore
+from services.router.versions import Versions
 from services.router.xds import server as xds_server
 from services.router.xds.cache import SnapshotCache
+from switchyard.v1 import engine_pb2
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +106,8 @@ async def serve(
         max_headers_count=cfg.envoy.max_headers_count,
         registration_grace_seconds=r.registration_grace_seconds,
     )
-    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits)
+    versions = Versions()
+    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits, versions=versions)
 
     auth = Authenticator(cfg.auth)
     tracing = setup_tracing("switchyard-router", cfg.tracing)
@@ -120,11 +129,19 @@ async def serve(
     registry.subscribe(flow.kick)  # engines came or went
     if cfg.quotas.redis_url:
         progress.say(f"quota ledger: redis at {cfg.quotas.redis_url}")
+
+    def on_usage(engine_id: str, usage: engine_pb2.TurnUsage) -> None:
+        """An engine's turn report: the quota ledger's, and when the turn ended, the version's
+        metrics (and its canary rollback)."""
+        admission.on_usage(engine_id, usage)
+        if usage.done and (engine := registry.get(engine_id)) is not None:
+            versions.observe(engine.model, engine.model_version, usage)
+
     reg = registry_service.RegistryService(
         registry,
         cfg.router.heartbeat_seconds,
         {p.name for p in cfg.pools},
-        on_usage=admission.on_usage,
+        on_usage=on_usage,
         on_gone=admission.engine_gone,
         router_id=router_id,
     )
@@ -134,6 +151,7 @@ async def serve(
     ).add_to_server(server.grpc)
     api.RouterService(routing, policies).add_to_server(server.grpc)
     admin = api.AdminService(cfg, resolver, registry, cache, reg.router_id, auth, tls, admission)
+    admin.versions = versions
     admin.add_to_server(server.grpc)
 
     def apply_routing(new: MeshConfig) -> None:
@@ -147,6 +165,7 @@ async def serve(
                 part.room = flow.free_slots
         routing.resolver, routing.tiers, routing.fallbacks = resolver, tiers, degrade
         admin.use_resolver(resolver)
+        versions.configure(new.versions, lambda model, v: version_pool(new, model, v))
 
     apply_routing(cfg)
     if watch_config is not None:

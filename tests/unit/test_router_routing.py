@@ -32,7 +32,7 @@ class Tokenizers(TokenizerCache):
     def __init__(self):
         pass
 
-    def get(self, model):
+    def get(self, model, version=""):
         return WordTokenizer()
 
 
@@ -146,7 +146,7 @@ async def test_huge_prompts_never_block_the_loop_that_routes_everyone_else(small
         def __init__(self):
             pass
 
-        def get(self, model):
+        def get(self, model, version=""):
             return small_tokenizer
 
     routing, _ = service(context=2048, max_tokens_limit=2048, engines=2)

@@ -22,48 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/engine.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\x8a\x02\n\nEngineInfo\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x15\n\rkv_block_size\x18\x07 \x01(\r\x12\x15\n\rkv_num_blocks\x18\x08 \x01(\r\x12\x18\n\x10prefix_hash_algo\x18\t \x01(\t\x12\x14\n\x0cvllm_version\x18\n \x01(\t\x12\x11\n\tkv_events\x18\x0b \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\x0c \x01(\r\"\x10\n\x0eGetLoadRequest\"\xf2\x01\n\nLoadReport\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x04\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x0f\n\x07serving\x18\n \x01(\x08\"\'\n\x12WatchEventsRequest\x12\x11\n\tkv_events\x18\x01 \x01(\x08\"\x98\x01\n\x0b\x45ngineEvent\x12)\n\x04load\x18\x01 \x01(\x0b\x32\x19.switchyard.v1.LoadReportH\x00\x12*\n\x02kv\x18\x02 \x01(\x0b\x32\x1c.switchyard.v1.KvCacheEventsH\x00\x12)\n\x05usage\x18\x03 \x01(\x0b\x32\x18.switchyard.v1.TurnUsageH\x00\x42\x07\n\x05\x65vent\"c\n\tTurnUsage\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\"x\n\rKvCacheEvents\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.switchyard.v1.KvCacheEvent\"\xa9\x01\n\x0cKvCacheEvent\x12,\n\x06stored\x18\x01 \x01(\x0b\x32\x1a.switchyard.v1.BlockStoredH\x00\x12.\n\x07removed\x18\x02 \x01(\x0b\x32\x1b.switchyard.v1.BlockRemovedH\x00\x12\x32\n\x07\x63leared\x18\x03 \x01(\x0b\x32\x1f.switchyard.v1.AllBlocksClearedH\x00\x42\x07\n\x05\x65vent\"y\n\x0b\x42lockStored\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x19\n\x11parent_block_hash\x18\x02 \x01(\x0c\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x12\n\ncache_salt\x18\x05 \x01(\t\"$\n\x0c\x42lockRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\"\x12\n\x10\x41llBlocksCleared\"%\n\x0c\x44rainRequest\x12\x15\n\rgrace_seconds\x18\x01 \x01(\x01\"\"\n\rDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\r\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse2\xf4\x02\n\rEngineControl\x12\x43\n\x07GetInfo\x12\x1d.switchyard.v1.GetInfoRequest\x1a\x19.switchyard.v1.EngineInfo\x12\x43\n\x07GetLoad\x12\x1d.switchyard.v1.GetLoadRequest\x1a\x19.switchyard.v1.LoadReport\x12N\n\x0bWatchEvents\x12!.switchyard.v1.WatchEventsRequest\x1a\x1a.switchyard.v1.EngineEvent0\x01\x12\x42\n\x05\x44rain\x12\x1b.switchyard.v1.DrainRequest\x1a\x1c.switchyard.v1.DrainResponse\x12\x45\n\x06Resume\x12\x1c.switchyard.v1.ResumeRequest\x1a\x1d.switchyard.v1.ResumeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/engine.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\x8a\x02\n\nEngineInfo\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x15\n\rkv_block_size\x18\x07 \x01(\r\x12\x15\n\rkv_num_blocks\x18\x08 \x01(\r\x12\x18\n\x10prefix_hash_algo\x18\t \x01(\t\x12\x14\n\x0cvllm_version\x18\n \x01(\t\x12\x11\n\tkv_events\x18\x0b \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\x0c \x01(\r\"\x10\n\x0eGetLoadRequest\"\xf2\x01\n\nLoadReport\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x04\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x0f\n\x07serving\x18\n \x01(\x08\"\'\n\x12WatchEventsRequest\x12\x11\n\tkv_events\x18\x01 \x01(\x08\"\x98\x01\n\x0b\x45ngineEvent\x12)\n\x04load\x18\x01 \x01(\x0b\x32\x19.switchyard.v1.LoadReportH\x00\x12*\n\x02kv\x18\x02 \x01(\x0b\x32\x1c.switchyard.v1.KvCacheEventsH\x00\x12)\n\x05usage\x18\x03 \x01(\x0b\x32\x18.switchyard.v1.TurnUsageH\x00\x42\x07\n\x05\x65vent\"\xb9\x01\n\tTurnUsage\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12+\n\x07outcome\x18\x05 \x01(\x0e\x32\x1a.switchyard.v1.TurnOutcome\x12\'\n\x04ttft\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"x\n\rKvCacheEvents\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.switchyard.v1.KvCacheEvent\"\xa9\x01\n\x0cKvCacheEvent\x12,\n\x06stored\x18\x01 \x01(\x0b\x32\x1a.switchyard.v1.BlockStoredH\x00\x12.\n\x07removed\x18\x02 \x01(\x0b\x32\x1b.switchyard.v1.BlockRemovedH\x00\x12\x32\n\x07\x63leared\x18\x03 \x01(\x0b\x32\x1f.switchyard.v1.AllBlocksClearedH\x00\x42\x07\n\x05\x65vent\"y\n\x0b\x42lockStored\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x19\n\x11parent_block_hash\x18\x02 \x01(\x0c\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x12\n\ncache_salt\x18\x05 \x01(\t\"$\n\x0c\x42lockRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\"\x12\n\x10\x41llBlocksCleared\"%\n\x0c\x44rainRequest\x12\x15\n\rgrace_seconds\x18\x01 \x01(\x01\"\"\n\rDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\r\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse*u\n\x0bTurnOutcome\x12\x1c\n\x18TURN_OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fTURN_OUTCOME_OK\x10\x01\x12\x17\n\x13TURN_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16TURN_OUTCOME_CANCELLED\x10\x03\x32\xf4\x02\n\rEngineControl\x12\x43\n\x07GetInfo\x12\x1d.switchyard.v1.GetInfoRequest\x1a\x19.switchyard.v1.EngineInfo\x12\x43\n\x07GetLoad\x12\x1d.switchyard.v1.GetLoadRequest\x1a\x19.switchyard.v1.LoadReport\x12N\n\x0bWatchEvents\x12!.switchyard.v1.WatchEventsRequest\x1a\x1a.switchyard.v1.EngineEvent0\x01\x12\x42\n\x05\x44rain\x12\x1b.switchyard.v1.DrainRequest\x1a\x1c.switchyard.v1.DrainResponse\x12\x45\n\x06Resume\x12\x1c.switchyard.v1.ResumeRequest\x1a\x1d.switchyard.v1.ResumeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.engine_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETINFOREQUEST']._serialized_start=78
-  _globals['_GETINFOREQUEST']._serialized_end=94
-  _globals['_ENGINEINFO']._serialized_start=97
-  _globals['_ENGINEINFO']._serialized_end=363
-  _globals['_GETLOADREQUEST']._serialized_start=365
-  _globals['_GETLOADREQUEST']._serialized_end=381
-  _globals['_LOADREPORT']._serialized_start=384
-  _globals['_LOADREPORT']._serialized_end=626
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=628
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=667
-  _globals['_ENGINEEVENT']._serialized_start=670
-  _globals['_ENGINEEVENT']._serialized_end=822
-  _globals['_TURNUSAGE']._serialized_start=824
-  _globals['_TURNUSAGE']._serialized_end=923
-  _globals['_KVCACHEEVENTS']._serialized_start=925
-  _globals['_KVCACHEEVENTS']._serialized_end=1045
-  _globals['_KVCACHEEVENT']._serialized_start=1048
-  _globals['_KVCACHEEVENT']._serialized_end=1217
-  _globals['_BLOCKSTORED']._serialized_start=1219
-  _globals['_BLOCKSTORED']._serialized_end=1340
-  _globals['_BLOCKREMOVED']._serialized_start=1342
-  _globals['_BLOCKREMOVED']._serialized_end=1378
-  _globals['_ALLBLOCKSCLEARED']._serialized_start=1380
-  _globals['_ALLBLOCKSCLEARED']._serialized_end=1398
-  _globals['_DRAINREQUEST']._serialized_start=1400
-  _globals['_DRAINREQUEST']._serialized_end=1437
-  _globals['_DRAINRESPONSE']._serialized_start=1439
-  _globals['_DRAINRESPONSE']._serialized_end=1473
-  _globals['_RESUMEREQUEST']._serialized_start=1475
-  _globals['_RESUMEREQUEST']._serialized_end=1490
-  _globals['_RESUMERESPONSE']._serialized_start=1492
-  _globals['_RESUMERESPONSE']._serialized_end=1508
-  _globals['_ENGINECONTROL']._serialized_start=1511
-  _globals['_ENGINECONTROL']._serialized_end=1883
+  _globals['_TURNOUTCOME']._serialized_start=1629
+  _globals['_TURNOUTCOME']._serialized_end=1746
+  _globals['_GETINFOREQUEST']._serialized_start=110
+  _globals['_GETINFOREQUEST']._serialized_end=126
+  _globals['_ENGINEINFO']._serialized_start=129
+  _globals['_ENGINEINFO']._serialized_end=395
+  _globals['_GETLOADREQUEST']._serialized_start=397
+  _globals['_GETLOADREQUEST']._serialized_end=413
+  _globals['_LOADREPORT']._serialized_start=416
+  _globals['_LOADREPORT']._serialized_end=658
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=660
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=699
+  _globals['_ENGINEEVENT']._serialized_start=702
+  _globals['_ENGINEEVENT']._serialized_end=854
+  _globals['_TURNUSAGE']._serialized_start=857
+  _globals['_TURNUSAGE']._serialized_end=1042
+  _globals['_KVCACHEEVENTS']._serialized_start=1044
+  _globals['_KVCACHEEVENTS']._serialized_end=1164
+  _globals['_KVCACHEEVENT']._serialized_start=1167
+  _globals['_KVCACHEEVENT']._serialized_end=1336
+  _globals['_BLOCKSTORED']._serialized_start=1338
+  _globals['_BLOCKSTORED']._serialized_end=1459
+  _globals['_BLOCKREMOVED']._serialized_start=1461
+  _globals['_BLOCKREMOVED']._serialized_end=1497
+  _globals['_ALLBLOCKSCLEARED']._serialized_start=1499
+  _globals['_ALLBLOCKSCLEARED']._serialized_end=1517
+  _globals['_DRAINREQUEST']._serialized_start=1519
+  _globals['_DRAINREQUEST']._serialized_end=1556
+  _globals['_DRAINRESPONSE']._serialized_start=1558
+  _globals['_DRAINRESPONSE']._serialized_end=1592
+  _globals['_RESUMEREQUEST']._serialized_start=1594
+  _globals['_RESUMEREQUEST']._serialized_end=1609
+  _globals['_RESUMERESPONSE']._serialized_start=1611
+  _globals['_RESUMERESPONSE']._serialized_end=1627
+  _globals['_ENGINECONTROL']._serialized_start=1749
+  _globals['_ENGINECONTROL']._serialized_end=2121
 # @@protoc_insertion_point(module_scope)

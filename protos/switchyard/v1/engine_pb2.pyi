@@ -1,13 +1,26 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TurnOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TURN_OUTCOME_UNSPECIFIED: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_OK: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_FAILED: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_CANCELLED: _ClassVar[TurnOutcome]
+TURN_OUTCOME_UNSPECIFIED: TurnOutcome
+TURN_OUTCOME_OK: TurnOutcome
+TURN_OUTCOME_FAILED: TurnOutcome
+TURN_OUTCOME_CANCELLED: TurnOutcome
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
@@ -86,16 +99,20 @@ class EngineEvent(_message.Message):
     def __init__(self, load: _Optional[_Union[LoadReport, _Mapping]] = ..., kv: _Optional[_Union[KvCacheEvents, _Mapping]] = ..., usage: _Optional[_Union[TurnUsage, _Mapping]] = ...) -> None: ...
 
 class TurnUsage(_message.Message):
-    __slots__ = ("reservation_id", "done", "prompt_tokens", "completion_tokens")
+    __slots__ = ("reservation_id", "done", "prompt_tokens", "completion_tokens", "outcome", "ttft")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TTFT_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     done: bool
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, reservation_id: _Optional[str] = ..., done: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    outcome: TurnOutcome
+    ttft: _duration_pb2.Duration
+    def __init__(self, reservation_id: _Optional[str] = ..., done: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., outcome: _Optional[_Union[TurnOutcome, str]] = ..., ttft: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KvCacheEvents(_message.Message):
     __slots__ = ("time", "sequence", "events")

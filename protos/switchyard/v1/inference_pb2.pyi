@@ -59,14 +59,16 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., session_id: _Optional[str] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., truncate_prompt: _Optional[bool] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ...) -> None: ...
 
 class Continuation(_message.Message):
-    __slots__ = ("received_text", "completion_tokens", "resumed")
+    __slots__ = ("received_text", "completion_tokens", "resumed", "model_version")
     RECEIVED_TEXT_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     received_text: str
     completion_tokens: int
     resumed: int
-    def __init__(self, received_text: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., resumed: _Optional[int] = ...) -> None: ...
+    model_version: str
+    def __init__(self, received_text: _Optional[str] = ..., completion_tokens: _Optional[int] = ..., resumed: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("messages",)

@@ -83,6 +83,57 @@ class Candidate(_message.Message):
     scores: _containers.ScalarMap[str, float]
     def __init__(self, engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., filtered_by: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class SetVersionWeightsRequest(_message.Message):
+    __slots__ = ("model", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    weights: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class SetVersionWeightsResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: VersionedModel
+    def __init__(self, model: _Optional[_Union[VersionedModel, _Mapping]] = ...) -> None: ...
+
+class VersionedModel(_message.Message):
+    __slots__ = ("model", "baseline", "arms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    baseline: str
+    arms: _containers.RepeatedCompositeFieldContainer[VersionArm]
+    def __init__(self, model: _Optional[str] = ..., baseline: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[VersionArm, _Mapping]]] = ...) -> None: ...
+
+class VersionArm(_message.Message):
+    __slots__ = ("version", "pool", "weight", "configured_weight", "rolled_back", "window_turns", "window_failed", "window_ttft_p99")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TURNS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FAILED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TTFT_P99_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    pool: str
+    weight: float
+    configured_weight: float
+    rolled_back: str
+    window_turns: int
+    window_failed: int
+    window_ttft_p99: float
+    def __init__(self, version: _Optional[str] = ..., pool: _Optional[str] = ..., weight: _Optional[float] = ..., configured_weight: _Optional[float] = ..., rolled_back: _Optional[str] = ..., window_turns: _Optional[int] = ..., window_failed: _Optional[int] = ..., window_ttft_p99: _Optional[float] = ...) -> None: ...
+
 class ReloadConfigRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -100,14 +151,16 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("pools", "xds_nodes", "router_id")
+    __slots__ = ("pools", "xds_nodes", "router_id", "versions")
     POOLS_FIELD_NUMBER: _ClassVar[int]
     XDS_NODES_FIELD_NUMBER: _ClassVar[int]
     ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
     xds_nodes: _containers.RepeatedCompositeFieldContainer[XdsNodeStatus]
     router_id: str
-    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., xds_nodes: _Optional[_Iterable[_Union[XdsNodeStatus, _Mapping]]] = ..., router_id: _Optional[str] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[VersionedModel]
+    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., xds_nodes: _Optional[_Iterable[_Union[XdsNodeStatus, _Mapping]]] = ..., router_id: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionedModel, _Mapping]]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
     __slots__ = ("name", "accelerator", "models", "aliases", "engines", "in_flight", "queued", "free_slots", "capacity")

@@ -234,6 +234,11 @@ class AdminStub:
                 request_serializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigResponse.FromString,
                 _registered_method=True)
+        self.SetVersionWeights = channel.unary_unary(
+                '/switchyard.v1.Admin/SetVersionWeights',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -302,6 +307,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVersionWeights(self, request, context):
+        """Model versions (canary arms): set their weights live (until the config's `versions`
+        section for the model changes); NOT_FOUND for a model or version not configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -349,6 +362,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReloadConfig,
                     request_deserializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_router__pb2.ReloadConfigResponse.SerializeToString,
+            ),
+            'SetVersionWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVersionWeights,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -596,6 +614,33 @@ class Admin:
             '/switchyard.v1.Admin/ReloadConfig',
             switchyard_dot_v1_dot_router__pb2.ReloadConfigRequest.SerializeToString,
             switchyard_dot_v1_dot_router__pb2.ReloadConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVersionWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/SetVersionWeights',
+            switchyard_dot_v1_dot_router__pb2.SetVersionWeightsRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.SetVersionWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

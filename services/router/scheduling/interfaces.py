@@ -49,6 +49,10 @@ class RoutingRequest:
     session_id: str = ""  # conversation id for session affinity; "" for none
     model: str  # served model name (aliases already resolved)
     pool: str  # the pool serving `model`
+    # The version (arm) of a model served by several (services/router/versions.py): only its
+    # engines are candidates; "" for any version.
+    model_version: str = ""
+    version_reason: str = ""  # how the arm was chosen, for the span
     prompt_token_ids: Sequence[int] = field(repr=False)  # the prompt, as the engine will see it
     max_tokens: int = 1  # upper bound on generated tokens
     priority: int = 0  # higher runs first on a saturated engine
