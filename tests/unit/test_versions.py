@@ -83,7 +83,7 @@ def test_a_resumed_turn_stays_on_its_arm_while_it_serves():
 
 def test_set_weights_names_what_is_wrong():
     v, vm = model()
-    with pytest.raises(NotFound, match="no version 'v3'.*stable, canary"):
+    with pytest.raises(NotFound, match=r"no version 'v3'.*stable, canary"):
         v.set_weights("small", {"v3": 1})
     with pytest.raises(NotFound, match="'large' has no versions configured"):
         v.set_weights("large", {"stable": 1})
@@ -229,7 +229,7 @@ def test_versions_config_errors_name_the_field(extra, message):
 
 def test_a_version_no_pool_serves_is_refused():
     pools = [POOLS[1]]
-    with pytest.raises(ConfigError, match="versions.small.weights.stable: no pool"):
+    with pytest.raises(ConfigError, match=r"versions\.small\.weights\.stable: no pool"):
         parse_config(
             {"pools": pools, "versions": {"small": {"weights": {"next": 1, "stable": 1}}}},
             MeshConfig,
