@@ -63,6 +63,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         resp.model = rr.model
         resp.prompt_tokens = len(rr.prompt_token_ids)
         resp.cache_salt = salt
+        resp.model_version, resp.version_reason = rr.model_version, rr.version_reason
         return resp
 
 

@@ -43,7 +43,7 @@ class PickRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_inference_pb2.GenerateRequest, _Mapping]] = ..., tenant: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
 
 class PickResponse(_message.Message):
-    __slots__ = ("pool", "model", "engine_id", "endpoint", "fallback_endpoints", "candidates", "prompt_tokens", "cache_salt")
+    __slots__ = ("pool", "model", "engine_id", "endpoint", "fallback_endpoints", "candidates", "prompt_tokens", "cache_salt", "model_version", "version_reason")
     POOL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class PickResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_REASON_FIELD_NUMBER: _ClassVar[int]
     pool: str
     model: str
     engine_id: str
@@ -60,7 +62,9 @@ class PickResponse(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     prompt_tokens: int
     cache_salt: str
-    def __init__(self, pool: _Optional[str] = ..., model: _Optional[str] = ..., engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., fallback_endpoints: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., cache_salt: _Optional[str] = ...) -> None: ...
+    model_version: str
+    version_reason: str
+    def __init__(self, pool: _Optional[str] = ..., model: _Optional[str] = ..., engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., fallback_endpoints: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., cache_salt: _Optional[str] = ..., model_version: _Optional[str] = ..., version_reason: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("engine_id", "endpoint", "filtered_by", "score", "scores")
