@@ -40,6 +40,13 @@ ROUTED_AS = "x-switchyard-routed-as"
 ROUTE_REASON = "x-switchyard-route-reason"
 # Set by the router when a fallback model serves the turn (graceful degradation): why.
 DEGRADED = "x-switchyard-degraded"
+# The response cache (services/router/response_cache.py). A hit: `CACHE` is "hit" (Envoy routes
+# the turn to the router's cache replay) and `CACHE_KEY` names the answer. A cacheable miss:
+# `CACHE_STORE` ("key;ttl") tells the safety filter to store the turn once it has ended.
+CACHE = "x-switchyard-cache"
+CACHE_HIT = "hit"
+CACHE_KEY = "x-switchyard-cache-key"
+CACHE_STORE = "x-switchyard-cache-store"
 # Set by the router at admission, and copied by Envoy into the response headers: what the
 # caller's quotas have left after this turn's reservation ("tokens_per_minute=9100, …").
 QUOTA_REMAINING = "x-switchyard-quota-remaining"

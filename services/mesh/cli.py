@@ -8,6 +8,7 @@ switchyard admin keys create|list|revoke   API keys (the secret is shown once)
 switchyard admin tenants set|list|reset    quotas, weights, tiers, cache groups (live)
 switchyard admin reload               apply edited model routing (aliases, tiers, fallbacks)
 switchyard admin versions [MODEL [V=W...]]  model versions (canaries): weights, rollbacks
+switchyard admin cache purge [--tenant T]   drop stored answers of the response cache
 switchyard status --tenants           each tenant's policy, quota left, turns, tokens
 switchyard engine --config FILE       run one engine (pool member) until SIGTERM
 switchyard router --config FILE       run the router (registry, ext_proc, xDS, admin)
@@ -197,7 +198,9 @@ def cmd_safety(args: argparse.Namespace) -> int:
         return 2
     from services.safety.server import serve
 
-    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None))
+    asyncio.run(
+        serve(cfg, Path(args.ready_file) if args.ready_file else None, args.response_cache or "")
+    )
     return 0
 
 
@@ -413,6 +416,12 @@ def cmd_admin(args: argparse.Namespace) -> int:
             return _admin_tenants(args)
         elif args.action == "versions":
             return _admin_versions(args)
+        elif args.action == "cache":
+            purged = _router_call(
+                args, "PurgeCache", router_pb2.PurgeCacheRequest(tenant=args.tenant)
+            )
+            whose = f" of tenant {args.tenant}" if args.tenant else ""
+            print(f"purged {purged.purged} stored answers{whose}")  # type: ignore[attr-defined]
         elif args.action == "reload":
             got = _router_call(args, "ReloadConfig", router_pb2.ReloadConfigRequest())
             changed = ", ".join(got.changed) or "nothing had changed"  # type: ignore[attr-defined]
@@ -505,6 +514,12 @@ def _admin_tenants(args: argparse.Namespace) -> int:
         if args.cache_group is not None:
             policy.cache_group = args.cache_group
             update.append("cache_group")
+        if args.response_cache is not None:
+            policy.response_cache = args.response_cache == "on"
+            update.append("response_cache")
+        if args.response_cache_ttl is not None:
+            policy.response_cache_ttl_seconds = args.response_cache_ttl
+            update.append("response_cache_ttl_seconds")
         if not update:
             print("error: say what to change (see --help)", file=sys.stderr)
             return 2
@@ -513,7 +528,8 @@ def _admin_tenants(args: argparse.Namespace) -> int:
     q = {f: getattr(got.quotas, f) for f, _ in QUOTA_FLAGS if getattr(got.quotas, f)}
     print(
         f"tenant {got.tenant} ({got.source}): weight {got.weight:g}, "
-        f"tier {got.tier or '(its keys)'}, cache group {got.cache_group or '(own)'}, quotas "
+        f"tier {got.tier or '(its keys)'}, cache group {got.cache_group or '(own)'}, "
+        f"response cache {'on' if got.response_cache else 'off'}, quotas "
         f"{', '.join(f'{k}={v}' for k, v in q.items()) or 'none'}; every router applies it "
         "within a second"
     )
@@ -603,6 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
         "reload", help="apply the mesh config's edited model routing now (aliases, tiers...)"
     )
     _router_flags(rl)
+    cp = asub.add_parser("cache", help="the response cache: purge stored answers")
+    csub = cp.add_subparsers(dest="cache_action", required=True, metavar="CACHE_ACTION")
+    cpp = csub.add_parser("purge", help="drop stored answers (one tenant's, or every one)")
+    cpp.add_argument("--tenant", default="", help="only this tenant's (default: all)")
+    _router_flags(cpp)
     vs = asub.add_parser(
         "versions",
         help="model versions (canary arms): weights, window figures, rollbacks; set weights live",
@@ -639,6 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument(
         "--cache-group", help="share prefix-cache entries with tenants of this group ('': own)"
     )
+    ts.add_argument(
+        "--response-cache",
+        choices=("on", "off"),
+        help="answer its deterministic turns from the response cache (default on)",
+    )
+    ts.add_argument(
+        "--response-cache-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long its answers are kept (0: the mesh's response_cache.ttl_seconds)",
+    )
     _add_quota_flags(ts)
     trs = tsub.add_parser("reset", help="drop the live policy (the config's applies again)")
     trs.add_argument("tenant")
@@ -674,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="export spans over OTLP/gRPC")
     sf.add_argument("--trace-sampling", type=float, help="fraction of turns traced")
     sf.add_argument("--tls", help="override the config's tls section (JSON)")
+    sf.add_argument(
+        "--response-cache",
+        metavar="HOST:PORT",
+        help="the router whose response cache completed cacheable turns are stored in",
+    )
     sf.set_defaults(func=cmd_safety)
 
     e = sub.add_parser("engine", help="run one engine of a pool")

@@ -129,8 +129,13 @@ def format_tenants(resp: router_pb2.ListTenantsResponse) -> str:
         ]
         lines.append(
             f"{p.tenant}  [{p.source}]  weight {p.weight:g}  tier {p.tier or '(its keys)'}  "
-            f"cache {p.cache_group or 'own'}"
-        )
+            f"cache {p.cache_group or 'own'}  response cache "
+            + (
+                (f"on (ttl {p.response_cache_ttl_seconds:g}s)" if p.response_cache_ttl_seconds
+                 else "on")
+                if p.response_cache else "off"
+            )
+        )  # fmt: skip
         lines.append(f"  quotas: {', '.join(quotas) or 'none'}")
         lines.append(
             f"  turns: {t.in_flight} in flight, {t.queued} queued, {t.admitted} admitted, "

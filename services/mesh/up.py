@@ -301,6 +301,8 @@ class Mesh:
         if cfg.safety.config is not None:
             args += ["--config", str(cfg.safety.config)]
         args += ["--tls", json.dumps(self._tls_settings())]
+        if cfg.response_cache.enabled:  # (the router's address is fixed before it starts)
+            args += ["--response-cache", self.router_address]
         self.safety = procs.start_service(args, name="safety", workdir=self.workdir)
         return self.safety
 

@@ -15,6 +15,7 @@ from services.router.auth.principal import Quotas
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.reload import ConfigReloader
+from services.router.response_cache import ResponseCache
 from services.router.routing import RoutingService, check_request_size
 from services.router.tenancy.admission import Admission
 from services.router.tenancy.policy import PolicyStore, TenantPolicy, cache_salt
@@ -83,6 +84,10 @@ def key_proto(rec: KeyRecord) -> router_pb2.ApiKey:
 QUOTA_FIELDS = tuple(Quotas.model_fields)
 
 
+# Tenant policy fields SetTenant takes by name (besides `tier` and `quotas.*`).
+POLICY_FIELDS = ("weight", "cache_group", "response_cache", "response_cache_ttl_seconds")
+
+
 def quotas_dict(q: router_pb2.Quotas) -> dict[str, int]:
     """The non-zero fields of a Quotas message (0 means unlimited: not stored)."""
     return {f: getattr(q, f) for f in QUOTA_FIELDS if getattr(q, f)}
@@ -96,6 +101,8 @@ def policy_proto(tenant: str, policy: TenantPolicy, source: str) -> router_pb2.T
         quotas=router_pb2.Quotas(**policy.quotas.model_dump()),
         cache_group=policy.cache_group,
         source=source,
+        response_cache=policy.response_cache,
+        response_cache_ttl_seconds=policy.response_cache_ttl_seconds,
     )
 
 
@@ -123,6 +130,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         self._tls = tls  # the router's identity, for EngineControl calls
         self.reloader: ConfigReloader | None = None  # the mesh config, reloaded live
         self.versions = Versions()  # the router's versioned models (its own, set by serve)
+        self.response_cache: ResponseCache | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_AdminServicer_to_server(self, server)
@@ -137,6 +145,14 @@ class AdminService(router_pb2_grpc.AdminServicer):
             raise FailedPrecondition("this router does not watch a config file")
         changed = self.reloader.reload()
         return router_pb2.ReloadConfigResponse(source=str(self.reloader.source), changed=changed)
+
+    async def PurgeCache(
+        self, request: router_pb2.PurgeCacheRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.PurgeCacheResponse:
+        if self.response_cache is None:
+            raise FailedPrecondition("the response cache is off (response_cache.enabled)")
+        purged = await self.response_cache.purge(request.tenant)
+        return router_pb2.PurgeCacheResponse(purged=purged)
 
     async def SetVersionWeights(
         self, request: router_pb2.SetVersionWeightsRequest, context: grpc.aio.ServicerContext
@@ -264,7 +280,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
             p = request.policy
             for path in request.update:
                 name = path.removeprefix("quotas.")
-                if path in ("weight", "cache_group"):
+                if path in POLICY_FIELDS:
                     fields[path] = getattr(p, path)
                 elif path == "tier":
                     fields["tier"] = p.tier or None
@@ -273,7 +289,8 @@ class AdminService(router_pb2_grpc.AdminServicer):
                 else:
                     raise InvalidArgument(
                         f"update: {path!r} is not a tenant policy field (weight, tier, "
-                        f"cache_group, {', '.join('quotas.' + f for f in QUOTA_FIELDS)})"
+                        "cache_group, response_cache, response_cache_ttl_seconds, "
+                        f"{', '.join('quotas.' + f for f in QUOTA_FIELDS)})"
                     )
             if quotas:
                 fields["quotas"] = quotas

@@ -27,6 +27,7 @@ from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.router.auth.config import AuthSection
 from services.router.fallback import Fallbacks
+from services.router.response_cache import ResponseCacheSection
 from services.router.saturation import SaturationSection
 from services.router.tenancy.admission import QuotaSection
 from services.router.tenancy.flow import FlowSection
@@ -167,6 +168,11 @@ class MeshConfig(StrictModel):
     # Model → its versions (canary and A/B arms) by weight, sticky per session, with an
     # optional automatic rollback (see services/router/versions.py).
     versions: dict[str, VersionsSection] = pydantic.Field(default_factory=dict)
+    # Deterministic turns asked again, answered without an engine (see
+    # services/router/response_cache.py); in Redis when `quotas.redis_url` is set.
+    response_cache: ResponseCacheSection = pydantic.Field(
+        default_factory=lambda: ResponseCacheSection.model_validate({})
+    )
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> MeshConfig:

@@ -59,6 +59,7 @@ from services.openai import request as openai_request
 from services.openai.request import Wire
 from services.router.auth.authenticator import Authenticator
 from services.router.auth.principal import Principal
+from services.router.response_cache import ResponseCache
 from services.router.routing import RoutingService, check_request_headers, check_request_size
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision
@@ -107,6 +108,31 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
         )
 
 
+def _onward(turn: _Admitted, mutation: ext.HeaderMutation) -> ext.ProcessingResponse:
+    """Envoy's answer sending a turn on (to an engine, or to the cache replay) with `mutation`;
+    the body rewritten when the upstream must see another one."""
+    req, routed = turn.req, turn.routed
+    body_mutation = None
+    if turn.wire is not None:
+        # An HTTP turn: the upstream gets the GenerateRequest (the HTTP routes give it gRPC's
+        # headers), the safety filter the Wire.
+        mutation.set_headers.append(set_header(h.OPENAI, turn.wire.serving(routed.model).encode()))
+    if req.model != routed.model or routed.capped or turn.wire is not None:
+        # An alias or "auto": the engine sees the served model name it answers to; a turn
+        # without max_tokens gets its tenant's default cap (what its quota reserved).
+        req.model = routed.model
+        if routed.capped:
+            req.sampling.max_tokens = routed.capped
+        body_mutation = replace_request_body(encode_frame(req.SerializeToString()), mutation)
+    return ext.ProcessingResponse(
+        request_body=ext.BodyResponse(
+            response=ext.CommonResponse(
+                header_mutation=mutation, body_mutation=body_mutation, clear_route_cache=True
+            )
+        )
+    )
+
+
 def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutation:
     """The headers answer once the caller is known: the mesh's own headers set from the
     principal, and every client copy of an internal header and the credential removed (Envoy
@@ -132,6 +158,7 @@ class _Admitted:
     policy: TenantPolicy
     wire: Wire | None = None  # an OpenAI HTTP turn: how the safety filter answers it
     sent: bool = False  # routed: Envoy sends it on to an engine
+    cache_store: str = ""  # a cacheable miss: its entry ("key;ttl") for the safety filter
 
 
 class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -142,10 +169,12 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         admission: Admission,
         tracer: trace.Tracer | None = None,
         flow: FlowControl | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._routing = routing
         self._auth = auth
         self._admission = admission
+        self._cache = cache  # the response cache; None: off
         self._flow = flow  # fair share under saturation; None: turns are never held
         self._tracer = tracer  # None: tracing off, nothing extracted or recorded per turn
 
@@ -248,7 +277,7 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self, turn: _Admitted, span: trace.Span, max_wait: float | None = None
     ) -> ext.ProcessingResponse:
         """Wait for room in a saturated pool (fair share), pick the engine, answer Envoy."""
-        req, routed, ticket = turn.req, turn.routed, turn.ticket
+        routed, ticket = turn.routed, turn.ticket
         try:
             if self._flow is not None:
                 let = await self._flow.admit(
@@ -295,27 +324,43 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 [set_header(h.ROUTED_AS, routed.routed_as),
                  set_header(h.ROUTE_REASON, routed.route_reason)]
             )  # fmt: skip
-        body_mutation = None
-        if turn.wire is not None:
-            # An HTTP turn: the engine gets the GenerateRequest (the pool's HTTP route gives it
-            # gRPC's headers), the safety filter the Wire.
-            mutation.set_headers.append(
-                set_header(h.OPENAI, turn.wire.serving(routed.model).encode())
+        if turn.cache_store:
+            mutation.set_headers.append(set_header(h.CACHE_STORE, turn.cache_store))
+        return _onward(turn, mutation)
+
+    async def cached(self, turn: _Admitted, span: trace.Span) -> ext.ProcessingResponse | None:
+        """A cacheable turn: its stored answer, routed to the cache replay (a hit); or None,
+        the turn marked for storing (a miss)."""
+        assert self._cache is not None
+        rr = turn.routed
+        entry = self._cache.entry_for(rr.tenant, turn.policy, rr, turn.req)
+        if entry is None:
+            return None
+        key, ttl = entry
+
+        def usable(version: str) -> bool:
+            if rr.model_version:  # a versioned model: the turn's arm only
+                return version == rr.model_version
+            return self._routing.serves(rr.pool, rr.model, version)
+
+        stored = await self._cache.lookup(key, usable)
+        if span.is_recording():
+            span.set_attribute("switchyard.cache", "hit" if stored is not None else "miss")
+        if stored is None:
+            turn.cache_store = f"{key};{ttl:g}"
+            return None
+        await self._admission.release(turn.ticket)  # no engine runs it: nothing is charged
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": rr.model,
+                    "switchyard.model_version": stored.final.served_by.model_version,
+                }
             )
-        if req.model != routed.model or routed.capped or turn.wire is not None:
-            # An alias or "auto": the engine sees the served model name it answers to; a turn
-            # without max_tokens gets its tenant's default cap (what its quota reserved).
-            req.model = routed.model
-            if routed.capped:
-                req.sampling.max_tokens = routed.capped
-            body_mutation = replace_request_body(encode_frame(req.SerializeToString()), mutation)
-        return ext.ProcessingResponse(
-            request_body=ext.BodyResponse(
-                response=ext.CommonResponse(
-                    header_mutation=mutation, body_mutation=body_mutation, clear_route_cache=True
-                )
-            )
+        mutation = ext.HeaderMutation(
+            set_headers=[set_header(h.CACHE, h.CACHE_HIT), set_header(h.CACHE_KEY, key)]
         )
+        return _onward(turn, mutation)
 
     async def _body(
         self,
@@ -337,6 +382,9 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         turn = await self.admit(headers, body, principal, span)
         if isinstance(turn, ext.ProcessingResponse):
             yield turn
+            return
+        if self._cache is not None and (hit := await self.cached(turn, span)) is not None:
+            yield hit
             return
         deadline = grpc_timeout(headers)
         # Never past the client's deadline (keeping a moment to start the turn), nor past the

@@ -121,7 +121,7 @@ class RoutingService:
         self.limits = limits or Limits()
         self._grace_until = registry.clock() + self.limits.registration_grace_seconds
 
-    def _serves(self, pool: str, model: str, version: str) -> bool:
+    def serves(self, pool: str, model: str, version: str) -> bool:
         """Whether a routable engine of `pool` serves `version` of `model`."""
         return any(
             e.model == model and e.model_version == version for e in self.registry.routable(pool)
@@ -197,7 +197,7 @@ class RoutingService:
         if vm is not None:  # sticky per session, else per tenant
             arm = vm.choose(
                 session_key or tenant or req.request_id,
-                lambda p, v: self._serves(p, model, v),
+                lambda p, v: self.serves(p, model, v),
                 pinned=req.continuation.model_version if req.HasField("continuation") else "",
             )
             pool, version, version_reason = arm.pool, arm.version, arm.reason

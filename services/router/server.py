@@ -14,7 +14,7 @@ from pathlib import Path
 from services.common.errors import SwitchyardError
 from services.common.looplag import RunningClock, watch_loop
 from services.common.metrics import start_metrics_server
-from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER
+from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER, SAFETY
 from services.common.progress import Progress
 from services.common.server import (
     create_server,
@@ -38,6 +38,7 @@ from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
 from services.router.registry import Registry
 from services.router.reload import ConfigReloader
+from services.router.response_cache import CachePutService, CacheReplay, ResponseCache, make_store
 from services.router.routing import Limits, RoutingService, TokenizerCache
 from services.router.scheduling.profile import load_profile
 from services.router.scheduling.scheduler import Scheduler
@@ -59,6 +60,8 @@ SERVICE_NAMES = [
     "switchyard.v1.Admin",
     "envoy.service.ext_proc.v3.ExternalProcessor",
     "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    "switchyard.v1.Inference",  # the response cache's replay (Envoy routes hits here)
+    "switchyard.v1.ResponseCache",
 ]
 # Who may call what (roles of the callers' certificates, services/common/pki.py).
 POLICY = AccessPolicy(
@@ -66,6 +69,8 @@ POLICY = AccessPolicy(
         "/envoy.service.ext_proc.v3.ExternalProcessor/": {ENVOY},
         "/envoy.service.discovery.v3.AggregatedDiscoveryService/": {ENVOY},
         "/switchyard.v1.Registry/": {ENGINE},
+        "/switchyard.v1.Inference/": {ENVOY},
+        "/switchyard.v1.ResponseCache/": {SAFETY},
         "/switchyard.v1.Router/": {OPERATOR},
         "/switchyard.v1.Admin/": {OPERATOR},
         "/grpc.reflection.": {OPERATOR},
@@ -146,12 +151,22 @@ async def serve(
         router_id=router_id,
     )
     reg.add_to_server(server.grpc)
-    extproc.ExtProcService(
-        routing, auth, admission, tracing.tracer(__name__) if tracing.enabled else None, flow
-    ).add_to_server(server.grpc)
+    tracer = tracing.tracer(__name__) if tracing.enabled else None
+    responses = None
+    if cfg.response_cache.enabled:
+        store = make_store(
+            cfg.response_cache, cfg.quotas.redis_url, cfg.quotas.redis_timeout_seconds
+        )
+        responses = ResponseCache(cfg.response_cache, store)
+        CacheReplay(responses, tracer).add_to_server(server.grpc)
+        CachePutService(responses).add_to_server(server.grpc)
+        progress.say(f"response cache: {store.name}")
+    ext_proc = extproc.ExtProcService(routing, auth, admission, tracer, flow, responses)
+    ext_proc.add_to_server(server.grpc)
     api.RouterService(routing, policies).add_to_server(server.grpc)
     admin = api.AdminService(cfg, resolver, registry, cache, reg.router_id, auth, tls, admission)
     admin.versions = versions
+    admin.response_cache = responses
     admin.add_to_server(server.grpc)
 
     def apply_routing(new: MeshConfig) -> None:

@@ -47,6 +47,7 @@ from services.openai import errors as openai_errors
 from services.openai.request import Wire
 from services.openai.stream import Encoder
 from services.safety import metrics as m
+from services.safety.cache_feed import CacheFeed
 from services.safety.config import SafetyConfig
 from services.safety.http_response import HttpResponse
 from services.safety.prompt import check_prompt
@@ -100,6 +101,8 @@ class _Turn:
         self.seen_request = False
         self.wire: Wire | None = None  # an OpenAI HTTP turn: how it is answered
         self.http: HttpResponse | None = None
+        # A cacheable turn the router marked for storing: its entry, until it is offered.
+        self.cache_store = ""
 
     def error(self, err: SwitchyardError) -> ext.ProcessingResponse:
         """The turn refused by the safety filter, in the client's protocol."""
@@ -117,8 +120,14 @@ def _finding_attributes(findings: dict[str, int], policy: Policy) -> dict[str, s
 
 
 class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, config: SafetyConfig, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self,
+        config: SafetyConfig,
+        tracer: trace.Tracer | None = None,
+        cache_feed: CacheFeed | None = None,
+    ) -> None:
         self._config = config
+        self._cache_feed = cache_feed  # where completed cacheable turns go; None: nowhere
         # None: tracing off, nothing extracted per turn (spans then go to a no-op tracer).
         self._tracing = tracer is not None
         self._tracer = tracer or trace.NoOpTracer()
@@ -187,7 +196,10 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def _filter(self, turn: _Turn) -> ResponseFilter:
         if turn.filter is None:
             encoder = Encoder(turn.wire) if turn.wire is not None else None
-            turn.filter = ResponseFilter(self._policy(turn), self._config.recognizers, encoder)
+            record = bool(turn.cache_store) and self._cache_feed is not None
+            turn.filter = ResponseFilter(
+                self._policy(turn), self._config.recognizers, encoder, record=record
+            )
             turn.response_span = self._tracer.start_span(SCAN_SPAN, context=turn.parent)
             if encoder is not None:
                 trace_id = trace_id_hex(trace.get_current_span(turn.parent))
@@ -244,6 +256,10 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         turn.max_held_back = max(turn.max_held_back, f.held_back)
         if f.blocked:
             turn.outcome = "blocked"
+        elif turn.cache_store and f.recorded_final is not None and self._cache_feed is not None:
+            assert f.recorded is not None
+            self._cache_feed.offer(turn.cache_store, f.recorded, f.recorded_final)
+            turn.cache_store = ""
         return out
 
     def _record(self, turn: _Turn) -> None:
@@ -286,6 +302,7 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     turn.tenant = tenant_of(headers)
                     if h.OPENAI in headers:
                         turn.wire = Wire.decode(headers[h.OPENAI])
+                    turn.cache_store = headers.get(h.CACHE_STORE, "")
                     yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
                 elif kind == "request_body":
                     if len(msg.request_body.body) >= LONG_BODY_BYTES:

@@ -69,9 +69,13 @@ class ResponseFilter:
         policy: Policy,
         recognizers: Sequence[StreamingRecognizer] | None = None,
         encoder: Encoder | None = None,
+        record: bool = False,
     ) -> None:
         self._policy = policy
         self._encoder = encoder or GrpcEncoder()
+        # `record`: keep the deltas and the Final as sent (the response cache stores them).
+        self.recorded: list[inference_pb2.Delta] | None = [] if record else None
+        self.recorded_final: inference_pb2.Final | None = None
         self._scrubber = StreamScrubber(policy, recognizers)
         self._frames = FrameDecoder()
         self._tokens = 0  # tokens of held-back text, carried to the next Delta sent
@@ -114,10 +118,15 @@ class ResponseFilter:
         final = inference_pb2.GenerateResponse()
         final.CopyFrom(msg)
         final.final.safety.CopyFrom(self.report())
-        return ([self._delta(tail)] if tail else []) + [self._encoder.final(final)]
+        out = ([self._delta(tail)] if tail else []) + [self._encoder.final(final)]
+        if self.recorded is not None:
+            self.recorded_final = final.final
+        return out
 
     def _delta(self, text: str) -> bytes:
         tokens, self._tokens = self._tokens, 0
+        if self.recorded is not None:
+            self.recorded.append(inference_pb2.Delta(text=text, token_count=tokens))
         return self._encoder.delta(text, tokens)
 
     def _blocked(

@@ -19,6 +19,7 @@ from services.common.server import (
 from services.common.tls import AccessPolicy
 from services.common.tracing import setup_tracing
 from services.safety import service
+from services.safety.cache_feed import CacheFeed
 from services.safety.config import SafetyConfig
 from services.safety.extproc import SafetyExtProc
 
@@ -34,14 +35,19 @@ POLICY = AccessPolicy(
 )
 
 
-async def serve(cfg: SafetyConfig, ready_file: Path | None = None) -> None:
+async def serve(
+    cfg: SafetyConfig, ready_file: Path | None = None, response_cache: str = ""
+) -> None:
+    """`response_cache`: the router (HOST:PORT) whose response cache completed cacheable turns
+    are sent to; empty: none are."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     progress = Progress("safety")
     with progress.phase("compiling recognizers"):
         recognizers = cfg.recognizers
     tracing = setup_tracing("switchyard-safety", cfg.tracing)
-    extproc = SafetyExtProc(cfg, tracing.tracer(__name__) if tracing.enabled else None)
+    feed = CacheFeed(response_cache, cfg.tls.files(SAFETY)) if response_cache else None
+    extproc = SafetyExtProc(cfg, tracing.tracer(__name__) if tracing.enabled else None, feed)
     server = await create_server(
         cfg.listen,
         [service.SafetyService(cfg).add_to_server, extproc.add_to_server],

@@ -117,3 +117,21 @@ def test_what_precedes_a_blocked_entity_goes_out_however_the_stream_is_cut(text_
     assert msgs[-1].final.finish_reason == pb.FinishReason.FINISH_REASON_BLOCKED
     sent = "".join(m.delta.text for m in msgs[:-1])
     assert sent == "Mail [EMAIL]; card ", sent
+
+
+def test_a_recording_filter_keeps_what_it_sent_for_the_response_cache():
+    f = ResponseFilter(Policy({}), record=True)
+    data = body(["Mail ", "alice@", "example.com", " now"])
+    out = f.feed(data, end_of_stream=True)
+    dec = FrameDecoder()
+    sent = [pb.GenerateResponse.FromString(m) for m in dec.feed(out)]
+    assert f.recorded == [m.delta for m in sent[:-1]]  # scrubbed, as the client got them
+    assert "alice@example.com" not in "".join(d.text for d in f.recorded)
+    assert f.recorded_final == sent[-1].final
+    assert ResponseFilter(Policy({})).recorded is None  # not recording: nothing kept
+
+
+def test_a_blocked_turn_leaves_nothing_to_store():
+    f = ResponseFilter(Policy({"EMAIL": "block"}), record=True)
+    f.feed(body(["Mail alice@example.com"]), end_of_stream=True)
+    assert f.blocked and f.recorded_final is None

@@ -144,9 +144,15 @@ def test_openai_turns_take_their_pools_http_route_with_grpc_wire_headers() -> No
 
     snap = make_snapshot(safety=SafetySpec("127.0.0.1", 50055))
     routes = snap.resources(RDS)["switchyard_routes"].virtual_hosts[0].routes
-    # Before the pool's gRPC route (which would match it too), after nothing else.
-    assert [r.name for r in routes] == ["pool_small_openai", "pool_small", "no_pool_selected"]
-    http, grpc_route = routes[0], routes[1]
+    # Before the pool's gRPC route (which would match it too), after the response cache's.
+    assert [r.name for r in routes] == [
+        "response_cache_openai",
+        "response_cache",
+        "pool_small_openai",
+        "pool_small",
+        "no_pool_selected",
+    ]
+    http, grpc_route = routes[2], routes[3]
     assert http.route.cluster == grpc_route.route.cluster == "pool_small"
     assert http.route.retry_policy == grpc_route.route.retry_policy
     assert [(m.name, m.present_match) for m in http.match.headers][1] == (headers.OPENAI, True)
@@ -163,6 +169,21 @@ def test_openai_turns_take_their_pools_http_route_with_grpc_wire_headers() -> No
     bare = make_snapshot().resources(RDS)["switchyard_routes"].virtual_hosts[0].routes
     assert bare[0].name == "openai_without_safety"
     assert bare[0].direct_response.status == 501
+
+
+def test_response_cache_hits_go_to_the_routers_replay_through_every_filter() -> None:
+    snap = make_snapshot(safety=SafetySpec("127.0.0.1", 50055))
+    routes = {r.name: r for r in snap.resources(RDS)["switchyard_routes"].virtual_hosts[0].routes}
+    hit = routes["response_cache"]
+    assert [(m.name, m.string_match.exact) for m in hit.match.headers] == [
+        (headers.CACHE, headers.CACHE_HIT)
+    ]
+    assert hit.route.cluster == "switchyard_router"
+    assert not hit.route.HasField("retry_policy")  # a replay has nowhere else to go
+    http = routes["response_cache_openai"]
+    assert http.route.cluster == "switchyard_router"
+    assert http.route.regex_rewrite.substitution == "/switchyard.v1.Inference/Generate"
+    assert "switchyard.safety" in http.typed_per_filter_config
 
 
 def test_local_replies_to_http_clients_are_openai_errors() -> None:

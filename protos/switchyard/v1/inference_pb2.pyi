@@ -143,7 +143,7 @@ class Delta(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_count: _Optional[int] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timing", "served_by", "safety", "request_id", "stop_sequence", "resumed")
+    __slots__ = ("finish_reason", "usage", "timing", "served_by", "safety", "request_id", "stop_sequence", "resumed", "cached")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class Final(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timing: Timing
@@ -160,7 +161,8 @@ class Final(_message.Message):
     request_id: str
     stop_sequence: str
     resumed: int
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., safety: _Optional[_Union[SafetyReport, _Mapping]] = ..., request_id: _Optional[str] = ..., stop_sequence: _Optional[str] = ..., resumed: _Optional[int] = ...) -> None: ...
+    cached: bool
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., safety: _Optional[_Union[SafetyReport, _Mapping]] = ..., request_id: _Optional[str] = ..., stop_sequence: _Optional[str] = ..., resumed: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")

@@ -87,6 +87,40 @@ class Candidate(_message.Message):
     scores: _containers.ScalarMap[str, float]
     def __init__(self, engine_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., filtered_by: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class PurgeCacheRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class PurgeCacheResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: int
+    def __init__(self, purged: _Optional[int] = ...) -> None: ...
+
+class CachePutRequest(_message.Message):
+    __slots__ = ("entry", "turn")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    entry: str
+    turn: CachedTurn
+    def __init__(self, entry: _Optional[str] = ..., turn: _Optional[_Union[CachedTurn, _Mapping]] = ...) -> None: ...
+
+class CachePutResponse(_message.Message):
+    __slots__ = ("stored",)
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    def __init__(self, stored: _Optional[bool] = ...) -> None: ...
+
+class CachedTurn(_message.Message):
+    __slots__ = ("deltas", "final")
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    deltas: _containers.RepeatedCompositeFieldContainer[_inference_pb2.Delta]
+    final: _inference_pb2.Final
+    def __init__(self, deltas: _Optional[_Iterable[_Union[_inference_pb2.Delta, _Mapping]]] = ..., final: _Optional[_Union[_inference_pb2.Final, _Mapping]] = ...) -> None: ...
+
 class SetVersionWeightsRequest(_message.Message):
     __slots__ = ("model", "weights")
     class WeightsEntry(_message.Message):
@@ -339,20 +373,24 @@ class RevokeKeyResponse(_message.Message):
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class TenantPolicy(_message.Message):
-    __slots__ = ("tenant", "weight", "tier", "quotas", "cache_group", "source")
+    __slots__ = ("tenant", "weight", "tier", "quotas", "cache_group", "source", "response_cache", "response_cache_ttl_seconds")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     QUOTAS_FIELD_NUMBER: _ClassVar[int]
     CACHE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CACHE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     weight: float
     tier: str
     quotas: Quotas
     cache_group: str
     source: str
-    def __init__(self, tenant: _Optional[str] = ..., weight: _Optional[float] = ..., tier: _Optional[str] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ..., cache_group: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    response_cache: bool
+    response_cache_ttl_seconds: float
+    def __init__(self, tenant: _Optional[str] = ..., weight: _Optional[float] = ..., tier: _Optional[str] = ..., quotas: _Optional[_Union[Quotas, _Mapping]] = ..., cache_group: _Optional[str] = ..., source: _Optional[str] = ..., response_cache: _Optional[bool] = ..., response_cache_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class SetTenantRequest(_message.Message):
     __slots__ = ("tenant", "update", "policy", "reset")

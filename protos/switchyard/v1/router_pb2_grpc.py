@@ -239,6 +239,11 @@ class AdminStub:
                 request_serializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsResponse.FromString,
                 _registered_method=True)
+        self.PurgeCache = channel.unary_unary(
+                '/switchyard.v1.Admin/PurgeCache',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.PurgeCacheRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.PurgeCacheResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -315,6 +320,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeCache(self, request, context):
+        """The response cache: drop a tenant's stored answers (every tenant's when empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -367,6 +379,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetVersionWeights,
                     request_deserializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_router__pb2.SetVersionWeightsResponse.SerializeToString,
+            ),
+            'PurgeCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeCache,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.PurgeCacheRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.PurgeCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -641,6 +658,114 @@ class Admin:
             '/switchyard.v1.Admin/SetVersionWeights',
             switchyard_dot_v1_dot_router__pb2.SetVersionWeightsRequest.SerializeToString,
             switchyard_dot_v1_dot_router__pb2.SetVersionWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Admin/PurgeCache',
+            switchyard_dot_v1_dot_router__pb2.PurgeCacheRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.PurgeCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ResponseCacheStub:
+    """The response cache's store, as the safety filter feeds it from the response path: a
+    deterministic turn the router marked for storing (header x-switchyard-cache-store), once it
+    has ended complete and unblocked, as the client received it. Open to the safety identity.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Put = channel.unary_unary(
+                '/switchyard.v1.ResponseCache/Put',
+                request_serializer=switchyard_dot_v1_dot_router__pb2.CachePutRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_router__pb2.CachePutResponse.FromString,
+                _registered_method=True)
+
+
+class ResponseCacheServicer:
+    """The response cache's store, as the safety filter feeds it from the response path: a
+    deterministic turn the router marked for storing (header x-switchyard-cache-store), once it
+    has ended complete and unblocked, as the client received it. Open to the safety identity.
+    """
+
+    def Put(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ResponseCacheServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Put': grpc.unary_unary_rpc_method_handler(
+                    servicer.Put,
+                    request_deserializer=switchyard_dot_v1_dot_router__pb2.CachePutRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_router__pb2.CachePutResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'switchyard.v1.ResponseCache', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('switchyard.v1.ResponseCache', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ResponseCache:
+    """The response cache's store, as the safety filter feeds it from the response path: a
+    deterministic turn the router marked for storing (header x-switchyard-cache-store), once it
+    has ended complete and unblocked, as the client received it. Open to the safety identity.
+    """
+
+    @staticmethod
+    def Put(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.ResponseCache/Put',
+            switchyard_dot_v1_dot_router__pb2.CachePutRequest.SerializeToString,
+            switchyard_dot_v1_dot_router__pb2.CachePutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class TenantPolicy(StrictModel):
     quotas: Quotas = pydantic.Field(default_factory=lambda: Quotas.model_validate({}))
     # Tenants naming the same group share prefix-cache entries; "" keeps the tenant's own.
     cache_group: str = pydantic.Field("", pattern=GROUP_PATTERN)
+    # Its deterministic turns answered from (and stored in) the response cache, and how long
+    # an answer is kept (0: response_cache.ttl_seconds).
+    response_cache: bool = True
+    response_cache_ttl_seconds: float = pydantic.Field(0.0, ge=0)
 
 
 class TenantsSection(StrictModel):

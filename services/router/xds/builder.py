@@ -139,6 +139,7 @@ ROUTER_FILTER = "switchyard.router"
 SAFETY_FILTER = "switchyard.safety"
 VIRTUAL_HOST_NAME = "switchyard"
 NO_POOL_ROUTE = "no_pool_selected"
+CACHE_ROUTE = "response_cache"
 NO_POOL_MESSAGE = "no pool selected"
 NO_HTTP_ROUTE = "openai_without_safety"
 # OpenAI HTTP requests: their paths, and the marker the router sets on their turns.
@@ -946,11 +947,40 @@ def _pool_route(pool: str, per_try_timeout: float) -> Any:
     )
 
 
+def _cache_route() -> Any:
+    """A response-cache hit (the router set `x-switchyard-cache: hit`): to the router's replay
+    of the stored answer, through the same filters (safety, tracing) as any turn."""
+    return route_components_pb2.Route(
+        name=CACHE_ROUTE,
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name=headers.CACHE,
+                    string_match=string_pb2.StringMatcher(exact=headers.CACHE_HIT),
+                )
+            ],
+        ),
+        route=route_components_pb2.RouteAction(cluster=ROUTER_CLUSTER, timeout=_duration(0)),
+    )
+
+
+def _openai_cache_route() -> Any:
+    route = _cache_route()
+    route.name = f"{CACHE_ROUTE}_openai"
+    return _as_openai(route)
+
+
 def _openai_pool_route(pool: str, per_try_timeout: float) -> Any:
     """The route of a pool's OpenAI HTTP turns: the gRPC route, plus gRPC's wire headers
     toward the engine and the safety filter's full-duplex response modes."""
     route = _pool_route(pool, per_try_timeout)
     route.name = f"{pool_cluster_name(pool)}_openai"
+    return _as_openai(route)
+
+
+def _as_openai(route: Any) -> Any:
+    """`route` for OpenAI HTTP turns (see `_openai_pool_route`)."""
     route.match.headers.append(
         route_components_pb2.HeaderMatcher(name=headers.OPENAI, present_match=True)
     )
@@ -1022,11 +1052,9 @@ def _route_configuration(pools: list[PoolSpec], per_try_timeout: float, http: bo
                 name=VIRTUAL_HOST_NAME,
                 domains=["*"],
                 routes=[
-                    *(
-                        (_openai_pool_route(p.name, per_try_timeout) for p in pools)
-                        if http
-                        else [_no_http_route()]
-                    ),
+                    _openai_cache_route() if http else _no_http_route(),
+                    _cache_route(),
+                    *((_openai_pool_route(p.name, per_try_timeout) for p in pools) if http else ()),
                     *(_pool_route(p.name, per_try_timeout) for p in pools),
                     _no_pool_route(),
                 ],
