@@ -11,9 +11,15 @@ Per mode: cost per 1,000 turns (each turn's prompt and completion tokens at its 
 price from the config), TTFT p50/p99 as the client sees it, and hard-turn placement (the share
 of hard-labelled turns served by the large model: the quality proxy).
 
-    .venv/bin/python benchmarks/model_routing.py [--turns 100] [--json out.json]
+Then the response cache: `--cache-turns` distinct deterministic turns (temperature 0, model
+small), each asked once (a miss: the engine answers and the safety filter stores it) and again
+once stored (a hit: the router's replay answers), one at a time; TTFT p50/p99 of misses and
+hits side by side.
 
-Figures, not pass/fail. Goal: >= 50 % lower cost than all-large at equal hard-turn placement.
+    .venv/bin/python benchmarks/model_routing.py [--turns 100] [--cache-turns 50] [--json out.json]
+
+Figures, not pass/fail. Goals: >= 50 % lower cost than all-large at equal hard-turn placement;
+cache hits answered in <= 5 ms p50.
 """
 
 from __future__ import annotations
@@ -90,6 +96,40 @@ async def run_mode(
     return out
 
 
+async def timed(client: MeshClient, req: Any) -> tuple[float, Any]:
+    """(TTFT seconds, Final) of one turn."""
+    start = time.perf_counter()
+    first = None
+    final = None
+    async for msg in client.stream(req):
+        if first is None and msg.HasField("delta"):
+            first = time.perf_counter() - start
+        if msg.HasField("final"):
+            final = msg.final
+    assert final is not None
+    return (first if first is not None else time.perf_counter() - start), final
+
+
+async def run_cache(client: MeshClient, n: int, tokens: int) -> dict[str, list[float]]:
+    """Misses and hits of `n` distinct deterministic turns, one at a time."""
+    stamp = time.time_ns()
+    data = yaml.safe_load((HERE / "data" / "complexity_labelled.yaml").read_text())
+    out: dict[str, list[float]] = {"miss": [], "hit": []}
+    for i in range(n):
+        prompt = f"[cache {stamp} {i}] {data['easy'][i % len(data['easy'])]}"
+        req = make_request(prompt, model="small", max_tokens=tokens, temperature=0)
+        ttft, final = await timed(client, req)
+        assert not final.cached
+        out["miss"].append(ttft)
+        for _ in range(50):  # the safety filter stores it in the background
+            await asyncio.sleep(0.05)
+            ttft, final = await timed(client, req)
+            if final.cached:
+                out["hit"].append(ttft)
+                break
+    return out
+
+
 def summarize(rows: list[dict[str, Any]], price: dict[str, float]) -> dict[str, Any]:
     cost = sum(r["tokens"] * price[r["pool"]] / 1e6 for r in rows)
     hard = [r for r in rows if r["label"] == "hard"]
@@ -133,6 +173,10 @@ async def main_async(args: argparse.Namespace) -> int:
                 for mode in MODES[b % 3 :] + MODES[: b % 3]:
                     say(f"[bench] block {b + 1}/{len(blocks)}: {mode} ...")
                     rows[mode] += await run_mode(client, mode, chunk, args.concurrency, args.tokens)
+            cache: dict[str, list[float]] = {"miss": [], "hit": []}
+            if args.cache_turns:
+                say(f"[bench] response cache: {args.cache_turns} turns, miss then hit ...")
+                cache = await run_cache(client, args.cache_turns, args.tokens)
     finally:
         mesh.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -173,6 +217,31 @@ async def main_async(args: argparse.Namespace) -> int:
             ],
         )
     )
+    if cache["miss"]:
+        print(
+            f"\nResponse cache: {len(cache['miss'])} deterministic turns (model small, "
+            f"max_tokens {args.tokens}), each a miss then a hit ({len(cache['hit'])} hits)\n"
+        )
+        print(
+            table(
+                ["answered by", "turns", "TTFT p50 ms", "TTFT p99 ms"],
+                [
+                    [
+                        "engine (miss)" if k == "miss" else "cache (hit)",
+                        len(v),
+                        percentile(v, 50) * 1e3,
+                        percentile(v, 99) * 1e3,
+                    ]
+                    for k, v in cache.items()
+                    if v
+                ],
+            )
+        )
+        figures["cache"] = {
+            k: {"turns": len(v), "ttft_p50_ms": percentile(v, 50) * 1e3,
+                "ttft_p99_ms": percentile(v, 99) * 1e3}
+            for k, v in cache.items() if v
+        }  # fmt: skip
     write_json(args.json, figures)
     return 0
 
@@ -185,6 +254,7 @@ def main() -> int:
     p.add_argument("--block", type=int, default=20, help="turns per mode before the next")
     p.add_argument("--concurrency", type=int, default=4, help="clients")
     p.add_argument("--tokens", type=int, default=32, help="max_tokens of a turn")
+    p.add_argument("--cache-turns", type=int, default=50, help="response cache turns (0: none)")
     p.add_argument("--json", help="also write the figures to this file")
     return asyncio.run(main_async(p.parse_args()))
 
