@@ -121,7 +121,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         admission: Admission,
     ) -> None:
         self._admission = admission
-        self._cfg = cfg
+        self.config = cfg  # the running mesh config (a live reload replaces it)
         self._resolver = resolver
         self._registry = registry
         self._xds = xds
@@ -167,7 +167,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
     ) -> router_pb2.StatusResponse:
         now = time.monotonic()
         resp = router_pb2.StatusResponse(router_id=self._router_id)
-        for pool in self._cfg.pools:
+        for pool in self.config.pools:
             models = [m.name for m in pool.models]
             ps = resp.pools.add(
                 name=pool.name,
@@ -235,8 +235,8 @@ class AdminService(router_pb2_grpc.AdminServicer):
     async def CreateKey(
         self, request: router_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.CreateKeyResponse:
-        tiers = self._cfg.auth.tiers
-        tier = request.tier or self._cfg.auth.default_tier
+        tiers = self.config.auth.tiers
+        tier = request.tier or self.config.auth.default_tier
         if tier not in tiers:
             raise InvalidArgument(f"tier {tier!r} is not one of {', '.join(sorted(tiers))}")
         known = self._resolver.pools()

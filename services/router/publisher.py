@@ -52,6 +52,11 @@ class XdsPublisher:
         self.published = 0
         registry.subscribe(self.changed)
 
+    def use_config(self, cfg: MeshConfig) -> None:
+        """A reloaded mesh config (pools added or removed): published like any change."""
+        self._cfg = cfg
+        self.changed()
+
     def start(self, delay: float = 0.0) -> None:
         """Publish the first snapshot after `delay` seconds, then on every change. Until the
         first one, Envoy (after a router restart) keeps serving on its last good config while

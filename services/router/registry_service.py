@@ -38,7 +38,7 @@ class RegistryService(router_pb2_grpc.RegistryServicer):
         self._on_usage = on_usage
         self._on_gone = on_gone
         self._heartbeat = heartbeat_seconds
-        self._pools = pools
+        self.pools = pools  # the configured pools (a live config reload replaces them)
         self.router_id = router_id or f"router-{uuid.uuid4().hex[:8]}"
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -59,10 +59,10 @@ class RegistryService(router_pb2_grpc.RegistryServicer):
                 f"register.address must be IP:PORT (Envoy matches endpoints by address), "
                 f"got {reg.address!r}"
             ) from None
-        if reg.info.pool not in self._pools:
+        if reg.info.pool not in self.pools:
             raise InvalidArgument(
                 f"register.info.pool: pool {reg.info.pool!r} is not configured "
-                f"(pools: {', '.join(sorted(self._pools))})"
+                f"(pools: {', '.join(sorted(self.pools))})"
             )
         engine_id = reg.info.engine_id
         mine = self._registry.register(reg.info, reg.address)

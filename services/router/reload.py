@@ -4,13 +4,14 @@
     switchyard admin reload          # now; the router also notices an edited file by itself
 
 Reloaded live: `aliases`, `default_model`, `tiers`, `complexity`, `fallbacks`, `versions` (a
-model whose section changed gets the file's weights back, rollbacks cleared), and each pool's
-`cost` and its models' `handles`. The whole new file is validated first (an invalid one is
-refused naming the field, and the running config stays); a file that also changes anything else
-(pools, engines, listeners, auth...) is refused whole, naming what needs a restart. Applying
-swaps the resolver, tiers and fallbacks between two turns: a turn in flight keeps the choice it
-was routed with, the next one sees the new config. None of these keys shape Envoy's config
-(pools are routed by header), so nothing is pushed over xDS for them.
+model whose section changed gets the file's weights back, rollbacks cleared), and `pools`:
+pools added (Envoy gets their clusters and routes over xDS, and their engines may register),
+removed (refused while engines of the pool are registered: drain and stop them first), or
+changed (models, tokenizers, costs, handles, accelerator). The whole new file is validated
+first (an invalid one is refused naming the field, and the running config stays); a file that
+also changes anything else (listeners, auth, tenants, tracing...) is refused whole, naming what
+needs a restart. Applying swaps the routing between two turns: a turn in flight keeps the choice
+it was routed with, the next one sees the new config.
 
 Under `switchyard up` the file watched is the one `up` was given (it runs the router on a copy
 with its ports and paths filled in); a router run alone watches its own `--config`.
@@ -39,76 +40,40 @@ RELOADS = Counter(
     ["result"],
 )
 LIVE_KEYS = ("aliases", "default_model", "tiers", "complexity", "fallbacks", "versions")
-LIVE_POOL_KEYS = ("cost",)
-LIVE_MODEL_KEYS = ("handles",)
 
 
 def needs_restart(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The fields that differ between two raw configs outside what reloads live."""
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        if key in LIVE_KEYS:
-            continue
-        if key == "pools":
-            out += _pools_differ(old.get(key) or [], new.get(key) or [])
-        elif old.get(key) != new.get(key):
-            out.append(key)
-    return out
+    """The fields that differ between two raw configs outside what reloads live (`pools` is
+    live whole: see `pool_changes`)."""
+    return [
+        key
+        for key in sorted(set(old) | set(new))
+        if key not in LIVE_KEYS and key != "pools" and old.get(key) != new.get(key)
+    ]
 
 
-def _pools_differ(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
-    if len(old) != len(new):
-        return ["pools (added or removed)"]
-    out: list[str] = []
-    for i, (a, b) in enumerate(zip(old, new, strict=True)):
-        for key in sorted(set(a) | set(b)):
-            if key in LIVE_POOL_KEYS:
-                continue
-            if key != "models":
-                if a.get(key) != b.get(key):
-                    out.append(f"pools[{i}].{key}")
-                continue
-            ma, mb = a.get(key) or [], b.get(key) or []
-            if len(ma) != len(mb):
-                out.append(f"pools[{i}].models")
-                continue
-            for j, (x, y) in enumerate(zip(ma, mb, strict=True)):
-                for k in sorted(set(x) | set(y)):
-                    if k not in LIVE_MODEL_KEYS and x.get(k) != y.get(k):
-                        out.append(f"pools[{i}].models[{j}].{k}")
+def pool_changes(old: MeshConfig, new: MeshConfig) -> list[str]:
+    """Pools added, removed or changed (matched by name; paths compared resolved)."""
+    a = {p.name: p for p in old.pools}
+    b = {p.name: p for p in new.pools}
+    out = [f"pools.{n} added" for n in b if n not in a]
+    out += [f"pools.{n} removed" for n in a if n not in b]
+    for name in (n for n in a if n in b):
+        for field in type(a[name]).model_fields:
+            if getattr(a[name], field) != getattr(b[name], field):
+                out.append(f"pools.{name}.{field}")
     return out
 
 
 def live_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The live fields that differ (what a reload applies)."""
-    out = [k for k in LIVE_KEYS if old.get(k) != new.get(k)]
-    for i, (a, b) in enumerate(zip(old.get("pools") or [], new.get("pools") or [], strict=False)):
-        out += [f"pools[{i}].{k}" for k in LIVE_POOL_KEYS if a.get(k) != b.get(k)]
-        for j, (x, y) in enumerate(zip(a.get("models") or [], b.get("models") or [], strict=False)):
-            out += [f"pools[{i}].models[{j}].{k}" for k in LIVE_MODEL_KEYS if x.get(k) != y.get(k)]
-    return out
+    """The live top-level fields that differ (pools aside: `pool_changes`)."""
+    return [k for k in LIVE_KEYS if old.get(k) != new.get(k)]
 
 
 def _with_live_fields(base: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the live fields of `live` (pools matched by position)."""
+    """`base` with the live top-level fields of `live`."""
     out = {k: v for k, v in base.items() if k not in LIVE_KEYS}
     out.update({k: live[k] for k in LIVE_KEYS if k in live})
-    pools = []
-    for i, pool in enumerate(base.get("pools") or []):
-        other = (live.get("pools") or [])[i] if i < len(live.get("pools") or []) else {}
-        p = {k: v for k, v in pool.items() if k not in LIVE_POOL_KEYS}
-        p.update({k: other[k] for k in LIVE_POOL_KEYS if k in other})
-        models = []
-        for j, model in enumerate(pool.get("models") or []):
-            om = (other.get("models") or [])[j] if j < len(other.get("models") or []) else {}
-            m = {k: v for k, v in model.items() if k not in LIVE_MODEL_KEYS}
-            m.update({k: om[k] for k in LIVE_MODEL_KEYS if k in om})
-            models.append(m)
-        if "models" in pool:
-            p["models"] = models
-        pools.append(p)
-    if "pools" in base:
-        out["pools"] = pools
     return out
 
 
@@ -137,6 +102,9 @@ class ConfigReloader:
         self.source = source
         self._apply = apply
         self._baseline = _raw(source)
+        # The pools the router runs: compared as parsed, since the copy `up` renders spells
+        # their paths differently.
+        self._pools = load_mesh_config(running or source)
         if running is not None:
             self._baseline = _with_live_fields(self._baseline, _raw(running))
         self._mtime = self._stat()
@@ -166,12 +134,12 @@ class ConfigReloader:
             raise FailedPrecondition(
                 f"{self.source} changes {', '.join(restart)}, which need a restart of the mesh; "
                 "nothing was applied (live: aliases, default_model, tiers, complexity, "
-                "fallbacks, versions, pools' cost and models' handles)"
+                "fallbacks, versions, pools)"
             )
-        changed = live_changes(self._baseline, new)
+        changed = live_changes(self._baseline, new) + pool_changes(self._pools, cfg)
         if changed:
-            self._apply(cfg)
-        self._baseline = new
+            self._apply(cfg)  # (it may refuse: then nothing changed)
+        self._baseline, self._pools = new, cfg
         RELOADS.labels("applied" if changed else "unchanged").inc()
         return changed
 

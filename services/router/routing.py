@@ -39,15 +39,22 @@ class TokenizerCache:
     """The tokenizer of each served model, loaded once from the pool config."""
 
     def __init__(self, cfg: MeshConfig) -> None:
-        # (model, version) → its tokenizer directory; version "" for a pool serving the model
-        # unversioned (every version of a model has one unless a pool names it).
         self._paths: dict[tuple[str, str], Path] = {}
-        for p in cfg.pools:
-            for m in p.models:
-                self._paths[(m.name, m.version)] = m.tokenizer
-                self._paths.setdefault((m.name, ""), m.tokenizer)
         self._loaded: dict[Path, Tokenizer] = {}
         self._lock = threading.Lock()
+        self.update(cfg)
+
+    def update(self, cfg: MeshConfig) -> None:
+        """The config's models (at start, and on a reload that changes pools): each loads on
+        first use (`preload` at start)."""
+        # (model, version) → its tokenizer directory; version "" for a pool serving the model
+        # unversioned (every version of a model has one unless a pool names it).
+        paths: dict[tuple[str, str], Path] = {}
+        for p in cfg.pools:
+            for m in p.models:
+                paths[(m.name, m.version)] = m.tokenizer
+                paths.setdefault((m.name, ""), m.tokenizer)
+        self._paths = paths
 
     def get(self, model: str, version: str = "") -> Tokenizer:
         path = self._paths.get((model, version)) or self._paths[(model, "")]

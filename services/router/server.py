@@ -11,7 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
-from services.common.errors import SwitchyardError
+from services.common.errors import FailedPrecondition, SwitchyardError
 from services.common.looplag import RunningClock, watch_loop
 from services.common.metrics import start_metrics_server
 from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER, SAFETY
@@ -170,8 +170,23 @@ async def serve(
     admin.add_to_server(server.grpc)
 
     def apply_routing(new: MeshConfig) -> None:
-        """The config's model routing (at start, and reloaded: swapped in between two turns).
-        Tiers prefer pools with room, and saturated models degrade: the flow control's count."""
+        """The config's model routing and pools (at start, and reloaded: swapped in between two
+        turns). Tiers prefer pools with room, and saturated models degrade: the flow control's
+        count. A pool may go only once no engine of it is registered (its cluster leaves
+        Envoy's config with it: turns in flight there would break)."""
+        gone = {p.name for p in admin.config.pools} - {p.name for p in new.pools}
+        busy = sorted(p for p in gone if registry.engines(p))
+        if busy:
+            raise FailedPrecondition(
+                f"pools {', '.join(busy)} still have engines registered: drain and stop them "
+                "before removing their pools; nothing was applied"
+            )
+        tokenizers.update(new)
+        # A new model's tokenizer loads in a worker thread, not on the first turn's loop.
+        asyncio.get_running_loop().run_in_executor(None, tokenizers.preload)
+        reg.pools = {p.name for p in new.pools}  # engines of a new pool may register
+        publisher.use_config(new)  # Envoy gets the new pools' clusters and routes over xDS
+        admin.config = new
         resolver = ModelResolver(new)
         tiers = tier_selector(new) if new.tiers else None
         degrade = fallbacks(new) if new.fallbacks else None

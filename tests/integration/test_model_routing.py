@@ -199,17 +199,60 @@ async def test_a_config_reload_adds_an_alias_and_a_tier_with_turns_in_flight(
         # A change that needs a restart is refused whole, naming it.
         del data["aliases"]["broken"]
         data["aliases"]["later"] = "large"
-        data["pools"][0]["accelerator"] = "h100"
+        data["router"]["stale_after_seconds"] = 9
         source.write_text(yaml.safe_dump(data, sort_keys=False))
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "pools[0].accelerator" in e.value.details()
+        assert "changes router, which need a restart" in e.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await generate(envoy, make_request("Hi", model="later", max_tokens=2))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND  # not applied
+        del data["router"]["stale_after_seconds"]
+
+        # Pools are live: one added reaches Envoy over xDS (its cluster, its route) and its
+        # model routes (no engine yet: UNAVAILABLE saying so); removed, it goes again. A pool
+        # with engines registered is not removed.
+        data["pools"].append(
+            {
+                "name": "live-pool",
+                "accelerator": "cpu",
+                "models": [{"name": "live-model", "tokenizer": "${SWITCHYARD_MODELS}/small"}],
+            }
+        )
+        source.write_text(yaml.safe_dump(data, sort_keys=False))
+        got = await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
+        assert "pools.live-pool added" in got.changed or not got.changed  # (or the watch did)
+        for _ in range(100):
+            if "pool_live-pool" in clusters(mesh):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("Envoy never got the new pool's cluster")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await generate(envoy, make_request("Hi", model="live-model", max_tokens=2))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+        assert "live-pool" in e.value.details()
+        busy = [p for p in data["pools"] if p["name"] != "l4-small"]
+        source.write_text(yaml.safe_dump({**data, "pools": busy}, sort_keys=False))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "l4-small still have engines registered" in e.value.details()
     finally:
         source.write_text(original)
         await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
     for turn in await asyncio.gather(*in_flight):  # none of the turns in flight failed
         assert turn.final.usage.completion_tokens == 200
+    for _ in range(100):  # the added pool is gone again
+        if "pool_live-pool" not in clusters(mesh):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("Envoy kept the removed pool's cluster")
+
+
+def clusters(mesh: Mesh) -> set[str]:
+    from tests.integration.test_mesh import admin_json
+
+    return {c["name"] for c in admin_json(mesh, "/clusters?format=json")["cluster_statuses"]}

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.common.config import parse_config
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.router.config import MeshConfig
-from services.router.reload import ConfigReloader, live_changes, needs_restart
+from services.router.reload import ConfigReloader, live_changes, needs_restart, pool_changes
 
 BASE = {
     "aliases": {"chat": "small"},
@@ -23,6 +24,10 @@ def write(path: Path, data: dict) -> None:  # type: ignore[type-arg]
     path.write_text(yaml.safe_dump(data))
 
 
+def parsed(data: dict) -> MeshConfig:  # type: ignore[type-arg]
+    return parse_config(data, MeshConfig)
+
+
 def test_what_reloads_live_and_what_needs_a_restart():
     new = yaml.safe_load(yaml.safe_dump(BASE))
     new["aliases"]["fast"] = "small"
@@ -30,16 +35,15 @@ def test_what_reloads_live_and_what_needs_a_restart():
     new["pools"][0]["cost"] = {"usd_per_million_tokens": 8}
     new["pools"][1]["models"][0]["handles"] = "easy"
     assert needs_restart(BASE, new) == []
-    assert live_changes(BASE, new) == [
-        "aliases", "tiers", "pools[0].cost", "pools[1].models[0].handles",
-    ]  # fmt: skip
+    assert live_changes(BASE, new) == ["aliases", "tiers"]
+    assert pool_changes(parsed(BASE), parsed(new)) == ["pools.big.cost", "pools.little.models"]
     new["pools"][1]["accelerator"] = "a100"
-    new["pools"][0]["models"][0]["tokenizer"] = "/elsewhere"
     new["envoy"] = {"listen": "0.0.0.0:8080"}
-    assert needs_restart(BASE, new) == [
-        "envoy", "pools[0].models[0].tokenizer", "pools[1].accelerator",
-    ]  # fmt: skip
-    assert needs_restart(BASE, {**BASE, "pools": BASE["pools"][:1]}) == ["pools (added or removed)"]
+    assert needs_restart(BASE, new) == ["envoy"]
+    assert "pools.little.accelerator" in pool_changes(parsed(BASE), parsed(new))
+    extra = {"name": "extra", "accelerator": "l4", "models": [{"name": "tiny", "tokenizer": "/t"}]}
+    changed = {**BASE, "pools": [BASE["pools"][1], extra]}
+    assert pool_changes(parsed(BASE), parsed(changed)) == ["pools.extra added", "pools.big removed"]
 
 
 def test_a_reload_applies_a_valid_file_and_refuses_others_keeping_the_running_config(tmp_path):
@@ -61,6 +65,26 @@ def test_a_reload_applies_a_valid_file_and_refuses_others_keeping_the_running_co
     with pytest.raises(InvalidArgument, match="mesh config is invalid"):
         r.reload()
     assert len(applied) == 1  # none of the refused ones reached the router
+    extra = {"name": "extra", "accelerator": "l4", "models": [{"name": "tiny", "tokenizer": "/t"}]}
+    aliases = {"chat": "small", "deep": "large"}
+    write(path, {**BASE, "aliases": aliases, "pools": [*BASE["pools"], extra]})
+    assert r.reload() == ["pools.extra added"]
+    assert [p.name for p in applied[-1].pools] == ["big", "little", "extra"]
+
+
+def test_a_reload_the_router_refuses_changes_nothing(tmp_path):
+    path = tmp_path / "mesh.yaml"
+    write(path, BASE)
+
+    def refuse(cfg: MeshConfig) -> None:
+        raise FailedPrecondition("pools big still have engines registered")
+
+    r = ConfigReloader(path, refuse)
+    write(path, {**BASE, "pools": BASE["pools"][1:], "aliases": {"chat": "small"}})
+    with pytest.raises(FailedPrecondition, match="still have engines"):
+        r.reload()
+    with pytest.raises(FailedPrecondition):  # still to apply: the baseline did not move
+        r.reload()
 
 
 async def test_the_router_notices_an_edited_file_by_itself(tmp_path):
