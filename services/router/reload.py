@@ -40,6 +40,7 @@ RELOADS = Counter(
     ["result"],
 )
 LIVE_KEYS = ("aliases", "default_model", "tiers", "complexity", "fallbacks", "versions")
+LIVE_FIELDS = (*LIVE_KEYS, "pools")  # what a reload changes in the running config
 
 
 def needs_restart(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -37,7 +37,7 @@ from services.router.config import (
 from services.router.kvindex import KvIndex
 from services.router.publisher import XdsPublisher
 from services.router.registry import Registry
-from services.router.reload import ConfigReloader
+from services.router.reload import LIVE_FIELDS, ConfigReloader
 from services.router.response_cache import CachePutService, CacheReplay, ResponseCache, make_store
 from services.router.routing import Limits, RoutingService, TokenizerCache
 from services.router.scheduling.profile import load_profile
@@ -169,11 +169,14 @@ async def serve(
     admin.response_cache = responses
     admin.add_to_server(server.grpc)
 
-    def apply_routing(new: MeshConfig) -> None:
+    def apply_routing(reloaded: MeshConfig) -> None:
         """The config's model routing and pools (at start, and reloaded: swapped in between two
-        turns). Tiers prefer pools with room, and saturated models degrade: the flow control's
-        count. A pool may go only once no engine of it is registered (its cluster leaves
-        Envoy's config with it: turns in flight there would break)."""
+        turns): only its live fields, over the running config (a reloaded file is the one `up`
+        was given, without the ports and paths it rendered). Tiers prefer pools with room, and
+        saturated models degrade: the flow control's count. A pool may go only once no engine
+        of it is registered (its cluster leaves Envoy's config with it: turns in flight there
+        would break)."""
+        new = admin.config.model_copy(update={k: getattr(reloaded, k) for k in LIVE_FIELDS})
         gone = {p.name for p in admin.config.pools} - {p.name for p in new.pools}
         busy = sorted(p for p in gone if registry.engines(p))
         if busy:

@@ -233,8 +233,15 @@ async def test_a_config_reload_adds_an_alias_and_a_tier_with_turns_in_flight(
             await generate(envoy, make_request("Hi", model="live-model", max_tokens=2))
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
         assert "live-pool" in e.value.details()
-        busy = [p for p in data["pools"] if p["name"] != "l4-small"]
-        source.write_text(yaml.safe_dump({**data, "pools": busy}, sort_keys=False))
+        without_small = {
+            **data,
+            "pools": [p for p in data["pools"] if p["name"] != "l4-small"],
+            "default_model": "large",
+            "aliases": {"reasoning": "large"},
+            "tiers": {},
+            "fallbacks": {},
+        }
+        source.write_text(yaml.safe_dump(without_small, sort_keys=False))
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await admin.ReloadConfig(router_pb2.ReloadConfigRequest())
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
