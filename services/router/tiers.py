@@ -103,15 +103,31 @@ def _cues() -> dict[str, Cue]:
             ],
         ),
         "reasoning": Cue(
-            weight=0.4,
+            # One of these already asks for several steps of thought: half the weight (0.25,
+            # the default threshold) at one, all of it at two.
+            weight=0.5,
             patterns=[
                 r"\bstep[- ]by[- ]step\b",
-                r"\b(explain why|why does|why do|why is|reason about|analy[sz]e|analysis)\b",
-                r"\b(compare|contrast|trade-?offs?|pros and cons|evaluate|assess|critique|"
-                r"justify)\b",
-                r"\b(design|architect|plan|strategy|strategies|propose)\b",
-                r"\b(implications?|consequences?|counterargument|hypothes[ie]s)\b",
+                r"\b(explain (why|how|the difference)|why does|why do|why is|reason about|"
+                r"analy[sz]e|analysis)\b",
+                r"\b(compare|contrast|trade-?offs?|pros and cons|arguments? for and against|"
+                r"evaluate|assess(ment)?|critique|justify)\b",
+                r"\b(design|architect|plan|strategy|strategies|propose|outline)\b",
+                r"\b(implications?|consequences?|counterargument|hypothes[ie]s|"
+                r"what would happen)\b",
+                r"\b(derive|estimate|diagnose|walk (me )?through|show your work|sketch the|"
+                r"reason (it )?out|reason quantitatively)\b",
             ],
+        ),
+        "systems": Cue(
+            # Engineering subject matter: with any other cue, a hard turn.
+            weight=0.2,
+            patterns=[
+                r"\b(kubernetes|docker|containers?|pods?|tls|ssl|latency|throughput|"
+                r"threads?|mutex|semaphore|deadlock|concurrency|garbage collect\w*|schema|"
+                r"shard\w*|compiler|kernel|distributed|replicat\w+|consistency)\b",
+            ],
+            full_at=1,
         ),
     }
 

@@ -153,18 +153,27 @@ async def test_routing_names_the_tier_and_why_and_leaves_other_names_alone():
 
 
 def test_the_scorer_on_the_labelled_prompts():
-    """The project's labelled set (benchmarks/data/complexity_labelled.yaml), never used to
-    tune the rules: 53 of its 60 prompts (88 %) get their intended tier with the default rules,
-    every easy one among them (an easy prompt never goes to the large pool). The misses are hard
-    prompts with a single reasoning cue (which alone weighs under `hard_at` by design) or none
-    of the cues' words. The goal (90 %) is not met; this guards what is."""
+    """The project's labelled set (benchmarks/data/complexity_labelled.yaml), held out: the
+    rules are tuned on the development set (complexity_dev.yaml) only. 59 of its 60 prompts
+    (98 %; goal 90 %) get their intended tier with the default rules, every easy one among them
+    (an easy prompt never goes to the large pool); the miss is a hard word problem with no
+    cue's vocabulary (two trains, speeds and times)."""
     s = scorer()
     data = yaml.safe_load(LABELLED.read_text())
     right = {label: sum(s.is_hard(s.score(p)) == (label == "hard") for p in prompts)
              for label, prompts in data.items()}  # fmt: skip
     assert len(data["easy"]) == len(data["hard"]) == 30
     assert right["easy"] == 30
-    assert right["easy"] + right["hard"] >= 53, right
+    assert right["easy"] + right["hard"] >= 59, right
+
+
+def test_the_scorer_on_its_development_set():
+    """What the rules were tuned on (benchmarks/data/complexity_dev.yaml, 40 easy, 40 hard)."""
+    s = scorer()
+    data = yaml.safe_load((LABELLED.parent / "complexity_dev.yaml").read_text())
+    wrong = [p for label, prompts in data.items() for p in prompts
+             if s.is_hard(s.score(p)) != (label == "hard")]  # fmt: skip
+    assert wrong == []
 
 
 # -- graceful degradation (services/router/fallback.py) --------------------------------------
