@@ -21,9 +21,11 @@ response, so the safety filter — on the response path — sends the turn as th
 it (scrubbed) to `ResponseCache.Put` once it has ended complete (stop or length) and unblocked.
 Incomplete, failed, cut or blocked turns are never stored.
 
-The store is the router's memory (LRU, bounded in bytes, each entry under `max_entry_bytes`,
-expiring after its TTL), or Redis when the quota ledger uses Redis (router replicas share it;
-there `maxmemory` with an LRU policy bounds it). A store that fails is a miss, never an error.
+The first answer stored for a key stays until it expires (repeated turns get the same answer;
+a stale one, of a version no longer served, is dropped at lookup). The store is the router's
+memory (LRU, bounded in bytes, each entry under `max_entry_bytes`, expiring after its TTL), or
+Redis when the quota ledger uses Redis (router replicas share it; there `maxmemory` with an LRU
+policy bounds it). A store that fails is a miss, never an error.
 `switchyard admin cache purge [--tenant T]` drops answers.
 """
 
@@ -112,7 +114,10 @@ class Store(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None: ...
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` unless the key holds an answer already (the first one stays)."""
+
+    async def delete(self, key: str) -> None: ...
 
     async def purge(self, tag: str | None) -> int: ...
 
@@ -140,15 +145,18 @@ class MemoryStore:
         return value
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
-        if key in self._entries:
-            self._drop(key)
-        if len(value) > self.max_bytes:
+        if await self.get(key) is not None or len(value) > self.max_bytes:
             return
         self._entries[key] = (self._clock() + ttl, value)
         self.bytes += len(value)
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))  # the least recently used
         self._gauges()
+
+    async def delete(self, key: str) -> None:
+        if key in self._entries:
+            self._drop(key)
+            self._gauges()
 
     async def purge(self, tag: str | None) -> int:
         keys = [k for k in self._entries if tag is None or k.startswith(tag + ":")]
@@ -184,7 +192,10 @@ class RedisStore:
         return bytes(value) if value is not None else None
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
-        await self._redis.set(self._prefix + key, value, px=max(1, int(ttl * 1000)))
+        await self._redis.set(self._prefix + key, value, px=max(1, int(ttl * 1000)), nx=True)
+
+    async def delete(self, key: str) -> None:
+        await self._redis.unlink(self._prefix + key)
 
     async def purge(self, tag: str | None) -> int:
         pattern = self._prefix + (f"{tag}:*" if tag is not None else "*")
@@ -237,6 +248,10 @@ class ResponseCache:
         turn = router_pb2.CachedTurn.FromString(raw)
         if not usable(turn.final.served_by.model_version):
             LOOKUPS.labels("stale").inc()
+            try:  # (so that the version now served can store its own answer)
+                await self.store.delete(key)
+            except Exception as e:
+                log.warning("response cache delete failed (%s): %r", self.store.name, e)
             return None
         LOOKUPS.labels("hit").inc()
         now = time.monotonic()

@@ -92,9 +92,13 @@ async def test_only_complete_answers_are_stored_and_a_stale_version_misses():
     assert not await c.put(f"{key};x", stored())
     assert await c.lookup(key, lambda v: True) is None
     assert await c.put(f"{key};60", stored())
-    assert await c.lookup(key, lambda v: v == "v2") is None  # stored by a version not served
+    await c.put(f"{key};60", stored(text="5"))  # the first answer stored stays
     got = await c.lookup(key, lambda v: v == "v1")
     assert got is not None and got.deltas[0].text == "4"
+    assert await c.lookup(key, lambda v: v == "v2") is None  # stored by a version not served
+    await c.put(f"{key};60", stored(text="6", version="v2"))  # (the stale one was dropped)
+    got = await c.lookup(key, lambda v: v == "v2")
+    assert got is not None and got.deltas[0].text == "6"
     assert await c.purge("globex") == 0
     assert await c.purge("acme") == 1
     assert await c.lookup(key, lambda v: True) is None
