@@ -48,11 +48,12 @@ async def test_a_repeated_deterministic_turn_is_answered_from_the_cache(
     assert not first.final.cached and first.final.usage.completion_tokens > 0
     misses = [first]
     hit = await until_cached(envoy, req, misses)
-    # Replayed exactly as one of the engine's answers was sent (each miss is stored; greedy
-    # decoding of this tiny random model may differ between batches, so not always the first).
-    assert any(hit.text == m.text and hit.deltas == m.deltas for m in misses), (hit, misses)
+    # The text of one of the engine's answers (the first stored stays; greedy decoding of this
+    # tiny random model may differ between batches, so not always the first asked). Its deltas
+    # are replayed as stored; the safety filter on the way out may join some, as for any turn.
+    assert any(hit.text == m.text for m in misses), (hit.text, [m.text for m in misses])
     again = await ask(envoy, req)
-    assert again.final.cached and again.deltas == hit.deltas
+    assert again.final.cached and again.text == hit.text
     final = hit.final
     assert final.usage.completion_tokens == 0 and final.usage.prompt_tokens == 0
     assert final.served_by.model == "small" and final.finish_reason == first.final.finish_reason
