@@ -34,6 +34,7 @@ over the window is set to weight 0 — logged, counted, and shown in `switchyard
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -307,11 +308,9 @@ class Versions:
             else:
                 models[model] = VersionedModel(model, section, pools.__getitem__, self._clock)
         for model, old in self.models.items():
-            if model not in models:
-                for v in old.arms:
-                    WEIGHT.remove(model, v)
-            else:
-                for v in set(old.arms) - set(models[model].arms):
+            kept = set(models[model].arms) if model in models else set()
+            for v in set(old.arms) - kept:
+                with contextlib.suppress(KeyError):  # (already gone)
                     WEIGHT.remove(model, v)
         self.models = models
 
