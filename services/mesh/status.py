@@ -58,6 +58,11 @@ def format_status(resp: router_pb2.StatusResponse) -> str:
             f"{aliases} — {len(pool.engines)} engine(s); turns {pool.in_flight} in flight of "
             f"{pool.capacity}, {pool.queued} queued, room {pool.free_slots}"
         )
+        if pool.scale_reason:
+            lines.append(
+                f"  engines: {len(pool.engines)} now, {pool.desired_engines} desired "
+                f"({pool.scale_reason})"
+            )
         if not pool.engines:
             lines.append("  (no engines registered)")
         for e in pool.engines:

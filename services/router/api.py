@@ -12,6 +12,7 @@ from services.common.tls import channel as tls_channel
 from services.router.auth.authenticator import Authenticator
 from services.router.auth.keys import KeyRecord
 from services.router.auth.principal import Quotas
+from services.router.autoscale import Autoscaler
 from services.router.config import MeshConfig, ModelResolver
 from services.router.registry import Registry
 from services.router.reload import ConfigReloader
@@ -131,6 +132,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         self.reloader: ConfigReloader | None = None  # the mesh config, reloaded live
         self.versions = Versions()  # the router's versioned models (its own, set by serve)
         self.response_cache: ResponseCache | None = None
+        self.autoscaler: Autoscaler | None = None  # each pool's desired engines
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_AdminServicer_to_server(self, server)
@@ -180,6 +182,9 @@ class AdminService(router_pb2_grpc.AdminServicer):
                 ps.in_flight, ps.queued = flow.in_flight(pool.name), flow.queued(pool=pool.name)
                 ps.free_slots = flow.free_slots(pool.name) or 0
                 ps.capacity = flow.saturation.pool_capacity(self._registry.routable(pool.name))
+            scale = self.autoscaler.last.get(pool.name) if self.autoscaler is not None else None
+            if scale is not None:
+                ps.desired_engines, ps.scale_reason = scale.desired, scale.reason
             for e in sorted(self._registry.engines(pool.name), key=lambda e: e.engine_id):
                 state = self._registry.state_of(e)
                 ps.engines.add(

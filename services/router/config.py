@@ -26,6 +26,7 @@ from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.common.tls import TlsConfig
 from services.common.tracing import TracingConfig
 from services.router.auth.config import AuthSection
+from services.router.autoscale import AutoscaleSection
 from services.router.fallback import Fallbacks
 from services.router.response_cache import ResponseCacheSection
 from services.router.saturation import SaturationSection
@@ -173,6 +174,10 @@ class MeshConfig(StrictModel):
     response_cache: ResponseCacheSection = pydantic.Field(
         default_factory=lambda: ResponseCacheSection.model_validate({})
     )
+    # How many engines each pool should have by its load (services/router/autoscale.py).
+    autoscale: AutoscaleSection = pydantic.Field(
+        default_factory=lambda: AutoscaleSection.model_validate({})
+    )
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> MeshConfig:
@@ -242,6 +247,9 @@ class MeshConfig(StrictModel):
                     f"fallbacks.{model}: {target!r} is served by the same pool "
                     f"({models[model]}): it would be just as full"
                 )
+        for name in self.autoscale.pools:
+            if name not in seen_pools:
+                raise ValueError(f"autoscale.pools.{name}: {name!r} is not a pool")
         if self.default_model and self.default_model not in models:
             raise ValueError(f"default_model: {self.default_model!r} is not a model of any pool")
         return self

@@ -27,6 +27,7 @@ from services.common.tracing import setup_tracing
 from services.router import api, extproc, registry_service
 from services.router import metrics as router_metrics
 from services.router.auth.authenticator import Authenticator
+from services.router.autoscale import Autoscaler, PoolBounds, TtftWindow, pool_signal
 from services.router.config import (
     MeshConfig,
     ModelResolver,
@@ -79,6 +80,7 @@ POLICY = AccessPolicy(
 # The loop monitor's tick (it measures the event loop's lag), and every how many ticks it
 # sweeps the registry (the stall measured meanwhile handed to the sweep).
 TICK_SECONDS = 0.025
+AUTOSCALE_SECONDS = 1.0  # how often each pool's desired engines are worked out
 SWEEP_EVERY = 4
 
 
@@ -135,12 +137,21 @@ async def serve(
     if cfg.quotas.redis_url:
         progress.say(f"quota ledger: redis at {cfg.quotas.redis_url}")
 
+    ttft_windows: dict[str, TtftWindow] = {}
+
     def on_usage(engine_id: str, usage: engine_pb2.TurnUsage) -> None:
         """An engine's turn report: the quota ledger's, and when the turn ended, the version's
-        metrics (and its canary rollback)."""
+        metrics (and its canary rollback) and its pool's TTFT (the autoscaling signal)."""
         admission.on_usage(engine_id, usage)
         if usage.done and (engine := registry.get(engine_id)) is not None:
             versions.observe(engine.model, engine.model_version, usage)
+            if usage.HasField("ttft"):
+                window = ttft_windows.get(engine.pool)
+                if window is None:
+                    window = ttft_windows[engine.pool] = TtftWindow(
+                        cfg.autoscale.ttft_window_seconds
+                    )
+                window.add(usage.ttft.ToTimedelta().total_seconds())
 
     reg = registry_service.RegistryService(
         registry,
@@ -244,9 +255,33 @@ async def serve(
             router_metrics.STALE_CHANGES.labels("recovered").inc()
             log.info("engine %s reports again; routable", engine_id)
 
+    def configured_engines(pool: str) -> PoolBounds:
+        """A pool the autoscale section does not name keeps the engines its config starts."""
+        count = sum(g.count for p in admin.config.pools if p.name == pool for g in p.engines)
+        return PoolBounds.model_validate({"min_engines": count, "max_engines": max(1, count)})
+
+    autoscaler = Autoscaler(cfg.autoscale, configured_engines)
+    admin.autoscaler = autoscaler
+
+    async def autoscale() -> None:
+        while True:
+            signals = {
+                p.name: pool_signal(
+                    registry.routable(p.name),
+                    flow.saturation,
+                    p.accelerator,
+                    running=flow.in_flight(p.name),
+                    queued=flow.queued(pool=p.name),
+                    ttft=ttft_windows.get(p.name),
+                )
+                for p in admin.config.pools
+            }
+            autoscaler.evaluate(signals)
+            await asyncio.sleep(AUTOSCALE_SECONDS)
+
     sweeper = asyncio.create_task(watch_loop(TICK_SECONDS, tick), name="loop-monitor")
     settling = asyncio.create_task(admission.run(), name="quota-settlement")
-    tasks = [sweeper, settling]
+    tasks = [sweeper, settling, asyncio.create_task(autoscale(), name="autoscale")]
     if admin.reloader is not None and cfg.router.config_poll_seconds > 0:
         watching = admin.reloader.watch(cfg.router.config_poll_seconds)
         tasks.append(asyncio.create_task(watching, name="config-watch"))

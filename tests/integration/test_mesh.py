@@ -144,6 +144,9 @@ async def test_status_reports_pools_engines_and_xds_acks(admin):
     pools = {p.name: p for p in status.pools}
     assert len(pools["l4-small"].engines) == 2 and len(pools["empty-pool"].engines) == 0
     assert "chat" in pools["l4-small"].aliases
+    # The autoscaling signal: pools the autoscale section does not name keep their engines.
+    assert pools["l4-small"].desired_engines == 2 and pools["l4-small"].scale_reason
+    assert pools["empty-pool"].desired_engines == 0
     assert status.xds_nodes, "no Envoy node in the xDS status"
     node = status.xds_nodes[0]
     assert node.node_id == "switchyard-test-envoy"

@@ -201,7 +201,7 @@ class StatusResponse(_message.Message):
     def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., xds_nodes: _Optional[_Iterable[_Union[XdsNodeStatus, _Mapping]]] = ..., router_id: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionedModel, _Mapping]]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("name", "accelerator", "models", "aliases", "engines", "in_flight", "queued", "free_slots", "capacity")
+    __slots__ = ("name", "accelerator", "models", "aliases", "engines", "in_flight", "queued", "free_slots", "capacity", "desired_engines", "scale_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,8 @@ class PoolStatus(_message.Message):
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_ENGINES_FIELD_NUMBER: _ClassVar[int]
+    SCALE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     accelerator: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -220,7 +222,9 @@ class PoolStatus(_message.Message):
     queued: int
     free_slots: int
     capacity: int
-    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., free_slots: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
+    desired_engines: int
+    scale_reason: str
+    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., free_slots: _Optional[int] = ..., capacity: _Optional[int] = ..., desired_engines: _Optional[int] = ..., scale_reason: _Optional[str] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
     __slots__ = ("engine_id", "endpoint", "model", "model_version", "state", "load", "cache_hit_rate", "routed_turns", "indexed_blocks", "seconds_since_report")
