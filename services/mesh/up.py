@@ -42,6 +42,7 @@ from services.common.server import host_port, write_ready_file
 from services.common.tls import TlsFiles
 from services.mesh import procs
 from services.mesh.otlp_sink import OtlpFileSink
+from services.mesh.scaler import EngineScaler
 from services.mesh.supervisor import Child, Process, RestartPolicy, Supervisor
 from services.router.config import MeshConfig, load_mesh_config
 from services.router.xds import envoy_proc
@@ -114,6 +115,10 @@ class Mesh:
     engines: list[procs.EngineProcess] = field(default_factory=list)
     envoy: subprocess.Popen[bytes] | None = None
     envoy_log: Path | None = None
+    # Pools' engines started and stopped by the router's autoscaling signal (`autoscale.pools`).
+    scaler: EngineScaler | None = None
+    _engine_pool: dict[str, str] = field(default_factory=dict)  # engine name → its pool
+    _engine_timeout: float = 600.0
 
     @property
     def endpoint(self) -> str:
@@ -212,6 +217,7 @@ class Mesh:
         self._supervise("router", "router", self.router, self._start_router, 120)
         self._ensure_dev_key()
 
+        self._engine_timeout = timeout
         starters = []
         for pool in cfg.pools:
             index = 0
@@ -223,6 +229,7 @@ class Mesh:
                     self.say(f"[up] starting engine {name} ({group.config.name}{version})")
                     starter = self._engine_starter(name, pool.name, group.config, group.version)
                     starters.append((name, starter))
+                    self._engine_pool[name] = pool.name
                     self.engines.append(starter())
         for (name, starter), engine in zip(starters, list(self.engines), strict=True):
             engine.wait_ready(timeout=timeout, on_progress=self.say)
@@ -248,6 +255,13 @@ class Mesh:
             self.write_metrics_targets(self.metrics_targets)
         if self.supervise:
             self.supervisor.start()
+            self.scaler = EngineScaler(self, self.say)
+            if self.scaler.active:
+                pools = ", ".join(
+                    f"{n} {b.min_engines}..{b.max_engines}" for n, b in cfg.autoscale.pools.items()
+                )
+                self.say(f"[up] autoscaling engines by the router's signal: {pools}")
+                self.scaler.start()
         self.write_state()
         self.say(
             f"[up] mesh ready: gRPC endpoint {cfg.envoy.listen} "
@@ -452,7 +466,49 @@ class Mesh:
                     out.add(f"{sock['address']}:{sock['port_value']}")
         return out
 
+    # -- engines the autoscaler adds and removes (services/mesh/scaler.py) ------------------
+
+    def pool_of(self, engine: str) -> str:
+        return self._engine_pool.get(engine, "")
+
+    def add_engine(self, pool: str) -> tuple[str, Callable[[], procs.EngineProcess]]:
+        """A new engine's name and starter for `pool`, from its first engine group."""
+        assert self.cfg is not None
+        (p,) = [x for x in self.cfg.pools if x.name == pool]
+        if not p.engines:
+            raise ValueError(f"pool {pool} has no engine group to start engines from")
+        group = p.engines[0]
+        taken = {n for n, q in self._engine_pool.items() if q == pool}
+        index = len(taken)
+        while f"{pool}-{index}" in taken:
+            index += 1
+        name = f"{pool}-{index}"
+        self._engine_pool[name] = pool
+        return name, self._engine_starter(name, pool, group.config, group.version)
+
+    def supervise_engine(self, name: str, starter: Callable[[], procs.EngineProcess]) -> None:
+        """Start a new engine, wait until it serves, then supervise it like the others."""
+        engine = starter()
+        self.engines.append(engine)
+        engine.wait_ready(timeout=self._engine_timeout, on_progress=self.say)
+        self._supervise(name, "engine", engine, starter, self._engine_timeout)
+
+    def retire_engine(self, engine: procs.EngineProcess) -> None:
+        """Stop an engine on purpose: SIGTERM is its drain (no new turns, its own finish,
+        then it exits); the supervisor leaves it down."""
+        if self.supervisor is not None:
+            self.supervisor.retire(engine.name)
+        engine.terminate()
+
+    def forget_engine(self, engine: procs.EngineProcess) -> None:
+        """A retired engine that has exited: no longer one of the mesh's."""
+        engine.stop()
+        if engine in self.engines:
+            self.engines.remove(engine)
+
     def stop(self) -> None:
+        if self.scaler is not None:
+            self.scaler.stop()
         if self.supervisor is not None:
             self.supervisor.stop()  # nothing comes back from here on
         if self.envoy is not None and self.envoy.poll() is None:
@@ -463,9 +519,9 @@ class Mesh:
                 self.envoy.wait(10)
             except subprocess.TimeoutExpired:
                 self.envoy.kill()
-        for engine in self.engines:
+        for engine in list(self.engines):
             engine.terminate()
-        for engine in self.engines:
+        for engine in list(self.engines):
             engine.stop()
         if self.router is not None:
             self.router.stop()
