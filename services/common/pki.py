@@ -32,7 +32,8 @@ ROUTER = "router"
 SAFETY = "safety"
 ENGINE = "engine"
 OPERATOR = "operator"
-ROLES = (ENVOY, ROUTER, SAFETY, ENGINE, OPERATOR)
+AUTOSCALER = "autoscaler"  # KEDA (or another autoscaler) reading the router's scaling signal
+ROLES = (ENVOY, ROUTER, SAFETY, ENGINE, OPERATOR, AUTOSCALER)
 
 TRUST_DOMAIN = "switchyard.local"
 CA_DAYS = 3650

@@ -14,7 +14,7 @@ from pathlib import Path
 from services.common.errors import FailedPrecondition, SwitchyardError
 from services.common.looplag import RunningClock, watch_loop
 from services.common.metrics import start_metrics_server
-from services.common.pki import ENGINE, ENVOY, OPERATOR, ROUTER, SAFETY
+from services.common.pki import AUTOSCALER, ENGINE, ENVOY, OPERATOR, ROUTER, SAFETY
 from services.common.progress import Progress
 from services.common.server import (
     create_server,
@@ -24,7 +24,7 @@ from services.common.server import (
 )
 from services.common.tls import AccessPolicy
 from services.common.tracing import setup_tracing
-from services.router import api, extproc, registry_service
+from services.router import api, extproc, keda, registry_service
 from services.router import metrics as router_metrics
 from services.router.auth.authenticator import Authenticator
 from services.router.autoscale import Autoscaler, PoolBounds, TtftWindow, pool_signal
@@ -63,6 +63,7 @@ SERVICE_NAMES = [
     "envoy.service.discovery.v3.AggregatedDiscoveryService",
     "switchyard.v1.Inference",  # the response cache's replay (Envoy routes hits here)
     "switchyard.v1.ResponseCache",
+    keda.SERVICE_NAME,
 ]
 # Who may call what (roles of the callers' certificates, services/common/pki.py).
 POLICY = AccessPolicy(
@@ -72,6 +73,7 @@ POLICY = AccessPolicy(
         "/switchyard.v1.Registry/": {ENGINE},
         "/switchyard.v1.Inference/": {ENVOY},
         "/switchyard.v1.ResponseCache/": {SAFETY},
+        f"/{keda.SERVICE_NAME}/": {AUTOSCALER, OPERATOR},
         "/switchyard.v1.Router/": {OPERATOR},
         "/switchyard.v1.Admin/": {OPERATOR},
         "/grpc.reflection.": {OPERATOR},
@@ -180,6 +182,17 @@ async def serve(
     admin.response_cache = responses
     admin.add_to_server(server.grpc)
 
+    def configured_engines(pool: str) -> PoolBounds:
+        """A pool the autoscale section does not name keeps the engines its config starts."""
+        count = sum(g.count for p in admin.config.pools if p.name == pool for g in p.engines)
+        return PoolBounds.model_validate({"min_engines": count, "max_engines": max(1, count)})
+
+    autoscaler = Autoscaler(cfg.autoscale, configured_engines)
+    admin.autoscaler = autoscaler
+    keda.KedaScaler(
+        lambda: autoscaler.last, lambda: [p.name for p in admin.config.pools]
+    ).add_to_server(server.grpc)
+
     def apply_routing(reloaded: MeshConfig) -> None:
         """The config's model routing and pools (at start, and reloaded: swapped in between two
         turns): only its live fields, over the running config (a reloaded file is the one `up`
@@ -254,14 +267,6 @@ async def serve(
         for engine_id in back:
             router_metrics.STALE_CHANGES.labels("recovered").inc()
             log.info("engine %s reports again; routable", engine_id)
-
-    def configured_engines(pool: str) -> PoolBounds:
-        """A pool the autoscale section does not name keeps the engines its config starts."""
-        count = sum(g.count for p in admin.config.pools if p.name == pool for g in p.engines)
-        return PoolBounds.model_validate({"min_engines": count, "max_engines": max(1, count)})
-
-    autoscaler = Autoscaler(cfg.autoscale, configured_engines)
-    admin.autoscaler = autoscaler
 
     async def autoscale() -> None:
         while True:

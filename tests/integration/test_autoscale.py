@@ -129,3 +129,37 @@ async def test_load_adds_an_engine_and_idleness_drains_it(scaling_mesh: Mesh) ->
     assert replies and all(r.final.finish_reason == FR.FINISH_REASON_LENGTH for r in replies)
     child = mesh.supervisor.child("l4-small-1") if mesh.supervisor else None
     assert child is not None and child.state == "retired"  # the supervisor left it down
+
+
+async def test_keda_reads_the_signal_over_its_external_scaler_protocol(scaling_mesh: Mesh) -> None:
+    import grpc
+
+    from services.common.pki import AUTOSCALER, ENGINE
+    from services.common.tls import channel
+    from switchyard.v1 import keda_external_scaler_pb2 as keda
+    from switchyard.v1 import keda_external_scaler_pb2_grpc as keda_grpc
+
+    mesh = scaling_mesh
+    assert mesh.cfg is not None
+    ref = keda.ScaledObjectRef(name="small", namespace="llm", scalerMetadata={"pool": "l4-small"})
+    async with channel(mesh.router_address, mesh.cfg.tls.files(AUTOSCALER)) as ch:
+        stub = keda_grpc.ExternalScalerStub(ch)
+        assert (await stub.IsActive(ref)).result
+        (spec,) = (await stub.GetMetricSpec(ref)).metricSpecs
+        assert spec.metricName == "switchyard-desired-engines-l4-small"
+        assert spec.targetSizeFloat == 1
+        got = await stub.GetMetrics(keda.GetMetricsRequest(scaledObjectRef=ref))
+        _, desired = await pool_engines(mesh)
+        assert got.metricValues[0].metricValueFloat == desired == 1
+        stream = stub.StreamIsActive(ref)
+        assert (await stream.read()).result
+        stream.cancel()
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.IsActive(keda.ScaledObjectRef(scalerMetadata={"pool": "nope"}))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "scalerMetadata.pool: 'nope' is not a pool" in e.value.details()
+    # Only the autoscaler (and operator) identities may ask.
+    async with channel(mesh.router_address, mesh.cfg.tls.files(ENGINE)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await keda_grpc.ExternalScalerStub(ch).IsActive(ref)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
