@@ -34,6 +34,7 @@ import pydantic
 from prometheus_client import Gauge
 
 from services.common.config import StrictModel
+from services.common.stats import nearest_rank
 from services.router.registry import EngineState
 from services.router.saturation import SaturationSection
 
@@ -213,10 +214,7 @@ class TtftWindow:
         since = self._clock() - self.seconds
         while self._samples and self._samples[0][0] < since:
             self._samples.popleft()
-        if not self._samples:
-            return None
-        values = sorted(v for _, v in self._samples)
-        return values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
+        return nearest_rank((v for _, v in self._samples), 0.95)
 
 
 def pool_signal(

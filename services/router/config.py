@@ -199,7 +199,8 @@ class MeshConfig(StrictModel):
                 served[(m.name, m.version)] = pool.name
                 if not m.version or m.name not in models:
                     models[m.name] = pool.name
-                if m.version and m.version not in (self.versions.get(m.name, _NO_VERSIONS).weights):
+                section = self.versions.get(m.name)
+                if m.version and (section is None or m.version not in section.weights):
                     raise ValueError(
                         f"pools[{i}].models[{j}].version: {m.version!r} is not one of "
                         f"versions.{m.name}.weights"
@@ -280,9 +281,6 @@ class MeshConfig(StrictModel):
 
 def _abs(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
-
-
-_NO_VERSIONS = VersionsSection(weights={"-": 1.0})
 
 
 def primary_entries(cfg: MeshConfig) -> dict[str, tuple[PoolConfig, ModelEntry]]:

@@ -146,14 +146,15 @@ async def serve(
         metrics (and its canary rollback) and its pool's TTFT (the autoscaling signal)."""
         admission.on_usage(engine_id, usage)
         if usage.done and (engine := registry.get(engine_id)) is not None:
-            versions.observe(engine.model, engine.model_version, usage)
-            if usage.HasField("ttft"):
+            ttft = usage.ttft.ToNanoseconds() / 1e9 if usage.HasField("ttft") else None
+            versions.observe(engine.model, engine.model_version, usage, ttft)
+            if ttft is not None:
                 window = ttft_windows.get(engine.pool)
                 if window is None:
                     window = ttft_windows[engine.pool] = TtftWindow(
                         cfg.autoscale.ttft_window_seconds
                     )
-                window.add(usage.ttft.ToTimedelta().total_seconds())
+                window.add(ttft)
 
     reg = registry_service.RegistryService(
         registry,

@@ -48,6 +48,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.config import StrictModel
 from services.common.errors import InvalidArgument, NotFound
+from services.common.stats import nearest_rank
 from switchyard.v1 import engine_pb2, router_pb2
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,7 @@ class _Arm:
         return sum(1 for _, f, _ in self.window if f)
 
     def ttft_p99(self) -> float | None:
-        ttfts = sorted(t for _, _, t in self.window if t is not None)
-        if not ttfts:
-            return None
-        return ttfts[min(len(ttfts) - 1, math.ceil(0.99 * len(ttfts)) - 1)]
+        return nearest_rank((t for _, _, t in self.window if t is not None), 0.99)
 
 
 def _rank(key: str, version: str) -> float:
@@ -326,15 +324,17 @@ class Versions:
         log.info("version weights of %s set: %s", model, weights)
         return vm
 
-    def observe(self, model: str, version: str, usage: engine_pb2.TurnUsage) -> None:
-        """An engine's report of a turn that ended (metrics; a canary's rollback)."""
+    def observe(
+        self, model: str, version: str, usage: engine_pb2.TurnUsage, ttft: float | None
+    ) -> None:
+        """An engine's report of a turn that ended, with its time to first text in seconds
+        (metrics; a canary's rollback)."""
         outcome = OUTCOMES.get(usage.outcome)
         if outcome is None:  # (an engine from before outcomes were reported)
             return
         TURNS.labels(model, version, outcome).inc()
         if usage.completion_tokens:
             TOKENS.labels(model, version).inc(usage.completion_tokens)
-        ttft = usage.ttft.ToTimedelta().total_seconds() if usage.HasField("ttft") else None
         if ttft is not None:
             TTFT.labels(model, version).observe(ttft)
         vm = self.models.get(model)

@@ -162,11 +162,11 @@ def test_per_version_metrics_count_every_ended_turn():
     report = engine_pb2.TurnUsage(
         done=True, outcome=engine_pb2.TURN_OUTCOME_FAILED, completion_tokens=3
     )
-    v.observe("small", "canary", report)
+    v.observe("small", "canary", report, None)
     after = sample("switchyard_router_version_turns_total", version="canary", outcome="failed")
     assert after == before + 1
     assert len(vm.arms["canary"].window) == 1
-    v.observe("small", "canary", engine_pb2.TurnUsage(done=True))  # no outcome: ignored
+    v.observe("small", "canary", engine_pb2.TurnUsage(done=True), None)  # no outcome: ignored
     assert len(vm.arms["canary"].window) == 1
 
 
