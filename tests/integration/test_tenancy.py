@@ -392,15 +392,31 @@ async def whole_small_pool(admin: Any, timeout: float = 300) -> None:
         await asyncio.sleep(0.5)
 
 
-async def pool_full(admin: Any, timeout: float = 60) -> None:
-    """The router has let POOL_SLOTS turns into the small pool (its own count, at once)."""
+async def pool_full(
+    admin: Any, turns: Turns, ch: grpc.aio.Channel, labels: list[str], timeout: float = 60
+) -> None:
+    """The router has let POOL_SLOTS turns into the small pool (its own count, at once).
+
+    A filling turn refused by an overload of this 2-core machine (the router's loop starved
+    past Envoy's per-message deadline) is started again, twice at most: the pool must fill."""
     deadline = asyncio.get_running_loop().time() + timeout
+    restarts = 0
     while True:
         status = await admin.Status(router_pb2.StatusRequest())
         [pool] = [p for p in status.pools if p.name == "l4-small"]
         if pool.in_flight >= POOL_SLOTS:
             return
-        assert asyncio.get_running_loop().time() < deadline, f"the pool did not fill: {pool}"
+        refused = [label for label in labels if label in turns.refused]
+        overloaded = [x for x in refused if "per-message_timeout" in turns.refused[x].details()]
+        if refused and refused == overloaded and restarts < 2:
+            restarts += 1
+            for label in refused:
+                del turns.refused[label]
+                turns.start(ch, label, HOLD_TOKENS)
+        assert asyncio.get_running_loop().time() < deadline and len(refused) == len(overloaded), (
+            f"the pool did not fill: refused "
+            f"{ {x: (e.code(), e.details()) for x, e in turns.refused.items()} }; {pool}"
+        )
         await asyncio.sleep(0.05)
 
 
@@ -504,7 +520,7 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
         fill = [f"fill{i}" for i in range(POOL_SLOTS)]
         for label in fill:
             turns.start(f, label, HOLD_TOKENS)
-        await pool_full(admin)
+        await pool_full(admin, turns, f, fill)
         with frozen_generation(mesh):  # no fill turn ends by itself before the premium ones wait
             # 16 free turns fill the router's queue (flow.max_queue in tests/integration/mesh.yaml).
             for i in range(16):
