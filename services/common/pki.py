@@ -45,6 +45,13 @@ def spiffe_id(role: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/{role}"
 
 
+def role_host(role: str) -> str:
+    """The DNS name every certificate of `role` carries (`router.switchyard.local`): a client
+    that dials a service by an address no certificate can name (a pod's IP, one replica of
+    several) checks the server's role by it (services/common/tls.py `channel(peer=...)`)."""
+    return f"{role}.{TRUST_DOMAIN}"
+
+
 def default_pki_dir() -> Path:
     """$SWITCHYARD_PKI, else $SWITCHYARD_HOME/pki (~/.cache/switchyard/pki)."""
     return home_path("pki", "SWITCHYARD_PKI")
@@ -82,8 +89,8 @@ def ensure_pki(directory: Path | None = None, roles: tuple[str, ...] = ROLES) ->
             for role in roles:  # a new CA: every certificate again
                 pki.cert(role).unlink(missing_ok=True)
         for role in roles:
-            if not (pki.cert(role).exists() and pki.key(role).exists()) or _expiring(
-                pki.cert(role)
+            if not (pki.cert(role).exists() and pki.key(role).exists()) or _stale(
+                pki.cert(role), role
             ):
                 issue(pki, role)
     return pki
@@ -101,6 +108,20 @@ def _expiring(cert_path: Path) -> bool:
     except (OSError, ValueError):
         return True
     return cert.not_valid_after_utc - _now() < datetime.timedelta(days=RENEW_DAYS)
+
+
+def _stale(cert_path: Path, role: str) -> bool:
+    """Expiring, or issued before certificates named their role's host (role_host)."""
+    from cryptography import x509
+
+    if _expiring(cert_path):
+        return True
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return True
+    return role_host(role) not in names.get_values_for_type(x509.DNSName)
 
 
 def _new_key() -> Any:
@@ -192,6 +213,7 @@ def issue(pki: Pki, role: str, days: int = LEAF_DAYS) -> None:
             x509.SubjectAlternativeName(
                 [
                     x509.UniformResourceIdentifier(spiffe_id(role)),
+                    x509.DNSName(role_host(role)),
                     x509.DNSName("localhost"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.IPAddress(ipaddress.ip_address("::1")),

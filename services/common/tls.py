@@ -26,7 +26,7 @@ import pydantic
 
 from services.common.config import StrictModel
 from services.common.errors import PermissionDenied
-from services.common.pki import TRUST_DOMAIN, default_pki_dir, ensure_pki
+from services.common.pki import TRUST_DOMAIN, default_pki_dir, ensure_pki, role_host
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,18 @@ class TlsFiles:
         )
 
 
-def channel(target: str, tls: TlsFiles | None, options: Any = None) -> grpc.aio.Channel:
-    """A channel to one of the mesh's services: mutual TLS with `tls`, plaintext when None."""
+def channel(
+    target: str, tls: TlsFiles | None, options: Any = None, *, peer: str = ""
+) -> grpc.aio.Channel:
+    """A channel to one of the mesh's services: mutual TLS with `tls`, plaintext when None.
+
+    With `peer` (a role), the server's certificate must name that role's host
+    (`pki.role_host`) instead of the address dialled: for targets no certificate can name,
+    such as a pod's IP on Kubernetes or each replica of a Service."""
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options)
+    if peer:
+        options = [*(options or ()), ("grpc.ssl_target_name_override", role_host(peer))]
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
 
 

@@ -67,6 +67,7 @@ class Watcher:
         self._tracker = tracker
         self.kv_events = kv_events
         self.usage = usage  # turn usage reports (the registration stream takes them)
+        self.router_id = ""  # the router replica at the other end, once it has answered
         self._queue: deque[engine_pb2.KvCacheEvents] = deque()
         self.usage_queue: deque[engine_pb2.TurnUsage] = deque()
         self._wake = asyncio.Event()
@@ -168,13 +169,16 @@ class LoadTracker:
                 w.push_kv(batch)
 
     def publish_usage(self, usage: engine_pb2.TurnUsage) -> None:
-        """A turn's usage report for the router: to the registration stream, or kept until
-        one is up again (a report is sent on one stream only)."""
-        for w in self._watchers:
-            if w.usage:
-                w.push_usage(usage)
-                return
-        self._usage_outbox.append(usage)
+        """A turn's usage report for the router: to one registration stream (the stream of
+        the router replica that reserved the turn, whose id prefixes the reservation id, else
+        any: every replica settles against the shared ledger), or kept until one is up."""
+        takers = [w for w in self._watchers if w.usage]
+        if not takers:
+            self._usage_outbox.append(usage)
+            return
+        res = usage.reservation_id
+        owner = next((w for w in takers if w.router_id and res.startswith(w.router_id + "-")), None)
+        (owner or takers[0]).push_usage(usage)
 
     # -- watchers ---------------------------------------------------------------------------
 

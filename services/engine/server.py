@@ -39,7 +39,7 @@ from services.engine.config import EngineConfig
 from services.engine.kv_events import KvEventForwarder, ipc_endpoint
 from services.engine.load import LoadTracker
 from services.engine.metrics import EngineMetrics
-from services.engine.registrar import Registrar
+from services.engine.registrar import Registrations
 from services.engine.runtime import Runtime
 from switchyard.v1 import engine_pb2, inference_pb2
 
@@ -196,7 +196,7 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
         tracing,
     )
     if cfg.router:
-        registrar = Registrar(
+        registrar = Registrations(
             cfg.router, svc.address, control_svc.info, tracker, cfg.heartbeat_seconds, tls
         )
         svc.registrar_task = asyncio.create_task(registrar.run(), name="registrar")

@@ -7,6 +7,7 @@ import time
 import grpc
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.pki import ENGINE
 from services.common.tls import TlsFiles
 from services.common.tls import channel as tls_channel
 from services.router.auth.authenticator import Authenticator
@@ -210,7 +211,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         if state is None:
             known = ", ".join(sorted(e.engine_id for e in self._registry.engines())) or "none"
             raise NotFound(f"engine {engine_id!r} is not registered (engines: {known})")
-        channel = tls_channel(state.address, self._tls)
+        channel = tls_channel(state.address, self._tls, peer=ENGINE)
         return channel, engine_pb2_grpc.EngineControlStub(channel)
 
     async def Drain(

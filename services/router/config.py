@@ -67,6 +67,10 @@ class PoolConfig(StrictModel):
 class RouterSection(StrictModel):
     # Registry, Router, Admin, Envoy's ext_proc and the xDS (ADS) server share this address.
     listen: str = "127.0.0.1:50051"
+    # Where Envoy reaches the router's ext_proc; defaults to the bound listen address. With
+    # several replicas (Kubernetes), their Service: every replica then serves Envoy the same
+    # config, so a reconnect to another replica changes nothing.
+    advertise_address: str = ""
     metrics_listen: str = "127.0.0.1:0"
     # An engine silent for this long leaves the routable set (it reports every heartbeat) and
     # comes back on its next report; the router's own stalls do not count as silence.

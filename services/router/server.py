@@ -125,7 +125,7 @@ async def serve(
     host, _ = host_port(cfg.router.listen)
     address = f"{host}:{server.port}"
     cache = SnapshotCache()
-    publisher = XdsPublisher(cfg, registry, cache, address)
+    publisher = XdsPublisher(cfg, registry, cache, cfg.router.advertise_address or address)
 
     router_id = f"router-{uuid.uuid4().hex[:8]}"
     policies = PolicyStore(cfg.tenants, set(cfg.auth.tiers))

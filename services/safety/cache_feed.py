@@ -16,6 +16,7 @@ import time
 import grpc
 from prometheus_client import Counter
 
+from services.common.pki import ROUTER
 from services.common.tls import TlsFiles
 from services.common.tls import channel as tls_channel
 from switchyard.v1 import inference_pb2, router_pb2, router_pb2_grpc
@@ -58,7 +59,9 @@ class CacheFeed:
 
     async def _put(self, entry: str, turn: router_pb2.CachedTurn) -> None:
         if self._stub is None:
-            self._stub = router_pb2_grpc.ResponseCacheStub(tls_channel(self.target, self._tls))
+            self._stub = router_pb2_grpc.ResponseCacheStub(
+                tls_channel(self.target, self._tls, peer=ROUTER)
+            )
         try:
             got = await self._stub.Put(
                 router_pb2.CachePutRequest(entry=entry, turn=turn), timeout=PUT_TIMEOUT_SECONDS
