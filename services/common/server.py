@@ -36,6 +36,7 @@ MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 # default (8 KiB, refusing at random up to 16 KiB) would fail turns Envoy let through.
 MAX_METADATA_BYTES = 128 * 1024
 
+LIVENESS = "liveness"  # the health service name probes of liveness ask for
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -66,6 +67,8 @@ class Server:
         self.port = port
         self.health = health_servicer
         self.service_names = list(service_names)
+        self.probes: grpc.aio.Server | None = None  # plaintext health only (health_listen)
+        self.probe_port = 0
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -78,10 +81,15 @@ class Server:
 
     async def start(self) -> None:
         await self.grpc.start()
+        if self.probes is not None:
+            await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+            await self.probes.start()
 
     async def stop(self, grace: float | None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
+        if self.probes is not None:
+            await self.probes.stop(0)
 
 
 async def create_server(
@@ -92,11 +100,17 @@ async def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: TlsFiles | None = None,
     policy: AccessPolicy | None = None,
+    health_listen: str = "",
 ) -> Server:
     """Build a server with health (per service, NOT_SERVING until told) and reflection.
 
     With `tls`, it serves mutual TLS only and every call is checked against `policy` (the
-    caller's role); without, it serves plaintext and trusts every caller (logged)."""
+    caller's role); without, it serves plaintext and trusts every caller (logged).
+
+    With `health_listen`, the same health service is also served there in plaintext and
+    nothing else, for probes that cannot present a certificate (Kubernetes' gRPC probes):
+    the overall status ("") and each service's say whether it serves; `liveness` is SERVING
+    while the process answers at all (a drain does not change it)."""
     authorize = policy.check if (tls is not None and policy is not None) else None
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor(authorize), *interceptors], options=SERVER_OPTIONS
@@ -119,6 +133,12 @@ async def create_server(
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     srv = Server(server, port, health_servicer, service_names)
+    if health_listen:
+        srv.probes = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, srv.probes)
+        srv.probe_port = srv.probes.add_insecure_port(health_listen)
+        if srv.probe_port == 0:
+            raise OSError(f"cannot bind the health probe server to {health_listen}")
     await srv.set_serving(False)
     return srv
 

@@ -56,6 +56,8 @@ class EngineConfig(StrictModel):
     advertise_address: str = ""
     router: str = ""  # the router's HOST:PORT to register with; empty runs standalone
     metrics_listen: str = "127.0.0.1:0"  # /metrics address; port 0 picks a free port
+    # Plaintext gRPC health only, for probes without a certificate (Kubernetes); "": none.
+    health_listen: str = ""
     default_max_tokens: int = pydantic.Field(256, ge=1)  # when a request leaves it unset
     max_tokens_limit: int | None = pydantic.Field(None, ge=1)  # defaults to the context length
     drain_grace_seconds: float = pydantic.Field(30.0, ge=0)  # SIGTERM: time in-flight turns get

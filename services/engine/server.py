@@ -120,7 +120,12 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     # Servicers are added after binding, since the bound port may name the engine.
     tls = cfg.tls.files(ENGINE)
     server = await create_server(
-        cfg.listen, [], [inference.SERVICE_NAME, control.SERVICE_NAME], tls=tls, policy=POLICY
+        cfg.listen,
+        [],
+        [inference.SERVICE_NAME, control.SERVICE_NAME],
+        tls=tls,
+        policy=POLICY,
+        health_listen=cfg.health_listen,
     )
     engine_id = cfg.engine_id or f"{cfg.pool}-{server.port}"
     progress = progress or Progress(f"engine {engine_id}")

@@ -72,6 +72,8 @@ class RouterSection(StrictModel):
     # config, so a reconnect to another replica changes nothing.
     advertise_address: str = ""
     metrics_listen: str = "127.0.0.1:0"
+    # Plaintext gRPC health only, for probes without a certificate (Kubernetes); "": none.
+    health_listen: str = ""
     # An engine silent for this long leaves the routable set (it reports every heartbeat) and
     # comes back on its next report; the router's own stalls do not count as silence.
     stale_after_seconds: float = pydantic.Field(3.0, gt=0)

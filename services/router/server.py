@@ -121,7 +121,14 @@ async def serve(
     auth = Authenticator(cfg.auth)
     tracing = setup_tracing("switchyard-router", cfg.tracing)
     tls = cfg.tls.files(ROUTER)
-    server = await create_server(cfg.router.listen, [], SERVICE_NAMES, tls=tls, policy=POLICY)
+    server = await create_server(
+        cfg.router.listen,
+        [],
+        SERVICE_NAMES,
+        tls=tls,
+        policy=POLICY,
+        health_listen=cfg.router.health_listen,
+    )
     host, _ = host_port(cfg.router.listen)
     address = f"{host}:{server.port}"
     cache = SnapshotCache()

@@ -81,6 +81,8 @@ class PolicySection(StrictModel):
 class SafetyConfig(StrictModel):
     listen: str = "127.0.0.1:50055"
     metrics_listen: str = "127.0.0.1:0"
+    # Plaintext gRPC health only, for probes without a certificate (Kubernetes); "": none.
+    health_listen: str = ""
     default: PolicySection = pydantic.Field(
         default_factory=lambda: PolicySection(default_action="redact", prompt="redact")
     )

@@ -54,6 +54,7 @@ async def serve(
         SERVICE_NAMES,
         tls=cfg.tls.files(SAFETY),
         policy=POLICY,
+        health_listen=cfg.health_listen,
     )
     host, _ = host_port(cfg.listen)
     address = f"{host}:{server.port}"

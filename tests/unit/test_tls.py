@@ -148,3 +148,43 @@ def _presented(target: str, cfg: TlsConfig) -> int:
             der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_probes_without_a_certificate_see_health_and_nothing_else(tmp_path: Path):
+    """health_listen: Kubernetes' gRPC probes cannot present a certificate."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from services.common.server import LIVENESS
+
+    files = TlsConfig(pki_dir=tmp_path).files(pki.ROUTER)
+    server = await create_server(
+        "127.0.0.1:0",
+        [],
+        [SERVICE],
+        tls=files,
+        policy=AccessPolicy({}),
+        health_listen="127.0.0.1:0",
+    )
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.probe_port}") as ch:
+            check = health_pb2_grpc.HealthStub(ch).Check
+
+            async def status(service: str) -> int:
+                return (await check(health_pb2.HealthCheckRequest(service=service))).status
+
+            assert await status(LIVENESS) == serving  # alive from the start
+            assert await status("") != serving and await status(SERVICE) != serving
+            await server.set_serving(True)
+            assert await status("") == serving and await status(SERVICE) == serving
+            await server.set_serving(False)  # draining: not ready, still alive
+            assert await status("") != serving and await status(LIVENESS) == serving
+            with pytest.raises(grpc.aio.AioRpcError) as e:  # nothing but health there
+                await ch.unary_unary(f"/{SERVICE}/Call")(b"")
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError):  # the service's own port: TLS only
+                await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+    finally:
+        await server.stop(0)
