@@ -51,8 +51,18 @@ def _operator_tls(args: argparse.Namespace) -> object:
     if getattr(args, "plaintext", False):
         return None
     from services.common.pki import OPERATOR
-    from services.common.tls import TlsConfig
+    from services.common.tls import TlsConfig, TlsFiles
 
+    tls_dir = getattr(args, "operator_tls", None) or os.environ.get("SWITCHYARD_OPERATOR_TLS")
+    if tls_dir:  # a Kubernetes TLS Secret's files (see deploy/k8s/README.md)
+        d = Path(tls_dir).expanduser()
+        files = TlsFiles(d / "ca.crt", d / "tls.crt", d / "tls.key")
+        for path in (files.ca, files.cert, files.key):
+            if not path.is_file():
+                raise SystemExit(
+                    f"--operator-tls {d}: no {path.name} there (ca.crt, tls.crt, tls.key)"
+                )
+        return files
     return TlsConfig.model_validate({}).files(OPERATOR)
 
 
@@ -540,6 +550,12 @@ def _router_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", default=DEFAULT_ROUTER, help="the router's HOST:PORT")
     p.add_argument(
         "--plaintext", action="store_true", help="no TLS (a mesh run with tls.plaintext)"
+    )
+    p.add_argument(
+        "--operator-tls",
+        metavar="DIR",
+        help="the operator identity as ca.crt, tls.crt and tls.key in DIR (a Kubernetes TLS "
+        "Secret's files; default $SWITCHYARD_OPERATOR_TLS, else the local PKI)",
     )
 
 

@@ -476,3 +476,40 @@ def test_the_dockerfile_passes_hadolint():
         [hadolint, "-"], input=b"FROM python\nRUN cd /tmp && pip install x\n", capture_output=True
     )
     assert bad.returncode != 0  # it does flag mistakes (untagged image, cd, unpinned pip)
+
+
+def test_without_keda_a_pools_hpa_reads_the_routers_metric(tmp_path: Path):
+    """engine/hpa: an HPA on the external metric in place of the pool's ScaledObject."""
+    import os
+
+    import kubernetes_validate
+
+    from services.router.autoscale import DESIRED
+
+    engine = os.path.relpath(K8S / "engine", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [engine],
+                "components": [f"{engine}/hpa"],
+                "nameSuffix": "-p1",
+            }
+        )
+    )
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert not list(find(docs, "ScaledObject"))
+    hpa = one(docs, "HorizontalPodAutoscaler", "switchyard-engine-p1")
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "switchyard-engine-p1"
+    one(docs, "Deployment", "switchyard-engine-p1")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["external"]["metric"]["name"] == DESIRED._name
+    assert "pool" in DESIRED._labelnames
+    assert set(metric["external"]["metric"]["selector"]["matchLabels"]) == {"pool"}
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}

@@ -188,3 +188,25 @@ async def test_probes_without_a_certificate_see_health_and_nothing_else(tmp_path
                 await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
     finally:
         await server.stop(0)
+
+
+def test_the_cli_takes_the_operator_identity_from_a_kubernetes_secrets_files(tmp_path: Path):
+    """`--operator-tls DIR`: ca.crt, tls.crt, tls.key as `kubectl get secret` gives them;
+    the local PKI is neither read nor created."""
+    import argparse
+    import shutil
+
+    from services.mesh.cli import _operator_tls
+
+    p = pki.ensure_pki(tmp_path / "pki")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    shutil.copy(p.ca, secret / "ca.crt")
+    shutil.copy(p.cert(pki.OPERATOR), secret / "tls.crt")
+    with pytest.raises(SystemExit, match=r"no tls\.key there"):  # the key is missing
+        _operator_tls(argparse.Namespace(operator_tls=str(secret)))
+    shutil.copy(p.key(pki.OPERATOR), secret / "tls.key")
+    files = _operator_tls(argparse.Namespace(operator_tls=str(secret)))
+    assert (files.ca, files.cert, files.key) == (  # type: ignore[attr-defined]
+        secret / "ca.crt", secret / "tls.crt", secret / "tls.key",
+    )  # fmt: skip
