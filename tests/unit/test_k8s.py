@@ -235,6 +235,11 @@ def test_the_router_config_loads_and_its_addresses_are_the_manifests(overlay: st
     (mesh_port,) = svc["spec"]["ports"]
     assert ports(container(envoy))[mesh_port["targetPort"]] == port_of(cfg.envoy.listen)
     assert ports(container(envoy))["admin"] == port_of(cfg.envoy.admin)
+    # The clusters the router sends Envoy name its SDS files where the pod has them.
+    assert cfg.envoy.sds_dir is not None
+    assert volume_of(envoy, str(cfg.envoy.sds_dir))["configMap"]["name"].startswith(
+        "switchyard-envoy"
+    )
     # Envoy's memory limit is above the heap its overload manager stops at.
     limit = container(envoy)["resources"]["limits"]["memory"]
     assert limit.endswith("Mi") and int(limit[:-2]) > cfg.envoy.max_heap_mb
@@ -264,6 +269,13 @@ def test_the_safety_config_loads_and_its_addresses_are_the_manifests(overlay: st
     assert hpa["spec"]["scaleTargetRef"]["name"] == "switchyard-safety"
 
 
+def mesh_config(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], MeshConfig]:
+    """The router's container and the mesh config it loads."""
+    router = container(one(docs, "Deployment", "switchyard-router"))
+    raw = config_file(docs, "switchyard-mesh", "mesh.yaml")
+    return router, MeshConfig.model_validate(expand_env(raw, env_of(router)))
+
+
 def engines(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         d
@@ -278,10 +290,7 @@ def test_each_pool_has_engines_that_load_probe_drain_and_register_where_the_rout
     overlay: str,
 ):
     docs = render(overlay)
-    router = container(one(docs, "Deployment", "switchyard-router"))
-    mesh = MeshConfig.model_validate(
-        expand_env(config_file(docs, "switchyard-mesh", "mesh.yaml"), env_of(router))
-    )
+    router, mesh = mesh_config(docs)
     pools = {p.name: p for p in mesh.pools}
     deployments = engines(docs)
     assert sorted(d["spec"]["template"]["metadata"]["labels"]["switchyard.dev/pool"]
@@ -337,10 +346,7 @@ def test_each_pools_scaled_object_asks_the_router_about_that_pool_within_its_bou
     overlay: str,
 ):
     docs = render(overlay)
-    router = container(one(docs, "Deployment", "switchyard-router"))
-    mesh = MeshConfig.model_validate(
-        expand_env(config_file(docs, "switchyard-mesh", "mesh.yaml"), env_of(router))
-    )
+    router, mesh = mesh_config(docs)
     deployments = {d["metadata"]["name"]: d for d in engines(docs)}
     scaled = list(find(docs, "ScaledObject"))
     assert sorted(s["spec"]["scaleTargetRef"]["name"] for s in scaled) == sorted(deployments)

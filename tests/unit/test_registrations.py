@@ -180,3 +180,33 @@ def test_certificates_name_their_role_host_and_older_ones_are_issued_again(tmp_p
     names = again.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert role_host(ENGINE) in names.get_values_for_type(x509.DNSName)
     assert again.serial_number != old.serial_number
+
+
+def test_two_replicas_that_know_the_same_engines_serve_envoy_the_same_config():
+    """Whatever order the engines registered in with each replica, the xDS resources and their
+    versions (content hashes) are the same: an Envoy reconnecting to the other replica is told
+    nothing new."""
+    from services.router.config import MeshConfig
+    from services.router.publisher import XdsPublisher
+    from services.router.xds import resources
+    from services.router.xds.builder import build_snapshot
+    from services.router.xds.cache import SnapshotCache
+
+    cfg = MeshConfig.model_validate(
+        {
+            "router": {"advertise_address": "switchyard-router-replicas:50051"},
+            "pools": [
+                {"name": "pool", "accelerator": "cpu", "models": [{"name": "m", "tokenizer": "."}]}
+            ],
+        }
+    )
+    engines = [(make_info(f"e{i}", pool="pool"), f"10.0.0.{i}:50061") for i in range(3)]
+    versions = []
+    for order in (engines, engines[::-1]):
+        registry = Registry()
+        for engine, address in order:
+            registry.register(engine, address)
+        publisher = XdsPublisher(cfg, registry, SnapshotCache(), cfg.router.advertise_address)
+        snapshot = build_snapshot(publisher.spec())
+        versions.append({url: snapshot.version(url) for url in resources.PUSH_ORDER})
+    assert versions[0] == versions[1] and all(versions[0].values())

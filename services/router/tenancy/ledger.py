@@ -221,9 +221,5 @@ class MemoryLedger:
         now = self._clock()
         return {lim.name: int(self._bucket(lim, now).fill(lim, now)) for lim in limits}
 
-    @property
-    def open_reservations(self) -> int:
-        return len(self._open)
-
     async def close(self) -> None:
         pass
