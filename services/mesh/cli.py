@@ -264,6 +264,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         traces_dir=Path(args.traces_dir).expanduser() if args.traces_dir else None,
         metrics_targets=Path(args.metrics_targets) if args.metrics_targets else None,
         redis_url=args.redis,
+        engine_nice=args.engine_nice,
     )
 
     def on_signal(signum: int, frame: object) -> None:
@@ -592,6 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         help="keep the quota ledger in this Redis (redis://HOST:PORT/DB), shared by routers",
+    )
+    u.add_argument(
+        "--engine-nice",
+        type=int,
+        default=5,
+        metavar="N",
+        help="run engines N steps nicer than the router, safety filter and Envoy, which then "
+        "keep the CPU they need when engines fill it (default 5; 0: equal)",
     )
     u.set_defaults(func=cmd_up)
 

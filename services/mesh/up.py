@@ -90,6 +90,9 @@ class Mesh:
     # local sink that keeps them in `traces_dir` for `switchyard trace`.
     otlp_endpoint: str | None = None
     tracing_enabled: bool = True  # False: no tracer anywhere (no Envoy tracer, no spans)
+    # Engines run this much nicer than the rest: on a machine their busy CPU work fills, the
+    # router, the safety filter and Envoy (each turn's latency-critical hops) still get the CPU.
+    engine_nice: int = 5
     trace_sampling: float = 1.0
     traces_dir: Path | None = None
     # Write a Prometheus file_sd target list of every /metrics endpoint here once up.
@@ -344,7 +347,11 @@ class Mesh:
             if version:  # (a canary arm of the same engine config)
                 overrides["model_version"] = version
             engine = procs.start_engine(
-                config, name=name, workdir=self.workdir, overrides=overrides
+                config,
+                name=name,
+                workdir=self.workdir,
+                overrides=overrides,
+                nice=self.engine_nice,
             )
             for i, e in enumerate(self.engines):
                 if e.name == name:

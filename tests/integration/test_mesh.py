@@ -51,6 +51,17 @@ def wait_for(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+def test_engines_run_nicer_than_the_rest_of_the_mesh(mesh: Mesh):
+    """`up`'s engine_nice: busy engines do not starve the router, safety filter or Envoy."""
+    assert mesh.router is not None and mesh.engines
+    base = os.getpriority(os.PRIO_PROCESS, mesh.router.pid)
+    live = [e for e in mesh.engines if e.poll() is None]  # (an earlier test may restart one)
+    assert live
+    for engine in live:
+        assert os.getpriority(os.PRIO_PROCESS, engine.pid) == base + mesh.engine_nice
+    assert mesh.engine_nice == 5
+
+
 def test_config_arrives_over_xds(mesh: Mesh):
     dump = json.dumps(admin_json(mesh, "/config_dump"))
     assert "switchyard_ingress" in dump and "switchyard_routes" in dump
