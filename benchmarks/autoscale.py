@@ -188,7 +188,11 @@ def summarize(run: Run, marks: dict[str, float], late: float | None) -> dict[str
     in_peak = [r for r in ok if marks["peak_start"] <= r["start"] < marks["peak_end"]]
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     peak_ttft = [r["ttft"] for r in in_peak if r["ttft"] is not None]
-    late_ttft = [r["ttft"] for r in in_peak if late is not None and r["start"] >= late]
+    late_ttft = [
+        r["ttft"]
+        for r in in_peak
+        if late is not None and r["start"] >= late and r["ttft"] is not None
+    ]
     peak_tokens = sum(
         r["tokens"] for r in ok if marks["peak_start"] <= r["end"] < marks["peak_end"]
     )

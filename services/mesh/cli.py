@@ -597,10 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--engine-nice",
         type=int,
-        default=5,
+        default=0,
         metavar="N",
         help="run engines N steps nicer than the router, safety filter and Envoy, which then "
-        "keep the CPU they need when engines fill it (default 5; 0: equal)",
+        "keep the CPU they need when engines fill a small machine (default 0: equal)",
     )
     u.set_defaults(func=cmd_up)
 

@@ -91,8 +91,9 @@ class Mesh:
     otlp_endpoint: str | None = None
     tracing_enabled: bool = True  # False: no tracer anywhere (no Envoy tracer, no spans)
     # Engines run this much nicer than the rest: on a machine their busy CPU work fills, the
-    # router, the safety filter and Envoy (each turn's latency-critical hops) still get the CPU.
-    engine_nice: int = 5
+    # router, the safety filter and Envoy (each turn's latency-critical hops) still get the CPU
+    # (and so does everything else on the machine, a load generator included).
+    engine_nice: int = 0
     trace_sampling: float = 1.0
     traces_dir: Path | None = None
     # Write a Prometheus file_sd target list of every /metrics endpoint here once up.

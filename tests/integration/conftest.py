@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL_CONFIG = ROOT / "deploy" / "local" / "engine-small.yaml"
 MESH_CONFIG = Path(__file__).with_name("mesh.yaml")
 
+ENGINE_NICE = 5  # the test mesh's engines yield the CPU to the router, safety and Envoy
+
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
@@ -161,8 +163,9 @@ def mesh(
     redis_server: Any,
 ) -> Iterator[Mesh]:
     """The whole mesh (tests/integration/mesh.yaml): Envoy, router, safety, large x1 and
-    small x2 engines, an empty pool; supervised, so processes a test kills come back. Its
-    quota ledger lives in a real Redis (as with several router replicas)."""
+    small x2 engines (ENGINE_NICE steps nicer than the rest), an empty pool; supervised, so
+    processes a test kills come back. Its quota ledger lives in a real Redis (as with several
+    router replicas)."""
     workdir = tmp_path_factory.mktemp("mesh")
     m = Mesh(
         source_config(workdir),
@@ -174,6 +177,9 @@ def mesh(
         keys_file=workdir / "keys.json",
         dev_key_file=workdir / "dev-key",
         redis_url=redis_server.url,
+        # Three busy CPU engines on this 2-core machine otherwise starve the router's event
+        # loop for seconds (past Envoy's per-message deadline) while the tests drive them.
+        engine_nice=ENGINE_NICE,
     )
     try:
         m.start()
