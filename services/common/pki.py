@@ -101,27 +101,36 @@ def _now() -> datetime.datetime:
 
 
 def _expiring(cert_path: Path) -> bool:
-    from cryptography import x509
-
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError):
-        return True
-    return cert.not_valid_after_utc - _now() < datetime.timedelta(days=RENEW_DAYS)
+    cert = _load(cert_path)
+    return cert is None or _expires_soon(cert)
 
 
 def _stale(cert_path: Path, role: str) -> bool:
     """Expiring, or issued before certificates named their role's host (role_host)."""
     from cryptography import x509
 
-    if _expiring(cert_path):
+    cert = _load(cert_path)
+    if cert is None or _expires_soon(cert):
         return True
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return True
     return role_host(role) not in names.get_values_for_type(x509.DNSName)
+
+
+def _load(cert_path: Path) -> Any:
+    """The certificate at `cert_path`, or None when it cannot be read."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _expires_soon(cert: Any) -> bool:
+    return bool(cert.not_valid_after_utc - _now() < datetime.timedelta(days=RENEW_DAYS))
 
 
 def _new_key() -> Any:

@@ -124,22 +124,19 @@ async def resolve(host: str, port: int) -> list[str]:
 class Registrations:
     """A `Registrar` for each router replica the configured address names, kept in step with
     it (resolved every `resolve_seconds`): a replica that appears is registered with, one gone
-    is let go. Resolution failing keeps the replicas known."""
+    is let go. Resolution failing keeps the replicas known. `registrar(target)` makes the
+    registrar for one replica's HOST:PORT."""
 
     def __init__(
         self,
         router_address: str,
-        engine_address: str,
-        info: Callable[[], engine_pb2.EngineInfo],
-        tracker: LoadTracker,
-        heartbeat_seconds: float,
-        tls: TlsFiles | None = None,
+        registrar: Callable[[str], Registrar],
         *,
         resolve_seconds: float = RESOLVE_SECONDS,
         resolver: Resolver = resolve,
     ) -> None:
         self._host, self._port = host_port(router_address)
-        self._engine = (engine_address, info, tracker, heartbeat_seconds, tls)
+        self._registrar = registrar
         self._resolve_seconds = resolve_seconds
         self._resolver = resolver
         self.replicas: dict[str, tuple[Registrar, asyncio.Task[None]]] = {}
@@ -159,7 +156,7 @@ class Registrations:
             return
         targets = {f"[{a}]:{self._port}" if ":" in a else f"{a}:{self._port}" for a in addresses}
         for target in sorted(targets - self.replicas.keys()):
-            registrar = Registrar(target, *self._engine)
+            registrar = self._registrar(target)
             task = asyncio.create_task(registrar.run(), name=f"registrar {target}")
             self.replicas[target] = (registrar, task)
             if len(targets) > 1 or target != f"{self._host}:{self._port}":

@@ -39,7 +39,7 @@ from services.engine.config import EngineConfig
 from services.engine.kv_events import KvEventForwarder, ipc_endpoint
 from services.engine.load import LoadTracker
 from services.engine.metrics import EngineMetrics
-from services.engine.registrar import Registrations
+from services.engine.registrar import Registrar, Registrations
 from services.engine.runtime import Runtime
 from switchyard.v1 import engine_pb2, inference_pb2
 
@@ -202,7 +202,10 @@ async def start_engine(cfg: EngineConfig, progress: Progress | None = None) -> E
     )
     if cfg.router:
         registrar = Registrations(
-            cfg.router, svc.address, control_svc.info, tracker, cfg.heartbeat_seconds, tls
+            cfg.router,
+            lambda target: Registrar(
+                target, svc.address, control_svc.info, tracker, cfg.heartbeat_seconds, tls
+            ),
         )
         svc.registrar_task = asyncio.create_task(registrar.run(), name="registrar")
         progress.say(f"registering with router {cfg.router}")

@@ -18,7 +18,7 @@ from services.common.server import create_server
 from services.common.tls import TlsConfig, TlsFiles
 from services.common.tls import channel as tls_channel
 from services.engine.load import LoadTracker
-from services.engine.registrar import Registrations
+from services.engine.registrar import Registrar, Registrations
 from services.router.registry import Registry
 from services.router.registry_service import RegistryService
 from services.router.server import POLICY
@@ -93,13 +93,10 @@ async def test_an_engine_registers_with_every_replica_the_name_resolves_to(tmp_p
 
     async with replicas(tmp_path) as (port, (a, b)):
         tracker = LoadTracker("e1")
+        tls = files(tmp_path, ENGINE)
         regs = Registrations(
             f"routers:{port}",
-            "127.0.0.1:50061",
-            info,
-            tracker,
-            0.2,
-            files(tmp_path, ENGINE),
+            lambda target: Registrar(target, "127.0.0.1:50061", info, tracker, 0.2, tls),
             resolve_seconds=0.05,
             resolver=resolver,
         )
