@@ -1,39 +1,60 @@
-"""Routing quality on a multi-tenant, multi-turn workload: round robin vs least loaded vs the
-Switchyard router, against the same engines.
+"""Routing quality against a peer: the Switchyard router with and without session ids, and
+vLLM's own router (`vllm-router`: round_robin, cache_aware, consistent_hash, kv_aware), on
+engines of one config and the same multi-tenant chat workload.
 
 Each tenant has a long system prompt shared by its sessions; each session is a multi-turn chat
 whose history grows turn by turn. The engines' KV caches hold only a fraction of all prefixes,
-so where a turn lands decides whether its prefix is cached. All three policies send the turns
-straight to the engine they choose (the router's choice comes from `Router.Pick`, committed, the
-same decision its ext_proc gives Envoy); each policy gets fresh system prompts so no policy rides
-another's cache. Reported: prefix-cache hit rate (cached / prompt tokens), TTFT p50/p99, and load
-imbalance (max / mean turns per engine).
+so where a turn lands decides whether its prefix is cached.
 
-    .venv/bin/python benchmarks/routing.py [--tenants 12 --sessions 2 --turns 3 --concurrency 6]
+- Switchyard: `up`'s mesh from `routing-bench.yaml` with `--engines` engines; each turn is
+  placed by `Router.Pick` (committed: the same decision its ext_proc gives Envoy) and streamed
+  straight from that engine over gRPC. "no ids" sends the same turns without session ids, so
+  the router must recognise each conversation itself.
+- The peer: as many `vllm serve` processes, configured from the same engine config
+  (benchmarks/peer.py), behind `vllm-router` with one policy at a time (its defaults otherwise),
+  the turns streamed over its OpenAI API with the session id in `X-Session-ID` (which its
+  consistent_hash policy keys on). `vllm-router` is installed into `.venv-peer` on first use.
 
-Figures, not pass/fail. Goal: the router's TTFT p50 ≥ 3x better than round robin, imbalance ≤ 1.3.
+Every policy and run gets fresh system prompts, so none rides another's cache (the engines are
+not restarted between policies: their caches evict what earlier policies left). Runs repeat
+every policy in rotating order. From the engines' own metrics, scraped before and after each
+policy's run, the same way on both sides: prefix-cache hit rate (vLLM's prefix-cache hits /
+queries), vLLM's TTFT p50/p90 (its `vllm:time_to_first_token_seconds` histogram) and turns per
+engine; from the client: TTFT p50/p90 and wall time. Medians over runs, every run, and the
+comparison with the stored baseline (`benchmarks/data/routing-baseline.json`) are printed.
+
+    .venv/bin/python benchmarks/routing.py [--engines 2 --concurrency 4 --runs 5 --json FILE]
+        [--no-peer] [--save-baseline]
+
+Figures, not pass/fail. Goals: without session ids, hit rate within 2 points and vLLM TTFT p90
+within 10 % of the run with them; vLLM TTFT p50 and p90 ≤ 0.8 × the best peer policy's, and
+hit rate ≥ the best peer's + 5 points.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import contextlib
+import json
 import os
 import random
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WORDS, percentile, say, table, write_json
 
-from services.common import headers
-
 HERE = Path(__file__).resolve().parent
+BASELINE = HERE / "data" / "routing-baseline.json"
+SWITCHYARD_POLICIES = ("switchyard, session ids", "switchyard, no ids")
 
 
 @dataclass
@@ -42,14 +63,6 @@ class Session:
     session_id: str
     system: str
     history: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class Result:
-    ttfts: list[float] = field(default_factory=list)
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    per_engine: Counter[str] = field(default_factory=Counter)
 
 
 def make_sessions(args: argparse.Namespace, seed: int) -> list[Session]:
@@ -64,163 +77,358 @@ def make_sessions(args: argparse.Namespace, seed: int) -> list[Session]:
     return out
 
 
-Chooser = Callable[[object, Session], Awaitable[str]]
+# One turn: (the session, its messages so far) → (seconds to the first text, the text).
+Turn = Callable[[Session, list[tuple[str, str]]], Awaitable[tuple[float, str]]]
 
 
-async def run_policy(
-    name: str,
-    choose: Chooser,
-    release: Callable[[str], None],
-    stubs: dict[str, object],
-    sessions: list[Session],
-    args: argparse.Namespace,
-    seed: int,
-) -> Result:
-    from services.mesh.client import make_request
-
+async def run_workload(
+    turn_fn: Turn, sessions: list[Session], args: argparse.Namespace, seed: int
+) -> list[float]:
+    """Every session's turns in order, sessions interleaved at random, `concurrency` at once;
+    returns each turn's TTFT."""
     rnd = random.Random(seed)
-    # Every session's turns in order; sessions interleaved at random.
     queue = [s for s in sessions for _ in range(args.turns)]
     rnd.shuffle(queue)
-    res = Result()
     sem = asyncio.Semaphore(args.concurrency)
     locks = {s.session_id: asyncio.Lock() for s in sessions}
+    ttfts: list[float] = []
 
     async def turn(s: Session) -> None:
         async with locks[s.session_id], sem:
             user = " ".join(rnd.choice(WORDS) for _ in range(12))
             msgs = [("system", s.system), *s.history, ("user", user)]
-            req = make_request(messages=msgs, max_tokens=args.max_tokens, temperature=0.0)
-            req.session_id = s.session_id
-            endpoint = await choose(req, s)
-            start = time.perf_counter()
-            ttft, text = float("nan"), []
-            try:
-                # Each tenant's prefix-cache salt, as the mesh sends it (and Router.Pick uses).
-                salt = ((headers.CACHE_SALT, f"tenant:{s.tenant}"),)
-                async for msg in stubs[endpoint].stream(req, metadata=salt):  # type: ignore[attr-defined]
-                    if msg.HasField("delta"):
-                        if ttft != ttft:
-                            ttft = time.perf_counter() - start
-                        text.append(msg.delta.text)
-                    else:
-                        res.prompt_tokens += msg.final.usage.prompt_tokens
-                        res.cached_tokens += msg.final.usage.cached_prompt_tokens
-                        res.per_engine[msg.final.served_by.engine] += 1
-            finally:
-                release(endpoint)
-            res.ttfts.append(ttft)
-            s.history += [("user", user), ("assistant", "".join(text))]
+            ttft, text = await turn_fn(s, msgs)
+            ttfts.append(ttft)
+            s.history += [("user", user), ("assistant", text)]
 
     await asyncio.gather(*(turn(s) for s in queue))
-    say(f"[bench] {name}: {len(queue)} turns done")
-    return res
+    return ttfts
+
+
+# -- the engines' own figures ---------------------------------------------------------------
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters of one engine's vLLM metrics at one scrape."""
+
+    ttft: dict[float, float]  # vllm:time_to_first_token_seconds, cumulative per bucket
+    hits: float  # vllm:prefix_cache_hits (tokens)
+    queries: float  # vllm:prefix_cache_queries (tokens)
+    requests: float  # vllm:request_success (every finish reason)
+
+
+def scrape(url: str) -> EngineStats:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    stats = EngineStats({}, 0.0, 0.0, 0.0)
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if fam.name == "vllm:time_to_first_token_seconds" and sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                stats.ttft[le] = stats.ttft.get(le, 0.0) + sample.value
+            elif not sample.name.endswith("_total"):
+                continue
+            elif fam.name == "vllm:prefix_cache_hits":
+                stats.hits += sample.value
+            elif fam.name == "vllm:prefix_cache_queries":
+                stats.queries += sample.value
+            elif fam.name == "vllm:request_success":
+                stats.requests += sample.value
+    return stats
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile (0..1) of what the histogram gained between two scrapes, interpolated
+    linearly inside its bucket (as Prometheus's histogram_quantile does)."""
+    bounds = sorted(after)
+    cum = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not cum or cum[-1] <= 0:
+        return float("nan")
+    rank = q * cum[-1]
+    prev_bound, prev = 0.0, 0.0
+    for b, c in zip(bounds, cum, strict=True):
+        if c >= rank:
+            if b == float("inf"):
+                return prev_bound
+            return prev_bound + (b - prev_bound) * ((rank - prev) / (c - prev) if c > prev else 1)
+        prev_bound, prev = b, c
+    return prev_bound
+
+
+def figures(
+    before: list[EngineStats], after: list[EngineStats], ttfts: list[float], wall: float
+) -> dict[str, Any]:
+    ttft_b: dict[float, float] = {}
+    ttft_a: dict[float, float] = {}
+    for b, a in zip(before, after, strict=True):
+        for le, v in b.ttft.items():
+            ttft_b[le] = ttft_b.get(le, 0.0) + v
+        for le, v in a.ttft.items():
+            ttft_a[le] = ttft_a.get(le, 0.0) + v
+    hits = sum(a.hits - b.hits for b, a in zip(before, after, strict=True))
+    queries = sum(a.queries - b.queries for b, a in zip(before, after, strict=True))
+    turns = [int(a.requests - b.requests) for b, a in zip(before, after, strict=True)]
+    return {
+        "hit_rate": hits / queries if queries else 0.0,
+        "ttft_p50_ms": percentile(ttfts, 50) * 1e3,
+        "ttft_p90_ms": percentile(ttfts, 90) * 1e3,
+        "vllm_ttft_p50_ms": histogram_quantile(ttft_b, ttft_a, 0.5) * 1e3,
+        "vllm_ttft_p90_ms": histogram_quantile(ttft_b, ttft_a, 0.9) * 1e3,
+        "wall_s": wall,
+        "imbalance": max(turns) / (sum(turns) / len(turns)) if sum(turns) else float("nan"),
+        "turns_per_engine": turns,
+    }
+
+
+# -- the two sides ----------------------------------------------------------------------------
+
+
+def bench_config(args: argparse.Namespace, workdir: Path) -> Path:
+    """The benchmark's mesh config with `--engines` engines."""
+    import yaml
+
+    data = yaml.safe_load(Path(args.config).read_text())
+    for group in data["pools"][0]["engines"]:
+        group["config"] = str((Path(args.config).parent / group["config"]).resolve())
+        group["count"] = args.engines
+    path = workdir / "routing-bench.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class SwitchyardSide:
+    """The mesh's engines and its router's Pick, over mutual TLS (the operator identity)."""
+
+    def __init__(self, mesh: Any) -> None:
+        from services.mesh.client import MeshClient, channel
+
+        self.mesh = mesh
+        tls = mesh.operator_tls()
+        self.metrics = [f"http://127.0.0.1:{e.ready['metrics_port']}/metrics" for e in mesh.engines]
+        self._channels = [channel(e.address, tls) for e in mesh.engines]
+        self._clients = {
+            e.address: MeshClient(c) for e, c in zip(mesh.engines, self._channels, strict=True)
+        }
+        self._router_channel = channel(mesh.router_address, tls)
+
+    def turn_fn(self, args: argparse.Namespace, with_ids: bool) -> Turn:
+        from services.common import headers
+        from services.mesh.client import make_request
+        from switchyard.v1 import router_pb2, router_pb2_grpc
+
+        router = router_pb2_grpc.RouterStub(self._router_channel)
+
+        async def turn(s: Session, msgs: list[tuple[str, str]]) -> tuple[float, str]:
+            req = make_request(messages=msgs, max_tokens=args.max_tokens, temperature=0.0)
+            if with_ids:
+                req.session_id = s.session_id
+            pick = await router.Pick(
+                router_pb2.PickRequest(request=req, tenant=s.tenant, commit=True)
+            )  # type: ignore[arg-type]
+            start = time.perf_counter()
+            ttft, text = float("nan"), []
+            # Each tenant's prefix-cache salt, as the mesh sends it (and Router.Pick uses).
+            salt = ((headers.CACHE_SALT, f"tenant:{s.tenant}"),)
+            async for msg in self._clients[pick.endpoint].stream(req, metadata=salt):
+                if msg.HasField("delta"):
+                    if ttft != ttft:
+                        ttft = time.perf_counter() - start
+                    text.append(msg.delta.text)
+            return ttft, "".join(text)
+
+        return turn
+
+    async def close(self) -> None:
+        for c in [*self._channels, self._router_channel]:
+            await c.close()
+
+
+class PeerSide:
+    """`vllm serve` engines of the same config; `vllm-router` started per policy."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        import yaml
+        from peer import VllmServer, ensure_vllm_router
+
+        from services.mesh.up import free_port
+
+        self.exe = ensure_vllm_router()
+        data = yaml.safe_load(Path(args.config).read_text())
+        engine_config = Path(args.config).parent / data["pools"][0]["engines"][0]["config"]
+        self.workdir = workdir
+        self.servers = [
+            VllmServer(engine_config, free_port(), free_port(), workdir / f"vllm-serve-{i}.log")
+            for i in range(args.engines)
+        ]
+        self.metrics = [s.metrics_url for s in self.servers]
+        self.model = self.servers[0].served_name
+
+    def wait_ready(self) -> None:
+        for s in self.servers:
+            s.wait_ready()
+
+    @contextlib.asynccontextmanager
+    async def policy(self, policy: str, args: argparse.Namespace) -> Any:
+        import httpx
+        from peer import peer_router, stream_chat
+
+        from services.mesh.up import free_port
+
+        log = self.workdir / f"vllm-router-{policy}.log"
+        with peer_router(self.exe, policy, self.servers, free_port(), free_port(), log) as url:
+            timeout = httpx.Timeout(300.0)
+            async with httpx.AsyncClient(timeout=timeout) as client:
+
+                async def turn(s: Session, msgs: list[tuple[str, str]]) -> tuple[float, str]:
+                    return await stream_chat(
+                        client, url, self.model, msgs, s.session_id, args.max_tokens
+                    )
+
+                yield turn
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+# -- the run ----------------------------------------------------------------------------------
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from services.mesh.client import MeshClient, channel
     from services.mesh.models import default_models_dir, init_models
     from services.mesh.up import Mesh
-    from switchyard.v1 import router_pb2, router_pb2_grpc
 
     models = default_models_dir()
     init_models(models, ["large"], progress=lambda m: say(f"[models] {m}"))
     os.environ["SWITCHYARD_MODELS"] = str(models)
-    mesh = Mesh(Path(args.config), free_ports=True, say=say)
-    results: dict[str, Result] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="switchyard-routing-"))
+    policies = list(SWITCHYARD_POLICIES)
+    if args.peer:
+        from peer import PEER_POLICIES
+
+        policies += [f"vllm-router {p}" for p in PEER_POLICIES]
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    mesh = Mesh(bench_config(args, workdir), free_ports=True, say=say)
+    peer: PeerSide | None = None
     try:
+        if args.peer:  # (loading alongside the mesh's engines)
+            say(f"[bench] starting {args.engines} vllm serve engines for the peer ...")
+            peer = PeerSide(args, workdir)
         mesh.start()
-        addresses = [e.address for e in mesh.engines]
-        tls = mesh.operator_tls()  # engines and the router's Pick take the operator identity
-        channels = [channel(a, tls) for a in addresses]
-        stubs: dict[str, object] = {
-            a: MeshClient(c) for a, c in zip(addresses, channels, strict=True)
-        }
-        async with channel(mesh.router_address, tls) as rch:
-            router = router_pb2_grpc.RouterStub(rch)
-            rr = itertools.cycle(addresses)
-            in_flight: Counter[str] = Counter()
-
-            async def round_robin(req: object, s: Session) -> str:
-                return next(rr)
-
-            async def least_loaded(req: object, s: Session) -> str:
-                best = min(addresses, key=lambda a: (in_flight[a], rnd.random()))
-                in_flight[best] += 1
-                return best
-
-            async def switchyard(req: object, s: Session) -> str:
-                resp = await router.Pick(
-                    router_pb2.PickRequest(request=req, tenant=s.tenant, commit=True)
-                )  # type: ignore[arg-type]
-                return str(resp.endpoint)
-
-            def release_ll(a: str) -> None:
-                in_flight[a] -= 1
-
-            rnd = random.Random(5)
-            policies: list[tuple[str, Chooser, Callable[[str], None]]] = [
-                ("round robin", round_robin, lambda a: None),
-                ("least loaded", least_loaded, release_ll),
-                ("switchyard router", switchyard, lambda a: None),
-            ]
-            for i, (name, choose, release) in enumerate(policies):
-                say(f"[bench] policy {name} ...")
-                sessions = make_sessions(args, seed=100 + i)
-                results[name] = await run_policy(
-                    name, choose, release, stubs, sessions, args, seed=7
-                )
-        for c in channels:
-            await c.close()
+        if peer is not None:
+            peer.wait_ready()
+        side = SwitchyardSide(mesh)
+        for run in range(args.runs):
+            k = run % len(policies)
+            for name in policies[k:] + policies[:k]:
+                say(f"[bench] run {run + 1}/{args.runs}: {name} ...")
+                # Fresh system prompts per policy and run: none rides another's cache.
+                sessions = make_sessions(args, seed=1000 * run + policies.index(name))
+                async with contextlib.AsyncExitStack() as stack:
+                    if name in SWITCHYARD_POLICIES:
+                        metrics = side.metrics
+                        turn_fn = side.turn_fn(args, with_ids=name == SWITCHYARD_POLICIES[0])
+                    else:
+                        assert peer is not None
+                        metrics = peer.metrics
+                        policy = name.removeprefix("vllm-router ")
+                        turn_fn = await stack.enter_async_context(peer.policy(policy, args))
+                    before = [scrape(u) for u in metrics]
+                    start = time.perf_counter()
+                    ttfts = await run_workload(turn_fn, sessions, args, seed=run)
+                    wall = time.perf_counter() - start
+                    await asyncio.sleep(1.5)  # the engines' last turns reach their metrics
+                    after = [scrape(u) for u in metrics]
+                runs[name].append(figures(before, after, ttfts, wall))
+                f = runs[name][-1]
+                say(f"[bench]   hit {100 * f['hit_rate']:.1f}%, vLLM TTFT p90 "
+                    f"{f['vllm_ttft_p90_ms']:.0f} ms, {wall:.1f}s")  # fmt: skip
+                await asyncio.sleep(args.gap)
+        await side.close()
     finally:
         mesh.stop()
+        if peer is not None:
+            peer.stop()
+    report(args, runs)
+    return 0
 
-    rows, out = [], {}
-    rr50 = percentile(results["round robin"].ttfts, 50)
-    for name, r in results.items():
-        counts = [r.per_engine.get(e.name, 0) for e in mesh.engines]
-        imbalance = max(counts) / (sum(counts) / len(counts)) if sum(counts) else float("nan")
-        hit = r.cached_tokens / r.prompt_tokens if r.prompt_tokens else 0.0
-        p50, p99 = percentile(r.ttfts, 50), percentile(r.ttfts, 99)
-        rows.append(
-            [
-                name,
-                f"{100 * hit:.1f}%",
-                p50 * 1e3,
-                p99 * 1e3,
-                rr50 / p50,
-                imbalance,
-                "/".join(map(str, counts)),
-            ]
-        )
-        out[name] = {
-            "hit_rate": hit,
-            "ttft_p50_ms": p50 * 1e3,
-            "ttft_p99_ms": p99 * 1e3,
-            "imbalance": imbalance,
-            "turns_per_engine": counts,
-        }
+
+COLUMNS = ("hit_rate", "ttft_p50_ms", "ttft_p90_ms", "vllm_ttft_p50_ms", "vllm_ttft_p90_ms",
+           "wall_s", "imbalance")  # fmt: skip
+HEADERS = ["policy", "prefix hit", "TTFT p50 ms", "TTFT p90 ms", "vLLM TTFT p50 ms"]
+HEADERS += ["vLLM TTFT p90 ms", "wall s", "imbalance"]
+
+
+def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> None:
+    med = {
+        p: {c: statistics.median(float(x[c]) for x in v) for c in COLUMNS}
+        for p, v in runs.items()
+        if v
+    }
     print(
         f"\nrouting: {args.tenants} tenants x {args.sessions} sessions x {args.turns} turns, "
         f"{args.system_words}-word system prompts, concurrency {args.concurrency}, "
-        f"{len(mesh.engines)} engines x 48 KV blocks of 128 tokens\n"
+        f"{args.engines} engines per side; {args.runs} runs, policies in rotating order "
+        f"(commit {args.commit}, seeds 1000*run + policy index)\n"
     )
+    print("medians over runs:")
+    rows = [
+        [p, f"{100 * m['hit_rate']:.1f}%", *(m[c] for c in COLUMNS[1:])] for p, m in med.items()
+    ]
+    print(table(HEADERS, rows))
+    print("\nevery run (prefix hit, vLLM TTFT p90 ms, wall s, turns per engine):")
+    for p, v in runs.items():
+        cells = [
+            f"{100 * x['hit_rate']:.1f}% {x['vllm_ttft_p90_ms']:.0f} {x['wall_s']:.1f}s "
+            + "/".join(map(str, x["turns_per_engine"]))
+            for x in v
+        ]
+        print(f"  {p}: " + " | ".join(cells))
+    ids, no_ids = med[SWITCHYARD_POLICIES[0]], med[SWITCHYARD_POLICIES[1]]
+    hit_gap = 100 * (no_ids["hit_rate"] - ids["hit_rate"])
+    p90_ratio = no_ids["vllm_ttft_p90_ms"] / ids["vllm_ttft_p90_ms"]
     print(
-        table(
-            [
-                "policy",
-                "prefix hit rate",
-                "TTFT p50 ms",
-                "TTFT p99 ms",
-                "p50 speed-up vs RR",
-                "imbalance",
-                "turns per engine",
-            ],
-            rows,
-        )
+        f"\nno ids vs session ids: hit {hit_gap:+.1f} points (goal within 2), "
+        f"vLLM TTFT p90 {p90_ratio:.2f}x (goal <= 1.10x)"
     )
-    write_json(args.json, out)
-    return 0
+    peers = {p: m for p, m in med.items() if p.startswith("vllm-router")}
+    if peers:
+        best_hit = max(peers, key=lambda p: peers[p]["hit_rate"])
+        best50 = min(peers, key=lambda p: peers[p]["vllm_ttft_p50_ms"])
+        best90 = min(peers, key=lambda p: peers[p]["vllm_ttft_p90_ms"])
+        hit_gap = 100 * (no_ids["hit_rate"] - peers[best_hit]["hit_rate"])
+        print(
+            f"no ids vs the best peer: hit {hit_gap:+.1f} points vs {best_hit} (goal >= +5); "
+            "vLLM TTFT p50 "
+            f"{no_ids['vllm_ttft_p50_ms'] / peers[best50]['vllm_ttft_p50_ms']:.2f}x {best50}, "
+            f"p90 {no_ids['vllm_ttft_p90_ms'] / peers[best90]['vllm_ttft_p90_ms']:.2f}x {best90} "
+            "(goal <= 0.80x)"
+        )
+    if BASELINE.exists():
+        base = json.loads(BASELINE.read_text())
+        print(f"\nagainst the stored baseline (commit {base['commit']}, {base['date']}):")
+        for p, m in med.items():
+            b = base["medians"].get(p)
+            if b is None:
+                continue
+            gap = 100 * (m["hit_rate"] - b["hit_rate"])
+            print(
+                f"  {p}: hit {100 * m['hit_rate']:.1f}% ({gap:+.1f}), "
+                f"vLLM TTFT p90 {m['vllm_ttft_p90_ms']:.0f} ms "
+                f"({m['vllm_ttft_p90_ms'] / b['vllm_ttft_p90_ms']:.2f}x), wall "
+                f"{m['wall_s']:.1f}s ({m['wall_s'] / b['wall_s']:.2f}x)"
+            )
+    data = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
+    data |= {"medians": med, "runs": runs}
+    write_json(args.json, data)
+    if args.save_baseline:
+        BASELINE.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"baseline saved to {BASELINE}")
 
 
 def main() -> int:
@@ -230,16 +438,25 @@ def main() -> int:
     p.add_argument(
         "--config",
         default=str(HERE / "routing-bench.yaml"),
-        help="mesh config: engines, and the router's scheduling profile",
+        help="mesh config: the engine config, and the router's scheduling profile",
     )
+    p.add_argument("--engines", type=int, default=2, help="engines per side")
     p.add_argument("--tenants", type=int, default=12)
     p.add_argument("--sessions", type=int, default=2, help="sessions per tenant")
     p.add_argument("--turns", type=int, default=3, help="turns per session")
     p.add_argument("--system-words", type=int, default=400)
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--runs", type=int, default=5, help="runs of every policy, order rotating")
+    p.add_argument("--gap", type=float, default=2.0, help="seconds idle between policies")
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="Switchyard only")
+    p.add_argument("--save-baseline", action="store_true", help=f"store the medians as {BASELINE}")
     p.add_argument("--json", help="also write the figures to this file")
-    return asyncio.run(main_async(p.parse_args()))
+    args = p.parse_args()
+    args.commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

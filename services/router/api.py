@@ -121,6 +121,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         auth: Authenticator,
         tls: TlsFiles | None,
         admission: Admission,
+        versions: Versions,
     ) -> None:
         self._admission = admission
         self.config = cfg  # the running mesh config (a live reload replaces it)
@@ -131,7 +132,7 @@ class AdminService(router_pb2_grpc.AdminServicer):
         self._auth = auth
         self._tls = tls  # the router's identity, for EngineControl calls
         self.reloader: ConfigReloader | None = None  # the mesh config, reloaded live
-        self.versions = Versions()  # the router's versioned models (its own, set by serve)
+        self.versions = versions  # the versioned models the router's routing reads
         self.response_cache: ResponseCache | None = None
         self.autoscaler: Autoscaler | None = None  # each pool's desired engines
 

@@ -30,6 +30,7 @@ from services.router.fallback import Fallbacks
 from services.router.registry import Registry
 from services.router.scheduling.interfaces import RoutingRequest
 from services.router.scheduling.scheduler import Decision, NoEngineAvailable, Scheduler
+from services.router.sessions import affinity_key
 from services.router.tiers import TierSelector
 from services.router.versions import Versions
 from switchyard.v1 import inference_pb2
@@ -197,13 +198,12 @@ class RoutingService:
             elif fb is not None:
                 pool, model, degraded = fb.pool, fb.model, fb.reason
         session = req.session_id or session_id
-        # Sessions are the tenant's own: another tenant naming the same id is not steered.
-        session_key = f"{tenant}/{session}" if session else ""
+        session_key = affinity_key(tenant, session, req)
         version = version_reason = ""
         vm = self.versions.get(model) if self.versions is not None else None
-        if vm is not None:  # sticky per session, else per tenant
+        if vm is not None:  # sticky per session (the caller's), else per tenant
             arm = vm.choose(
-                session_key or tenant or req.request_id,
+                (session_key if session else "") or tenant or req.request_id,
                 lambda p, v: self.serves(p, model, v),
                 pinned=req.continuation.model_version if req.HasField("continuation") else "",
             )

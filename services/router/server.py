@@ -185,8 +185,9 @@ async def serve(
     ext_proc = extproc.ExtProcService(routing, auth, admission, tracer, flow, responses)
     ext_proc.add_to_server(server.grpc)
     api.RouterService(routing, policies).add_to_server(server.grpc)
-    admin = api.AdminService(cfg, resolver, registry, cache, reg.router_id, auth, tls, admission)
-    admin.versions = versions
+    admin = api.AdminService(
+        cfg, resolver, registry, cache, reg.router_id, auth, tls, admission, versions
+    )
     admin.response_cache = responses
     admin.add_to_server(server.grpc)
 

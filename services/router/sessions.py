@@ -1,15 +1,54 @@
-"""Session affinity table: session id → the engine that served the session's last turn.
+"""Session affinity: which conversation a turn belongs to, and the engine that served its last
+turn.
 
-Bounded: at most `max_sessions` entries, least recently routed evicted first, and an entry not
-routed for `ttl` seconds is gone. Reads never extend a session; only a routed turn (`set`) does.
-Not thread-safe: the router uses it from one event loop.
+A turn's affinity key is the caller's session id when it sends one (`session_id` or the
+`x-session-id` header), scoped to its tenant. Without one, a chat turn's conversation is
+recognised by what every later turn of it resends unchanged: its system prompt and its first
+user message (`conversation_key`). Either way the turn is routed the same: a client that sends
+no ids keeps its conversations on their engines (and their prefix caches) as one that does.
+Completions (a bare prompt) have no conversation: prefix affinity alone places them.
+
+`SessionTable` is bounded: at most `max_sessions` entries, least recently routed evicted first,
+and an entry not routed for `ttl` seconds is gone. Reads never extend a session; only a routed
+turn (`set`) does. Not thread-safe: the router uses it from one event loop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from switchyard.v1 import inference_pb2
+
+# Derived keys never collide with a tenant's own ids ("<tenant>/<id>").
+CONVERSATION_PREFIX = "~conv:"
+
+
+def affinity_key(tenant: str, session_id: str, req: inference_pb2.GenerateRequest) -> str:
+    """The key a turn's session affinity goes by: the caller's session id scoped to its tenant,
+    else its conversation's (`conversation_key`), else "" (no affinity)."""
+    if session_id:
+        # Sessions are the tenant's own: another tenant naming the same id is not steered.
+        return f"{tenant}/{session_id}"
+    return conversation_key(tenant, req)
+
+
+def conversation_key(tenant: str, req: inference_pb2.GenerateRequest) -> str:
+    """A chat turn's conversation, from its system messages and first user message (what every
+    turn of one conversation starts with, unchanged), scoped to the tenant; "" for a bare
+    prompt or a conversation without a user message. Two conversations that open alike share a
+    key, which is what their shared prefix would ask for anyway."""
+    if req.WhichOneof("input") != "conversation":
+        return ""
+    h = hashlib.blake2b(tenant.encode(), digest_size=12)
+    for m in req.conversation.messages:
+        role, content = m.role.encode(), m.content.encode()
+        h.update(b"%d:%s%d:%s" % (len(role), role, len(content), content))  # unambiguous
+        if m.role == "user":
+            return CONVERSATION_PREFIX + h.hexdigest()
+    return ""
 
 
 class SessionTable:

@@ -176,3 +176,29 @@ async def test_huge_prompts_never_block_the_loop_that_routes_everyone_else(small
     assert len(lags) > 50
     p99 = lags[int(0.99 * len(lags))]
     assert p99 < 0.02, f"event-loop lag p99 {p99 * 1e3:.1f} ms, max {lags[-1] * 1e3:.1f} ms"
+
+
+async def test_a_conversation_without_session_ids_stays_on_its_engine():
+    """Turns of one chat sent without a session id follow its first turn (as they would with
+    one), though another engine is now less loaded; a new conversation goes there."""
+    routing, reg = service(engines=2)
+    system, opening = ("system", "You are terse."), ("user", "Plan a trip to Lyon.")
+
+    def chat(*messages):
+        req = pb.GenerateRequest()
+        for role, content in messages:
+            req.conversation.messages.add(role=role, content=content)
+        return req
+
+    first, rr = await routing.route(chat(system, opening), tenant="acme")
+    assert rr.session_id.startswith("~conv:")
+    home = first.engine.engine_id
+    other = "e1" if home == "e0" else "e0"
+    reg.on_load(home, make_load(home, running=3))  # its engine is now the busier one
+    reg.on_load(other, make_load(other))
+    later = chat(system, opening, ("assistant", "Day one: the old town."), ("user", "Day two?"))
+    second, rr2 = await routing.route(later, tenant="acme")
+    assert rr2.session_id == rr.session_id
+    assert second.engine.engine_id == home and second.reason == "session"
+    fresh, _ = await routing.route(chat(system, ("user", "Plan a trip to Oslo.")), tenant="acme")
+    assert fresh.engine.engine_id == other

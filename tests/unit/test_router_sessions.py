@@ -61,3 +61,58 @@ def test_expire_drops_old_entries_only():
 def test_bounds_are_validated(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SessionTable(**kwargs)
+
+
+# -- affinity keys: the caller's session id, else the conversation's ----------------------
+
+
+def chat(*messages, session_id=""):
+    from switchyard.v1 import inference_pb2 as pb
+
+    req = pb.GenerateRequest(session_id=session_id)
+    for role, content in messages:
+        req.conversation.messages.add(role=role, content=content)
+    return req
+
+
+def test_every_turn_of_a_conversation_has_its_first_turns_key():
+    from services.router.sessions import CONVERSATION_PREFIX, conversation_key
+
+    first = chat(("system", "You are terse."), ("user", "Plan a trip to Lyon."))
+    later = chat(
+        ("system", "You are terse."),
+        ("user", "Plan a trip to Lyon."),
+        ("assistant", "Day one: the old town."),
+        ("user", "And day two?"),
+    )
+    key = conversation_key("acme", first)
+    assert key.startswith(CONVERSATION_PREFIX)
+    assert conversation_key("acme", later) == key
+    # Another opening, another system prompt or another tenant: another conversation.
+    assert conversation_key("acme", chat(("system", "You are terse."), ("user", "Hi."))) != key
+    assert (
+        conversation_key("acme", chat(("system", "Be kind."), ("user", "Plan a trip to Lyon.")))
+        != key
+    )
+    assert conversation_key("globex", first) != key
+    # Where the boundary between messages falls is part of the key, not just the text.
+    one = chat(("system", "a1:b"), ("user", "x"))
+    two = chat(("system", "a"), ("system", "b"), ("user", "x"))
+    assert conversation_key("acme", one) != conversation_key("acme", two)
+
+
+def test_no_conversation_no_key():
+    from services.router.sessions import conversation_key
+    from switchyard.v1 import inference_pb2 as pb
+
+    assert conversation_key("acme", pb.GenerateRequest(prompt="Once upon a time")) == ""
+    assert conversation_key("acme", chat(("system", "You are terse."))) == ""
+
+
+def test_the_callers_session_id_wins_and_is_the_tenants_own():
+    from services.router.sessions import affinity_key
+
+    req = chat(("user", "Plan a trip to Lyon."), session_id="s-1")
+    assert affinity_key("acme", "s-1", req) == "acme/s-1"
+    assert affinity_key("globex", "s-1", req) == "globex/s-1"
+    assert affinity_key("acme", "", req).startswith("~conv:")
