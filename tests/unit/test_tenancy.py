@@ -294,3 +294,33 @@ async def test_a_turns_stream_end_changes_nothing_an_engine_reports_itself(
     await settle_reports(adm)
     assert adm.stats["acme"].in_flight == 0
     await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)  # the stream is back
+
+
+async def test_a_stalled_router_does_not_free_a_turn_whose_accept_it_has_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn's stream closes before its engine's accept is read (usual: Envoy ends the
+    router's ext_proc stream once it has routed), then the router's loop stalls past the close
+    grace. The sweep that wakes after the stall must not end the turn before the accept,
+    waiting meanwhile, is read: the tenant's one stream stays taken."""
+    import time
+
+    from services.router.tenancy import admission as adm_module
+
+    monkeypatch.setattr(adm_module, "SWEEP_SECONDS", 0.05)
+    monkeypatch.setattr(adm_module, "CLOSE_GRACE_SECONDS", 0.1)
+    adm = admission(tmp_path, acme={"quotas": {"concurrent_streams": 1}})
+    task = asyncio.create_task(adm.run())
+    try:
+        await asyncio.sleep(0.01)
+        t = await adm.admit(*adm.effective(ACME), prompt_tokens=100, max_tokens=400)
+        adm.stream_closed(t.res_id)
+        time.sleep(0.5)  # noqa: ASYNC251 (the loop stalls, as a starved CPU stalls it)
+        await asyncio.sleep(0.001)  # the overdue sweep runs first, then the accept is read
+        adm.on_usage("e1", usage(t.res_id))
+        await asyncio.sleep(0.3)  # several sweeps later
+        assert adm.stats["acme"].in_flight == 1
+        with pytest.raises(QuotaExceeded, match="concurrent_streams"):
+            await adm.admit(*adm.effective(ACME), prompt_tokens=1, max_tokens=1)
+    finally:
+        task.cancel()

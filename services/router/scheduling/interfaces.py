@@ -46,7 +46,9 @@ class RoutingRequest:
 
     request_id: str  # client's or generated id, for logs and traces
     tenant: str = ""  # who the turn is routed for
-    session_id: str = ""  # conversation id for session affinity; "" for none
+    # Session affinity's key: the caller's session id (tenant-scoped) or its conversation's
+    # (services/router/sessions.py); "" for none.
+    session_id: str = ""
     model: str  # served model name (aliases already resolved)
     pool: str  # the pool serving `model`
     # The version (arm) of a model served by several (services/router/versions.py): only its

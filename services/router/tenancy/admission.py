@@ -63,6 +63,10 @@ RETRY_GRACE_SECONDS = 8.0
 # Envoy ended the turn's HTTP stream (the router's ext_proc stream of the turn closes with it)
 # and no engine has reported taking it: reports still on their way get this long.
 CLOSE_GRACE_SECONDS = 1.0
+# A sweep waking this much later than due found the router's loop stalled (a starved CPU):
+# the engines' reports may be waiting unread on their streams meanwhile, so the graces above
+# count only the time the loop ran (see Admission._sweep).
+STALL_SECONDS = 0.25
 
 QUOTA_DECISIONS = Counter(
     "switchyard_router_quota_decisions_total",
@@ -497,9 +501,14 @@ class Admission:
             sweeper.cancel()
 
     async def _sweep(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = time.monotonic()
+            stalled = now - last - SWEEP_SECONDS
+            last = now
+            if stalled > STALL_SECONDS:
+                self._postpone(stalled, now)
             for res_id, (deadline, engine_id, usage) in list(self._unaccepted_ends.items()):
                 if deadline <= now:  # no retry took it: it ends as its attempt reported
                     del self._unaccepted_ends[res_id]
@@ -517,6 +526,18 @@ class Admission:
                 continue
             if expired:
                 log.info("%d quota reservation(s) expired unreported and were settled", expired)
+
+    def _postpone(self, stalled: float, now: float) -> None:
+        """The loop was stalled `stalled` seconds: an engine's accept or end may have arrived
+        meanwhile, unread yet. Every grace is pushed back by the stall, and by at least one
+        sweep, so those reports are read before a turn is taken for one no engine holds (else a
+        stall frees a running turn's concurrent-stream slot and reservation)."""
+        log.warning("the router's event loop stalled %.1fs: quota graces extended", stalled)
+        floor = now + SWEEP_SECONDS
+        for res_id, (deadline, engine_id, usage) in self._unaccepted_ends.items():
+            self._unaccepted_ends[res_id] = (max(deadline + stalled, floor), engine_id, usage)
+        for res_id, deadline in self._deadline.items():
+            self._deadline[res_id] = max(deadline + stalled, floor)
 
     def queued(self, tenant: str) -> int:
         """Turns of `tenant` waiting in the router for a saturated pool (fair share)."""

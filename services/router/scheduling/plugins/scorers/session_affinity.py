@@ -4,7 +4,9 @@ Reads: the session table (session id → engine of the last routed turn), and th
 depth and KV usage. Scores 1.0 for the session's engine, 0 for every other; also 0 for the
 session's engine when it is overloaded (queue depth above `max_queue_depth`, or KV usage above
 `max_kv_usage`) so the turn can move. The scheduler records every committed pick in the session
-table, so after a move the next turns follow the new engine. Turns without a session id score 0.
+table, so after a move the next turns follow the new engine. A turn's session is the caller's
+session id, else its conversation's key (`services/router/sessions.py`: a chat turn sent without
+ids stays with its conversation all the same); a turn with neither (a bare prompt) scores 0.
 
 Parameters:
   max_queue_depth (int >= 0, default 32): above it the session lets go of its engine.
