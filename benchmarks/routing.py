@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -215,6 +216,7 @@ class SwitchyardSide:
             e.address: MeshClient(c) for e, c in zip(mesh.engines, self._channels, strict=True)
         }
         self._router_channel = channel(mesh.router_address, tls)
+        self.picks: Any = None  # a file to log every pick to
 
     def turn_fn(self, args: argparse.Namespace, with_ids: bool) -> Turn:
         from services.common import headers
@@ -230,6 +232,11 @@ class SwitchyardSide:
             pick = await router.Pick(
                 router_pb2.PickRequest(request=req, tenant=s.tenant, commit=True)
             )  # type: ignore[arg-type]
+            if self.picks is not None:  # --picks: every decision, for a closer look
+                scores = {c.engine_id: dict(c.scores) for c in pick.candidates}
+                line = {"with_ids": with_ids, "session": s.session_id, "turn": len(msgs) // 2}
+                line |= {"engine": pick.engine_id, "scores": scores}
+                self.picks.write(json.dumps(line) + "\n")
             start = time.perf_counter()
             ttft, text = float("nan"), []
             # Each tenant's prefix-cache salt, as the mesh sends it (and Router.Pick uses).
@@ -323,6 +330,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if peer is not None:
             peer.wait_ready()
         side = SwitchyardSide(mesh)
+        if args.picks:
+            side.picks = open(args.picks, "w")  # noqa: ASYNC230 (once, before the run)
         for run in range(args.runs):
             k = run % len(policies)
             for name in policies[k:] + policies[:k]:
@@ -350,6 +359,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"{f['vllm_ttft_p90_ms']:.0f} ms, {wall:.1f}s")  # fmt: skip
                 await asyncio.sleep(args.gap)
         await side.close()
+        if side.picks is not None:
+            side.picks.close()
     finally:
         mesh.stop()
         if peer is not None:
@@ -441,10 +452,10 @@ def main() -> int:
         help="mesh config: the engine config, and the router's scheduling profile",
     )
     p.add_argument("--engines", type=int, default=2, help="engines per side")
-    p.add_argument("--tenants", type=int, default=12)
-    p.add_argument("--sessions", type=int, default=2, help="sessions per tenant")
+    p.add_argument("--tenants", type=int, default=8)
+    p.add_argument("--sessions", type=int, default=3, help="sessions per tenant")
     p.add_argument("--turns", type=int, default=3, help="turns per session")
-    p.add_argument("--system-words", type=int, default=400)
+    p.add_argument("--system-words", type=int, default=200)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--runs", type=int, default=5, help="runs of every policy, order rotating")
@@ -452,7 +463,10 @@ def main() -> int:
     p.add_argument("--no-peer", dest="peer", action="store_false", help="Switchyard only")
     p.add_argument("--save-baseline", action="store_true", help=f"store the medians as {BASELINE}")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--picks", help="log every Switchyard pick (engine, scores) to this file")
     args = p.parse_args()
+    # Stopped with SIGTERM: unwind, so the engines and routers it started stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()

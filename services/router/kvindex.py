@@ -24,6 +24,11 @@ Two sources answer one lookup:
   cannot be chained; its blocks are skipped and counted (`stats.orphaned_blocks`).
 - approximate, for engines without KV events (or a degraded view): the blocks of every prompt
   the router itself routed there, per engine an LRU bounded in entries and aged out by a TTL.
+- in flight, for engines with a precise view: a routed prompt's blocks count for the engine
+  until its events can have confirmed them (`pending_ttl`, the same LRU): the engine stores a
+  prompt's blocks only once it has prefilled them, seconds later on a busy engine, and a turn
+  sharing that prefix routed meanwhile must follow it rather than compute it a second time
+  elsewhere. A block the engine reports removed stops counting at once.
 
 All engines share two dicts own-hash → bitmask of engine slots (precise, approximate), so
 `match()` walks a request's hashes once with one or two dict lookups per block. Engines with
@@ -96,6 +101,9 @@ class KvIndexConfig:
     approx_max_blocks: int = 50_000
     # Approximate entries older than this (seconds since the block was last routed) are dropped.
     approx_ttl: float = 600.0
+    # For an engine with a precise view, routed blocks count this long (its KV events confirm
+    # them once it has prefilled the prompt; a queued turn may wait that long first).
+    pending_ttl: float = 30.0
 
 
 @dataclass
@@ -131,12 +139,17 @@ class _View:
     chain: dict[bytes, int] = field(default_factory=dict)
     # Own hashes held under more than one vLLM hash (cache salt, LoRA): extra references.
     refs: dict[int, int] = field(default_factory=dict)
-    # Approximate: own hash → last time routed, least recently routed first.
+    # Approximate (in flight, for a precise view): own hash → last time routed, least
+    # recently routed first.
     approx: OrderedDict[int, float] = field(default_factory=OrderedDict)
 
     @property
     def uses_approx(self) -> bool:
         return not self.kv_events or self.degraded
+
+    def routed_ttl(self, cfg: KvIndexConfig) -> float:
+        """How long a routed block counts: until events confirm it, on a precise view."""
+        return cfg.approx_ttl if self.uses_approx else cfg.pending_ttl
 
 
 class KvIndex:
@@ -157,7 +170,6 @@ class KvIndex:
         self._next_slot = 0
         self._precise: dict[int, int] = {}  # own hash → mask of engines holding it (precise)
         self._approx: dict[int, int] = {}  # own hash → mask of engines it was routed to
-        self._approx_mask = 0  # engines whose approximate entries count in match()
         self._next_expiry = 0.0
 
     # -- membership ------------------------------------------------------------------------
@@ -188,7 +200,6 @@ class KvIndex:
             approx_max=min(cfg.approx_max_blocks, cap) if cap else cfg.approx_max_blocks,
         )
         self._views[engine_id] = v
-        self._set_uses_approx(v)
 
     def remove_engine(self, engine_id: str) -> None:
         """Forget an engine and everything attributed to it; its slot is reused."""
@@ -197,7 +208,6 @@ class KvIndex:
             return
         self._clear_precise(v)
         self._clear_approx(v)
-        self._approx_mask &= ~v.bit
         self._slot_ids[v.slot] = ""
         self._masks.clear()
         self._names.clear()
@@ -217,7 +227,7 @@ class KvIndex:
         v = self._views.get(engine_id)
         if v is None:
             return 0
-        return len(v.present) + (len(v.approx) if v.uses_approx else 0)
+        return len(v.present) + len(v.approx)
 
     # -- precise: KV events ----------------------------------------------------------------
 
@@ -238,7 +248,6 @@ class KvIndex:
             )
             self._clear_precise(v)
             v.degraded = True
-            self._set_uses_approx(v)
         v.last_sequence = seq
         for ev in batch.events:
             kind = ev.WhichOneof("event")
@@ -248,10 +257,8 @@ class KvIndex:
                 self._removed(v, ev.removed.block_hashes)
             elif kind == "cleared":
                 self._clear_precise(v)
-                if v.degraded:  # an empty cache is a complete view again
-                    v.degraded = False
-                    self._clear_approx(v)
-                    self._set_uses_approx(v)
+                self._clear_approx(v)  # nothing routed before it is held either
+                v.degraded = False  # an empty cache is a complete view again
 
     def _stored(self, v: _View, ev: engine_pb2.BlockStored) -> None:
         hashes = ev.block_hashes
@@ -290,11 +297,13 @@ class KvIndex:
             v.chain = dict(present)
 
     def _removed(self, v: _View, hashes: Iterable[bytes]) -> None:
-        present = v.present
+        present, routed = v.present, v.approx
         for vh in hashes:
             own = present.pop(vh, None)
             if own is not None:
                 self._drop_precise(v, own)
+                if routed.pop(own, None) is not None:  # (routed again since it was stored)
+                    self._drop_approx(own, v.bit)
 
     def _drop_precise(self, v: _View, own: int) -> None:
         c = v.refs.get(own)
@@ -333,13 +342,11 @@ class KvIndex:
     # -- approximate: routed prompts -------------------------------------------------------
 
     def record_routed(self, engine_id: str, hashes: Sequence[int]) -> None:
-        """Remember that a prompt with these own block hashes was routed to the engine.
-
-        Only engines whose answers use the approximate source record anything (engines with a
-        complete precise view learn the same blocks from their events moments later).
-        """
+        """Remember that a prompt with these own block hashes was routed to the engine: for
+        `approx_ttl` on an engine without a precise view, for `pending_ttl` (until its events
+        confirm the blocks) on one with it."""
         v = self._views.get(engine_id)
-        if v is None or not v.uses_approx or not hashes:
+        if v is None or not hashes:
             return
         now = self._clock()
         lru, approx, bit = v.approx, self._approx, v.bit
@@ -371,20 +378,13 @@ class KvIndex:
             self._drop_approx(h, v.bit)
         v.approx = OrderedDict()
 
-    def _set_uses_approx(self, v: _View) -> None:
-        if v.uses_approx:
-            self._approx_mask |= v.bit
-        else:
-            self._approx_mask &= ~v.bit
-            self._clear_approx(v)
-
     def expire(self, now: float | None = None) -> int:
-        """Drop approximate entries older than the TTL; returns how many."""
+        """Drop routed entries older than their view's TTL; returns how many."""
         now = self._clock() if now is None else now
-        ttl = self.config.approx_ttl
-        cutoff = now - ttl
+        cfg = self.config
         dropped = 0
         for v in self._views.values():
+            cutoff = now - v.routed_ttl(cfg)
             lru = v.approx
             while lru:
                 h, t = next(iter(lru.items()))
@@ -394,8 +394,8 @@ class KvIndex:
                 self._drop_approx(h, v.bit)
                 dropped += 1
         self.stats.approx_expired += dropped
-        # Entries may outlive the TTL by at most an eighth of it.
-        self._next_expiry = now + ttl / 8
+        # Entries may outlive their TTL by at most an eighth of the shorter one.
+        self._next_expiry = now + min(cfg.approx_ttl, cfg.pending_ttl) / 8
         return dropped
 
     # -- lookup ----------------------------------------------------------------------------
@@ -423,16 +423,15 @@ class KvIndex:
         result: dict[str, int] = {}
         if not alive or not hashes:
             return result
-        if self._approx_mask and self._clock() >= self._next_expiry:
+        if self._approx and self._clock() >= self._next_expiry:
             self.expire()
         precise_get = self._precise.get
-        amask = self._approx_mask & alive
         names_of = self._names_of
         n = 0
-        if amask:
+        if self._approx:
             approx_get = self._approx.get
             for h in hashes:
-                m = (precise_get(h, 0) | (approx_get(h, 0) & amask)) & alive
+                m = (precise_get(h, 0) | approx_get(h, 0)) & alive
                 if m != alive:
                     if n:
                         result.update(dict.fromkeys(names_of(alive & ~m), n))

@@ -191,10 +191,29 @@ def test_routed_prompts_match_for_engines_without_events():
     assert idx.indexed_blocks("a") == 4
 
 
-def test_routed_prompts_are_not_recorded_for_engines_with_a_precise_view():
+def test_a_prompt_routed_to_a_precise_engine_counts_there_until_its_events_are_due():
+    """Its blocks are stored only once the engine has prefilled it: a turn sharing the prefix
+    routed meanwhile must see them there, not compute the prefix on another engine."""
+    clock = Clock()
+    idx = KvIndex(KvIndexConfig(pending_ttl=30.0), clock=clock)
+    idx.add_engine("a", kv_events=True)
+    idx.add_engine("b", kv_events=True)
+    p = prompt(4)
+    idx.record_routed("a", block_hashes(p, BS))
+    assert idx.is_precise("a") and idx.indexed_blocks("a") == 4
+    assert idx.match(block_hashes(p + prompt(1, seed=5), BS), ["a", "b"]) == {"a": 4}
+    clock.now += 31  # no event confirmed them: they were never stored (or are gone)
+    assert idx.match(block_hashes(p, BS), ["a", "b"]) == {}
+
+
+def test_a_block_the_engine_removes_stops_counting_though_it_was_routed_again():
     idx = precise_index("a")
-    idx.record_routed("a", block_hashes(prompt(4), BS))
-    assert idx.indexed_blocks("a") == 0
+    vllm = FakeVllm("a")
+    p = prompt(4)
+    idx.apply("a", batch(1, vllm.stored(p, BS)))
+    idx.record_routed("a", block_hashes(p, BS))  # another turn with the same prompt
+    idx.apply("a", batch(2, removed_event([vllm.hashes(p, BS)[1]])))
+    assert idx.match(block_hashes(p, BS), ["a"]) == {"a": 1}
 
 
 @pytest.mark.parametrize(

@@ -262,8 +262,8 @@ class Scheduler:
             self._registry.note_routed(eid)
             if req.session_id:
                 self._sessions.set(req.session_id, eid)
-            if not self._index.is_precise(eid):
-                self._index.record_routed(eid, req.block_hashes(chosen.kv_block_size))
+            # (On an engine with KV events, until they confirm the blocks: see kvindex.)
+            self._index.record_routed(eid, req.block_hashes(chosen.kv_block_size))
             self._count(True, req.pool, reason)
         decision = Decision(
             pool=req.pool,
