@@ -348,8 +348,14 @@ class KvIndex:
         v = self._views.get(engine_id)
         if v is None or not hashes:
             return
+        bit = v.bit
+        if not v.uses_approx:  # only what its events have not confirmed yet
+            held = self._precise.get
+            hashes = [h for h in hashes if not held(h, 0) & bit]
+            if not hashes:
+                return
         now = self._clock()
-        lru, approx, bit = v.approx, self._approx, v.bit
+        lru, approx = v.approx, self._approx
         move = lru.move_to_end
         for h in hashes:
             if h in lru:
