@@ -137,8 +137,8 @@ async def serve(
     router_id = f"router-{uuid.uuid4().hex[:8]}"
     policies = PolicyStore(cfg.tenants, set(cfg.auth.tiers))
     ledger = make_ledger(cfg.quotas)
+    admission = Admission(cfg.quotas, policies, cfg.auth.tiers, ledger, router_id)
     running = RunningClock()
-    admission = Admission(cfg.quotas, policies, cfg.auth.tiers, ledger, router_id, clock=running)
     flow = FlowControl(cfg.flow, cfg.saturation, registry, admission.label, clock=running)
     admission.attach_flow(flow)
     registry.on_load_listener = flow.kick  # a slot may have freed: release waiting turns

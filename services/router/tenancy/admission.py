@@ -29,7 +29,6 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +63,10 @@ RETRY_GRACE_SECONDS = 8.0
 # Envoy ended the turn's HTTP stream (the router's ext_proc stream of the turn closes with it)
 # and no engine has reported taking it: reports still on their way get this long.
 CLOSE_GRACE_SECONDS = 1.0
+# A sweep waking this much later than due found the router's loop stalled (a starved CPU):
+# the engines' reports may be waiting unread on their streams meanwhile, so the graces above
+# count only the time the loop ran (see Admission._sweep).
+STALL_SECONDS = 0.25
 
 QUOTA_DECISIONS = Counter(
     "switchyard_router_quota_decisions_total",
@@ -163,13 +166,8 @@ class Admission:
         tiers: dict[str, TierConfig],
         ledger: Ledger,
         router_id: str,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
-        # The graces and deadlines of turns in flight: the router's running clock (see
-        # services/common/looplag.py), so that a stall of the router's own loop, with engines'
-        # reports waiting unread on their streams, is not taken for those reports' absence.
-        self._clock = clock
         self.policies = policies
         self.ledger = ledger
         self._tiers = tiers
@@ -311,7 +309,7 @@ class Admission:
         s.admitted += 1
         s.in_flight += 1
         self._tenant_of[res_id] = tenant
-        self._deadline[res_id] = self._clock() + self.cfg.accept_seconds
+        self._deadline[res_id] = time.monotonic() + self.cfg.accept_seconds
         QUOTA_DECISIONS.labels(self.label(tenant), decision, "").inc()
         return self._ticket(tenant, res_id, decision, remaining)
 
@@ -388,7 +386,7 @@ class Admission:
             # on another engine may take it yet (see RETRY_GRACE_SECONDS), unless the turn's
             # stream is over.
             grace = CLOSE_GRACE_SECONDS if res_id in self._closed else RETRY_GRACE_SECONDS
-            deadline = self._clock() + grace
+            deadline = time.monotonic() + grace
             self._unaccepted_ends[res_id] = (deadline, engine_id, usage)
             return
         self._end(engine_id, usage)
@@ -421,7 +419,7 @@ class Admission:
         self._closed.add(res_id)
         if self._holders.get(res_id):
             return
-        deadline = self._clock() + CLOSE_GRACE_SECONDS
+        deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         log.debug("reservation %s: stream closed, no engine holds it", res_id)
         cut = self._unaccepted_ends.get(res_id)
         if cut is not None:  # an attempt was cut: no retry comes now
@@ -453,7 +451,7 @@ class Admission:
         res_id = usage.reservation_id
         if not usage.done:
             if res_id in self._deadline:
-                self._deadline[res_id] = self._clock() + self.cfg.max_turn_seconds
+                self._deadline[res_id] = time.monotonic() + self.cfg.max_turn_seconds
             if res_id.endswith(METERED):
                 await self.ledger.accept(res_id, lease=self.cfg.max_turn_seconds)
             return
@@ -503,9 +501,14 @@ class Admission:
             sweeper.cancel()
 
     async def _sweep(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = self._clock()
+            now = time.monotonic()
+            stalled = now - last - SWEEP_SECONDS
+            last = now
+            if stalled > STALL_SECONDS:
+                self._postpone(stalled, now)
             for res_id, (deadline, engine_id, usage) in list(self._unaccepted_ends.items()):
                 if deadline <= now:  # no retry took it: it ends as its attempt reported
                     del self._unaccepted_ends[res_id]
@@ -523,6 +526,18 @@ class Admission:
                 continue
             if expired:
                 log.info("%d quota reservation(s) expired unreported and were settled", expired)
+
+    def _postpone(self, stalled: float, now: float) -> None:
+        """The loop was stalled `stalled` seconds: an engine's accept or end may have arrived
+        meanwhile, unread yet. Every grace is pushed back by the stall, and by at least one
+        sweep, so those reports are read before a turn is taken for one no engine holds (else a
+        stall frees a running turn's concurrent-stream slot and reservation)."""
+        log.warning("the router's event loop stalled %.1fs: quota graces extended", stalled)
+        floor = now + SWEEP_SECONDS
+        for res_id, (deadline, engine_id, usage) in self._unaccepted_ends.items():
+            self._unaccepted_ends[res_id] = (max(deadline + stalled, floor), engine_id, usage)
+        for res_id, deadline in self._deadline.items():
+            self._deadline[res_id] = max(deadline + stalled, floor)
 
     def queued(self, tenant: str) -> int:
         """Turns of `tenant` waiting in the router for a saturated pool (fair share)."""
