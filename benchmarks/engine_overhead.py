@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, prompts, say, table, write_json
@@ -157,12 +158,18 @@ async def main_async(args: argparse.Namespace) -> int:
     config_path = ROOT / "deploy" / "local" / f"engine-{args.model}.yaml"
     cfg = load_config(config_path, EngineConfig).resolve_paths(config_path.parent)
     os.environ.update(cfg.env)
+    overrides: dict[str, Any] = {"listen": "127.0.0.1:0", "tls": {"plaintext": args.plaintext}}
+    if args.stream_interval > 1:
+        # vLLM's own coalescing, on both paths: the first token at once, then one output per
+        # this many tokens (fewer messages per turn for the gRPC path to send).
+        cfg.vllm = {**cfg.vllm, "stream_interval": args.stream_interval}
+        overrides["vllm"] = cfg.vllm
 
     say(f"[bench] starting the gRPC engine ({args.model}) ...")
     engine = procs.start_engine(
         config_path,
         name="bench-engine",
-        overrides={"listen": "127.0.0.1:0", "tls": {"plaintext": args.plaintext}},
+        overrides=overrides,
     )
     try:
         engine.wait_ready(on_progress=say)
@@ -254,6 +261,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4, help="rounds per path and level (alternating)")
     p.add_argument("--settle", type=float, default=1.0, help="idle seconds before each measurement")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="vLLM's stream_interval on both paths (tokens per output after the first)",
+    )
     p.add_argument("--prompt-words", type=int, default=64)
     p.add_argument("--min-requests", type=int, default=32, help="turns per round at least")
     p.add_argument(

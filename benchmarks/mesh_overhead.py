@@ -9,15 +9,22 @@ checked per turn, mutual TLS on every internal hop) and "open" (`auth.enabled: f
    proxies to the engine), one turn at a time: each mesh's two paths back to back, which mesh and
    which path first alternating, with a pause between meshes longer than vLLM's CPU worker
    busy-waits after a step (else one engine's spin slows the other mesh's turns). Added TTFT
-   is mesh minus direct per mesh; trust's cost is secure-added minus open-added.
-2. ext_proc throughput: each router in turn pinned to core 0 and driven with exactly the exchange
+   is mesh minus direct per mesh; trust's cost is secure-added minus open-added. Short (64
+   words) and long (700) prompts. From each mesh turn's spans on the client's clock, where its
+   time goes hop by hop (`_hops.py`): Envoy, the router's and the safety filter's ext_proc
+   calls, the engine's own queue + prefill, and the way back to the first visible text (the
+   safety filter holds back what may still become an entity).
+2. CPU per turn: a closed loop of 4 streams of 8-token turns through each mesh; each process's
+   CPU-µs per turn (Envoy, router, safety, the engine's front process and its vLLM core).
+3. ext_proc throughput: each router in turn pinned to core 0 and driven with exactly the exchange
    Envoy has with it per turn (request headers with the API key, then the buffered
    GenerateRequest body, answered with routing headers) by `h2load` on core 1 (Debian's
    nghttp2-client) through a local Envoy TCP proxy on core 1 that does what the mesh's Envoy
    does: mutual TLS to the secure router with Envoy's certificate, plaintext to the open one;
    blocks alternate between the two routers, and the median block is reported.
 
-    .venv/bin/python benchmarks/mesh_overhead.py [--turns 150] [--blocks 4] [--json out.json]
+    .venv/bin/python benchmarks/mesh_overhead.py [--turns 100] [--words 64 700] [--blocks 4]
+        [--load-seconds 15] [--load-clients 4] [--json out.json]
 
 Figures, not pass/fail. Goals: ≤ 2 ms p50 added TTFT, ≥ 1,500 turns/s on one core; auth and TLS
 together ≤ 0.5 ms p50.
@@ -45,6 +52,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, prompts, say, table, write_json
+from _hops import HOPS, CpuMeter, Mark, breakdown, per_turn_us
 
 from services.common.pki import ROUTER, spiffe_id
 from services.common.tls import TlsFiles
@@ -53,25 +61,33 @@ from services.mesh.up import Mesh, free_port
 HERE = Path(__file__).resolve().parent
 
 
-async def ttft_once(client, text: str) -> float:  # type: ignore[no-untyped-def]
+async def ttft_once(client, text: str) -> tuple[float, Mark]:  # type: ignore[no-untyped-def]
+    """TTFT of one 4-token turn as the client sees it (the first text), and its wall-clock
+    mark; the turn is read to its end, so the engine records all its phases."""
     from services.mesh.client import make_request
 
+    call_ns = time.time_ns()
     start = time.perf_counter()
+    ttft, first_ns = float("nan"), 0
     stream = client.stream(make_request(text, max_tokens=4, temperature=0.0))
     async with contextlib.aclosing(stream) as messages:
         async for msg in messages:
-            if msg.HasField("delta"):
-                return float(time.perf_counter() - start)
-    return float("nan")
+            if msg.HasField("delta") and not first_ns:
+                ttft, first_ns = time.perf_counter() - start, time.time_ns()
+    return float(ttft), Mark(call_ns, first_ns)
 
 
 PATHS = ("secure direct", "secure mesh", "open direct", "open mesh")
 
 
-async def measure_ttft(meshes: dict[str, Mesh], turns: int, gap: float) -> dict[str, list[float]]:
+async def measure_ttft(
+    meshes: dict[str, Mesh], turns: int, gap: float, words: int
+) -> tuple[dict[str, list[float]], dict[str, list[Mark]]]:
+    """TTFT per path, and the mesh paths' marks (for the per-hop breakdown)."""
     from services.mesh.client import MeshClient
 
     out: dict[str, list[float]] = {p: [] for p in PATHS}
+    marks: dict[str, list[Mark]] = {name: [] for name in meshes}
     clients: dict[str, MeshClient] = {}
     for name, mesh in meshes.items():
         # Direct to the engine: the operator's certificate (None in the plaintext mesh).
@@ -84,7 +100,7 @@ async def measure_ttft(meshes: dict[str, Mesh], turns: int, gap: float) -> dict[
             for t in prompts(5, 32, seed=7):
                 await ttft_once(client, t)
         names = list(meshes)
-        for i, text in enumerate(prompts(turns, 64, seed=11)):
+        for i, text in enumerate(prompts(turns, words, seed=11 + words)):
             # Each mesh's two paths back to back, the mesh first and the path first alternating;
             # between meshes a pause outlasting vLLM's CPU worker busy-waiting after a step
             # (~1 s), so that one engine's spin does not slow the other mesh's turn.
@@ -93,11 +109,56 @@ async def measure_ttft(meshes: dict[str, Mesh], turns: int, gap: float) -> dict[
                 paths = ("direct", "mesh") if (i // 2) % 2 == 0 else ("mesh", "direct")
                 for path in (f"{name} {p}" for p in paths):
                     # Distinct prompts per path, so none rides another's prefix cache.
-                    out[path].append(await ttft_once(clients[path], f"{path} {text}"))
+                    ttft, mark = await ttft_once(clients[path], f"{path} {text}")
+                    out[path].append(ttft)
+                    if path.endswith("mesh"):
+                        marks[name].append(mark)
     finally:
         for client in clients.values():
             await client.close()
-    return out
+    return out, marks
+
+
+async def measure_load(mesh: Mesh, seconds: float, clients: int) -> dict[str, Any]:
+    """A closed loop of `clients` streams of 8-token turns through the mesh for `seconds`:
+    turns/s and each process's CPU-µs per turn."""
+    from services.mesh.client import MeshClient, make_request
+
+    assert mesh.router is not None and mesh.safety is not None and mesh.envoy is not None
+    meter = CpuMeter(
+        {
+            "envoy": mesh.envoy.pid,
+            "router": mesh.router.pid,
+            "safety": mesh.safety.pid,
+            "engine front": mesh.engines[0].pid,
+        }
+    )
+    client = MeshClient.connect(mesh.endpoint, key=mesh.dev_key, resume=None)
+    texts = prompts(4096, 64, seed=5)
+    done = 0
+    stop = time.perf_counter() + 2.0  # warm-up
+
+    async def loop(k: int) -> None:
+        nonlocal done
+        i = k
+        while time.perf_counter() < stop:
+            req = make_request(f"load {k} {texts[i % len(texts)]}", max_tokens=8, temperature=0.0)
+            async with contextlib.aclosing(client.stream(req)) as messages:
+                async for _ in messages:
+                    pass
+            done += 1
+            i += clients
+
+    try:
+        await asyncio.gather(*(loop(k) for k in range(clients)))  # warm
+        stop = time.perf_counter() + seconds
+        done = 0
+        before, start = meter.read(), time.perf_counter()
+        await asyncio.gather(*(loop(k) for k in range(clients)))
+        after, wall = meter.read(), time.perf_counter() - start
+    finally:
+        await client.close()
+    return {"turns": done, "turns_per_s": done / wall, "cpu_us": per_turn_us(before, after, done)}
 
 
 def extproc_body(prompt: str, key: str) -> bytes:
@@ -271,28 +332,6 @@ async def check_extproc_answer(target: str, body: bytes) -> None:
         raise RuntimeError(f"unexpected ext_proc answer: {last}")
 
 
-def hop_times(traces: Path) -> dict[str, float]:
-    """From each mesh turn's spans: p50 ms from Envoy's ingress span to the router's pick span
-    and to the engine's generate span (what the mesh's hops cost before the engine starts,
-    without the engine's own variance)."""
-    from services.mesh.trace import read_spans
-
-    turns: dict[str, dict[str, int]] = {}
-    for span in read_spans(traces):
-        turns.setdefault(span.trace_id, {})[span.name] = span.start_ns
-    out: dict[str, float] = {}
-    for key, name in (("to_pick", "switchyard.router.pick"), ("to_engine", GENERATE_SPAN)):
-        gaps = [
-            (t[name] - t["ingress"]) / 1e6 for t in turns.values() if "ingress" in t and name in t
-        ]
-        out[key] = percentile(gaps, 50)
-        out[f"{key}_n"] = len(gaps)
-    return out
-
-
-GENERATE_SPAN = "switchyard.engine.generate"
-
-
 def bench_config(workdir: Path, secure: bool) -> Path:
     """mesh-bench.yaml as `up` runs it ("secure"), or with API keys and TLS off ("open"). In
     both, the engine's capacity is unbounded: h2load's exchanges never reach it, and flow
@@ -327,26 +366,32 @@ async def main_async(args: argparse.Namespace) -> int:
             bench_config(workdir, False), free_ports=True, say=say, traces_dir=workdir / "t-open"
         ),
     }
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"words": args.words}
     try:
         for name, mesh in meshes.items():
             say(f"[bench] starting the {name} mesh ...")
             mesh.start()
-        say(f"[bench] TTFT: {args.turns} turns per path, order rotating ...")
-        t = await measure_ttft(meshes, args.turns, args.gap)
-        ttft = {p: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3}
-                for p, v in t.items()}  # fmt: skip
-        results["ttft_ms"] = ttft
-        for name in meshes:
-            results[f"{name}_added_ms"] = {
-                q: ttft[f"{name} mesh"][q] - ttft[f"{name} direct"][q] for q in ("p50", "p99")
+        for words in args.words:
+            say(f"[bench] TTFT, {words}-word prompts: {args.turns} turns per path, rotating ...")
+            t, marks = await measure_ttft(meshes, args.turns, args.gap, words)
+            ttft = {p: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3}
+                    for p, v in t.items()}  # fmt: skip
+            r: dict[str, Any] = {"ttft_ms": ttft}
+            for name in meshes:
+                r[f"{name}_added_ms"] = {
+                    q: ttft[f"{name} mesh"][q] - ttft[f"{name} direct"][q] for q in ("p50", "p99")
+                }
+            r["trust_added_ms"] = {
+                q: r["secure_added_ms"][q] - r["open_added_ms"][q] for q in ("p50", "p99")
             }
-        results["trust_added_ms"] = {
-            q: results["secure_added_ms"][q] - results["open_added_ms"][q] for q in ("p50", "p99")
+            await asyncio.sleep(3)  # the services export spans every second
+            r["hops_ms"] = {name: breakdown(workdir / f"t-{name}", marks[name]) for name in meshes}
+            results[f"{words}_words"] = r
+        say(f"[bench] load: {args.load_clients} clients x {args.load_seconds:g} s per mesh ...")
+        results["load"] = {
+            name: await measure_load(mesh, args.load_seconds, args.load_clients)
+            for name, mesh in meshes.items()
         }
-        await asyncio.sleep(3)  # the services export spans every second
-        hops = {name: hop_times(workdir / f"t-{name}") for name in meshes}
-        results["hops_ms"] = hops
         samples: dict[str, list[float]] = {name: [] for name in meshes}
         with contextlib.ExitStack() as stack:
             proxies = {}
@@ -357,12 +402,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 proxy = stack.enter_context(tcp_proxy(mesh.router_address, tls, workdir))
                 proxies[name] = (proxy, body)
                 await check_extproc_answer(*proxies[name])
-            for r in range(args.blocks):
-                for name in list(meshes)[r % 2 :] + list(meshes)[: r % 2]:
+            for b in range(args.blocks):
+                for name in list(meshes)[b % 2 :] + list(meshes)[: b % 2]:
                     router = meshes[name].router
                     assert router is not None
                     os.sched_setaffinity(router.pid, {0})
-                    say(f"[bench] ext_proc block {r + 1}/{args.blocks}, {name}: router on core 0, "
+                    say(f"[bench] ext_proc block {b + 1}/{args.blocks}, {name}: router on core 0, "
                         "h2load + proxy on core 1 ...")  # fmt: skip
                     proxy, body = proxies[name]
                     samples[name].append(extproc_h2load(proxy, body, args.exchanges, 4, 64))
@@ -374,45 +419,63 @@ async def main_async(args: argparse.Namespace) -> int:
         for mesh in meshes.values():
             mesh.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    report(results, args, rates, samples)
+    write_json(args.json, results)
+    return 0
 
-    print(f"\nmesh overhead ({args.turns} turns per path, 64-word prompts, small model)\n")
-    rows: list[list[Any]] = [[p, ttft[p]["p50"], ttft[p]["p99"]] for p in PATHS]
-    for name in ("secure", "open"):
-        added = results[f"{name}_added_ms"]
-        rows.append([f"added by the {name} mesh", added["p50"], added["p99"]])
-    trust = results["trust_added_ms"]
-    rows.append(["added by keys + mTLS", trust["p50"], trust["p99"]])
-    print(table(["path", "TTFT p50 ms", "TTFT p99 ms"], rows))
-    print("\nfrom the traces, p50 ms after Envoy's ingress span starts (mesh turns):\n")
-    print(
-        table(
-            ["mesh", "router pick starts", "engine starts", "turns"],
-            [[n, h["to_pick"], h["to_engine"], int(h["to_engine_n"])] for n, h in hops.items()]
-            + [
-                [
-                    "keys + mTLS add",
-                    hops["secure"]["to_pick"] - hops["open"]["to_pick"],
-                    hops["secure"]["to_engine"] - hops["open"]["to_engine"],
-                    "",
-                ]
-            ],
-        )
-    )
+
+def report(
+    results: dict[str, Any],
+    args: argparse.Namespace,
+    rates: dict[str, float],
+    samples: dict[str, list[float]],
+) -> None:
+    for words in args.words:
+        r = results[f"{words}_words"]
+        ttft = r["ttft_ms"]
+        print(f"\nmesh overhead, {words}-word prompts ({args.turns} turns per path, small model)\n")
+        rows: list[list[Any]] = [[p, ttft[p]["p50"], ttft[p]["p99"]] for p in PATHS]
+        for name in ("secure", "open"):
+            added = r[f"{name}_added_ms"]
+            rows.append([f"added by the {name} mesh", added["p50"], added["p99"]])
+        trust = r["trust_added_ms"]
+        rows.append(["added by keys + mTLS", trust["p50"], trust["p99"]])
+        print(table(["path", "TTFT p50 ms", "TTFT p99 ms"], rows))
+        hops = r["hops_ms"]
+        print(f"\nwhere a mesh turn's time goes, {words}-word prompts (p50 ms per hop, from each "
+              "turn's spans on the client's clock):\n")  # fmt: skip
+        names = [row for row, _, _ in HOPS] + ["mesh total (all but the engine's queue + prefill)"]
+        print(table(
+            ["hop", *(f"{n} ({hops[n]['turns']} turns)" for n in hops)],
+            [[row, *(hops[n].get(row, float("nan")) for n in hops)] for row in names],
+        ))  # fmt: skip
+    load = results["load"]
+    procs = list(next(iter(load.values()))["cpu_us"])
+    print(f"\nCPU per turn under load ({args.load_clients} clients, 8-token turns, "
+          f"{args.load_seconds:g} s per mesh), CPU-µs per turn:\n")  # fmt: skip
+    print(table(
+        ["mesh", "turns/s", *procs, "mesh (envoy + router + safety)"],
+        [[n, v["turns_per_s"], *(v["cpu_us"][p] for p in procs),
+          sum(v["cpu_us"][p] for p in ("envoy", "router", "safety"))] for n, v in load.items()],
+    ))  # fmt: skip
     print(f"\nrouter ext_proc on one core (h2load via an Envoy TCP proxy, median of "
           f"{args.blocks} blocks of {args.exchanges} exchanges per mesh, alternating): "
           f"secure {rates['secure']:.0f} turns/s, open {rates['open']:.0f} turns/s "
           f"({(rates['secure'] / rates['open'] - 1) * 100:+.1f}%)")  # fmt: skip
     for name, v in samples.items():
         print(f"  {name} blocks: " + ", ".join(f"{x:.0f}" for x in v))
-    write_json(args.json, results)
-    return 0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--turns", type=int, default=150, help="TTFT samples per path")
+    p.add_argument("--turns", type=int, default=100, help="TTFT samples per path and size")
+    p.add_argument(
+        "--words", type=int, nargs="+", default=[64, 700], help="prompt sizes for TTFT (words)"
+    )
+    p.add_argument("--load-seconds", type=float, default=15.0, help="load phase per mesh")
+    p.add_argument("--load-clients", type=int, default=4, help="concurrent streams in it")
     p.add_argument("--exchanges", type=int, default=10000, help="ext_proc exchanges per block")
     p.add_argument("--blocks", type=int, default=4, help="h2load blocks per mesh, alternating")
     p.add_argument(

@@ -287,10 +287,13 @@ async def test_two_router_replicas_sharing_redis_enforce_one_budget(
         assert answer.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
         for c in calls:
             c.cancel()
-    await settled(admin, tenant, timeout=90)
+    st = await settled(admin, tenant, timeout=90)
+    assert st.in_flight == 0, f"the cancelled turns' ends were not reported in 90 s: {st}"
     # What the cancelled turns did not generate came back: a long turn fits again.
     again = await _ext_proc_turn(second_router.address, key, long)
-    assert again.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert again.immediate_response.grpc_status.status == (
+        grpc.StatusCode.UNAVAILABLE.value[0]
+    ), f"settled at {st}, then: {again}"
 
 
 # -- isolation ------------------------------------------------------------------------------
