@@ -162,8 +162,8 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.stream_interval > 1:
         # vLLM's own coalescing, on both paths: the first token at once, then one output per
         # this many tokens (fewer messages per turn for the gRPC path to send).
-        cfg.vllm = {**cfg.vllm, "stream_interval": args.stream_interval}
-        overrides["vllm"] = cfg.vllm
+        overrides["vllm"] = {**cfg.vllm, "stream_interval": args.stream_interval}
+        cfg = cfg.model_copy(update={"vllm": overrides["vllm"]})
 
     say(f"[bench] starting the gRPC engine ({args.model}) ...")
     engine = procs.start_engine(
