@@ -5,6 +5,7 @@ Envoy sends to the client itself, without reaching an engine."""
 from __future__ import annotations
 
 import base64
+import re
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -42,6 +43,27 @@ def grpc_timeout(headers: dict[str, str]) -> float | None:
 def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
     """Envoy's header message as a dict (Envoy sends raw_value; older versions value)."""
     return {x.key: (x.raw_value.decode(errors="replace") or x.value) for x in msg.headers.headers}
+
+
+def header_attributes(names: tuple[str, ...]) -> list[str]:
+    """Envoy `request_attributes` that send these request headers' values with an ext_proc
+    server's first message (its body, when the filter skips the headers message)."""
+    return [f"request.headers['{name}']" for name in names]
+
+
+_HEADER_ATTRIBUTE = re.compile(r"^request\.headers\['(.+)'\]$")
+
+
+def attribute_headers(msg: ext.ProcessingRequest) -> dict[str, str]:
+    """The headers `header_attributes` asked for, as Envoy sent them (a header the request
+    does not have is absent)."""
+    out: dict[str, str] = {}
+    for struct in msg.attributes.values():
+        for key, value in struct.fields.items():
+            m = _HEADER_ATTRIBUTE.match(key)
+            if m and value.WhichOneof("kind") == "string_value":
+                out[m.group(1)] = value.string_value
+    return out
 
 
 def tenant_of(headers: dict[str, str]) -> str:

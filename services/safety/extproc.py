@@ -2,16 +2,19 @@
 the scrub of the STREAMED response body, chunk by chunk.
 
 Envoy calls it after the router's filter, so the request body names the served model the router
-resolved. Per turn: request headers (the tenant) → the buffered request body (the prompt policy:
-pass, rewrite with the redacted prompt, or an immediate INVALID_ARGUMENT / PERMISSION_DENIED) →
+resolved. Per turn: the buffered request body, carrying as attributes the request headers it
+reads (the tenant the router set; a gRPC turn skips the headers message, one round trip less)
+(the prompt policy: pass, rewrite with the redacted prompt, or an immediate INVALID_ARGUMENT /
+PERMISSION_DENIED) →
 every response body chunk (rewritten by `ResponseFilter`: text held back only while it could
 still begin an entity, the Final gains the SafetyReport, a blocked entity ends the turn with a
 FINISH_REASON_BLOCKED Final and drops the rest). If this service is down or fails, Envoy fails
 the turn (see the filter's config in the xDS builder); it never passes text unscrubbed.
 
 An OpenAI HTTP turn (the router marked it with `x-switchyard-openai`) is scrubbed the same way
-and answered in OpenAI's format (`http_response`): its route streams the response here
-full-duplex, with headers and trailers, and refusals are OpenAI error objects.
+and answered in OpenAI's format (`http_response`): its route sends the request headers first
+and streams the response here full-duplex, with headers and trailers, and refusals are OpenAI
+error objects.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from services.common.errors import Internal, InvalidArgument, PermissionDenied, 
 from services.common.extproc import (
     LONG_BODY_BYTES,
     LONG_BODY_SECONDS,
+    attribute_headers,
     extend_timeout,
     header_map,
     immediate_error,
@@ -63,15 +67,18 @@ _T = TypeVar("_T")
 OFFLOAD_BYTES = 64 * 1024
 
 
-def _body(data: bytes | None, *, request: bool) -> ext.ProcessingResponse:
-    """Continue with the body, replaced by `data` when it is not None."""
+def _body(data: bytes | None, *, request: bool, held: bool = True) -> ext.ProcessingResponse:
+    """Continue with the body, replaced by `data` when it is not None. A request body whose
+    headers Envoy `held` for this filter also loses its content-length; one whose headers went
+    on already (the filter skips them) has none: Envoy dropped it."""
     if request:
         headers = ext.HeaderMutation()
         mutation = replace_request_body(data, headers) if data is not None else None
         return ext.ProcessingResponse(
             request_body=ext.BodyResponse(
                 response=ext.CommonResponse(
-                    header_mutation=headers if data is not None else None, body_mutation=mutation
+                    header_mutation=headers if data is not None and held else None,
+                    body_mutation=mutation,
                 )
             )
         )
@@ -103,6 +110,17 @@ class _Turn:
         self.http: HttpResponse | None = None
         # A cacheable turn the router marked for storing: its entry, until it is offered.
         self.cache_store = ""
+        # Envoy held the request headers for this filter (it asked for them): an OpenAI turn.
+        self.headers_held = False
+
+    def begin(self, headers: dict[str, str]) -> None:
+        """The request's headers this filter reads, all set by the router (from Envoy's headers
+        message, or the attributes sent with the body when the filter skips it)."""
+        self.seen_request = True
+        self.tenant = tenant_of(headers)
+        if h.OPENAI in headers:
+            self.wire = Wire.decode(headers[h.OPENAI])
+        self.cache_store = headers.get(h.CACHE_STORE, "")
 
     def error(self, err: SwitchyardError) -> ext.ProcessingResponse:
         """The turn refused by the safety filter, in the client's protocol."""
@@ -191,7 +209,7 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if not result.changed:
             return _body(None, request=True)
         turn.outcome = "prompt_redacted"
-        return _body(encode_frame(req.SerializeToString()), request=True)
+        return _body(encode_frame(req.SerializeToString()), request=True, held=turn.headers_held)
 
     def _filter(self, turn: _Turn) -> ResponseFilter:
         if turn.filter is None:
@@ -296,15 +314,13 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("request")
-                if kind == "request_headers":
-                    headers = header_map(msg.request_headers)
-                    turn.seen_request = True
-                    turn.tenant = tenant_of(headers)
-                    if h.OPENAI in headers:
-                        turn.wire = Wire.decode(headers[h.OPENAI])
-                    turn.cache_store = headers.get(h.CACHE_STORE, "")
+                if kind == "request_headers":  # an OpenAI turn's (a gRPC turn's are skipped)
+                    turn.begin(header_map(msg.request_headers))
+                    turn.headers_held = True
                     yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
                 elif kind == "request_body":
+                    if not turn.seen_request:  # what it reads of the headers came with it
+                        turn.begin(attribute_headers(msg))
                     if len(msg.request_body.body) >= LONG_BODY_BYTES:
                         yield extend_timeout(LONG_BODY_SECONDS)  # scanning it takes a while
                     yield await self.request_body(turn, msg.request_body.body)

@@ -9,7 +9,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from services.common import headers as h
 from services.common.config import parse_config
 from services.common.errors import ConfigError, InvalidArgument, PermissionDenied
+from services.common.extproc import header_attributes
 from services.common.frames import FrameDecoder, encode_frame, single_message
+from services.router.xds.builder import SAFETY_HEADERS
 from services.safety.config import SafetyConfig
 from services.safety.extproc import SafetyExtProc
 from services.safety.prompt import check_prompt
@@ -96,6 +98,20 @@ def body_msg(req: inference_pb2.GenerateRequest) -> ext.ProcessingRequest:
     )
 
 
+def attributed_body_msg(
+    req: inference_pb2.GenerateRequest, tenant: str = ""
+) -> ext.ProcessingRequest:
+    """A gRPC turn's first message, as Envoy sends it to the safety filter, which skips the
+    headers message: the body, with the headers it reads as attributes (an absent header is
+    absent)."""
+    msg = body_msg(req)
+    sent = {h.TENANT: tenant} if tenant else {}
+    names = header_attributes(SAFETY_HEADERS)
+    values = {a: sent[n] for a, n in zip(names, SAFETY_HEADERS, strict=True) if n in sent}
+    msg.attributes["envoy.filters.http.ext_proc"].update(values)
+    return msg
+
+
 def response_msgs(*texts: str) -> list[ext.ProcessingRequest]:
     frames = b"".join(
         encode_frame(
@@ -152,6 +168,29 @@ async def test_extproc_clean_prompt_passes_without_mutation():
     req = inference_pb2.GenerateRequest(prompt="hello", model="small")
     out = await run([headers_msg(), body_msg(req)])
     assert not out[1].request_body.response.HasField("body_mutation")
+
+
+async def test_a_grpc_turn_without_a_headers_message_gets_its_tenants_policy() -> None:
+    req = inference_pb2.GenerateRequest(prompt="my card 4111 1111 1111 1111", model="small")
+    out = await run([attributed_body_msg(req, "strict")])
+    ir = out[0].immediate_response
+    assert ir.grpc_status.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert b"prompt contains CREDIT_CARD" in ir.body
+
+
+async def test_a_grpc_turn_without_a_headers_message_is_redacted_and_scrubbed() -> None:
+    req = inference_pb2.GenerateRequest(prompt="write to bob@example.com", model="small")
+    out = await run([attributed_body_msg(req), *response_msgs("mail ali", "ce@exam", "ple.org")])
+    answer = out[0].request_body.response
+    assert (
+        inference_pb2.GenerateRequest.FromString(single_message(answer.body_mutation.body)).prompt
+        == "write to [EMAIL]"
+    )
+    # Its headers went on before the body: no header mutation (Envoy dropped content-length).
+    assert not answer.HasField("header_mutation")
+    body = b"".join(r.response_body.response.body_mutation.body for r in out[1:])
+    msgs = [inference_pb2.GenerateResponse.FromString(m) for m in FrameDecoder().feed(body)]
+    assert "".join(m.delta.text for m in msgs if m.HasField("delta")) == "mail [EMAIL]"
 
 
 async def test_extproc_fails_a_stream_it_cannot_read():

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +125,7 @@ from envoy.type.v3 import (  # type: ignore[import-untyped,unused-ignore]
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from services.common import headers
-from services.common.extproc import GENERATE_PATH
+from services.common.extproc import GENERATE_PATH, header_attributes
 from services.common.pki import ENGINE, ROUTER, SAFETY, spiffe_id
 from services.common.server import MAX_REQUEST_BODY_BYTES
 from services.router.xds.snapshot import Snapshot
@@ -591,6 +592,7 @@ def _ext_proc_filter(
     status_on_error: int,
     *,
     fail_open: bool,
+    request_attributes: Sequence[str] = (),
 ) -> Any:
     ext_proc = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
@@ -598,6 +600,7 @@ def _ext_proc_filter(
         ),
         failure_mode_allow=fail_open,
         processing_mode=modes,
+        request_attributes=list(request_attributes),
         message_timeout=_duration(spec.ext_proc_timeout_seconds),
         max_message_timeout=_duration(spec.ext_proc_max_timeout_seconds),
         allow_mode_override=False,
@@ -630,16 +633,32 @@ def _router_filter(spec: MeshSpec) -> Any:
     )
 
 
+# What the safety filter reads of a turn's request headers (all set by the router), sent with
+# its first message: on a gRPC turn it skips the headers message (one round trip less per turn).
+SAFETY_HEADERS = (headers.TENANT, headers.OPENAI, headers.CACHE_STORE)
+
+
 def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
     """The safety ext_proc, after the router's (it sees the served model the router chose):
-    the buffered request body (prompt policy) and every chunk of the streamed response body."""
+    the buffered request body (prompt policy) and every chunk of the streamed response body.
+
+    On a gRPC turn it skips the request headers message: the headers it reads come with the
+    body as attributes. Envoy then sends the headers on toward the engine while the body waits
+    for the safety filter's answer; a refused prompt resets that stream before the engine has
+    the request (a gRPC call starts with its message), and a redacted one replaces the body
+    (Envoy drops a client's content-length when a filter may change the body). An OpenAI turn
+    keeps the headers message (`_http_safety_modes`): its answer is written at the headers."""
+    mode = processing_mode_pb2.ProcessingMode
+    modes = _modes(mode.STREAMED)
+    modes.request_header_mode = mode.SKIP
     return _ext_proc_filter(
         SAFETY_FILTER,
         SAFETY_CLUSTER,
-        _modes(processing_mode_pb2.ProcessingMode.STREAMED),
+        modes,
         spec,
         SAFETY_FAILED_STATUS,
         fail_open=safety.fail_open,
+        request_attributes=header_attributes(SAFETY_HEADERS),
     )
 
 
