@@ -2,14 +2,14 @@
 the scrub of the STREAMED response body, chunk by chunk.
 
 Envoy calls it after the router's filter, so the request body names the served model the router
-resolved. Per turn: the buffered request body, carrying as attributes the request headers it
-reads (the tenant the router set; a gRPC turn skips the headers message, one round trip less)
-(the prompt policy: pass, rewrite with the redacted prompt, or an immediate INVALID_ARGUMENT /
-PERMISSION_DENIED) →
-every response body chunk (rewritten by `ResponseFilter`: text held back only while it could
-still begin an entity, the Final gains the SafetyReport, a blocked entity ends the turn with a
-FINISH_REASON_BLOCKED Final and drops the rest). If this service is down or fails, Envoy fails
-the turn (see the filter's config in the xDS builder); it never passes text unscrubbed.
+resolved. Per turn: the buffered request body for the prompt policy (pass, rewrite with the
+redacted prompt, or an immediate INVALID_ARGUMENT / PERMISSION_DENIED), with the request headers
+it reads (the tenant the router set…) as Envoy attributes, since a gRPC turn skips the headers
+message (one round trip less); then every response body chunk (rewritten by `ResponseFilter`:
+text held back only while it could still begin an entity, the Final gains the SafetyReport, a
+blocked entity ends the turn with a FINISH_REASON_BLOCKED Final and drops the rest). If this
+service is down or fails, Envoy fails the turn (see the filter's config in the xDS builder); it
+never passes text unscrubbed.
 
 An OpenAI HTTP turn (the router marked it with `x-switchyard-openai`) is scrubbed the same way
 and answered in OpenAI's format (`http_response`): its route sends the request headers first

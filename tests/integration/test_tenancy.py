@@ -291,9 +291,9 @@ async def test_two_router_replicas_sharing_redis_enforce_one_budget(
     assert st.in_flight == 0, f"the cancelled turns' ends were not reported in 90 s: {st}"
     # What the cancelled turns did not generate came back: a long turn fits again.
     again = await _ext_proc_turn(second_router.address, key, long)
-    assert again.immediate_response.grpc_status.status == (
-        grpc.StatusCode.UNAVAILABLE.value[0]
-    ), f"settled at {st}, then: {again}"
+    assert again.immediate_response.grpc_status.status == (grpc.StatusCode.UNAVAILABLE.value[0]), (
+        f"settled at {st}, then: {again}"
+    )
 
 
 # -- isolation ------------------------------------------------------------------------------

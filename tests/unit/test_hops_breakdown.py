@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from _hops import HOPS, Mark, breakdown, per_turn_us  # noqa: E402
+from _hops import HOPS, Mark, breakdown, per_turn_us
 
 MS = 1_000_000
 
