@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROUTER_CLUSTER = "switchyard_router"
-SAFETY_CLUSTER = "switchyard_safety"
-
 # (row, from point, to point); points are ms after the client's call.
 HOPS = (
     ("client → Envoy (ingress span starts)", "call", "ingress"),
@@ -46,15 +43,15 @@ class Mark:
 def _points(spans: list[Any], mark: Mark) -> dict[str, float] | None:
     """The turn's points in ms after the client's call; None when a span is missing."""
 
-    def first(pred: Any) -> Any:
-        found = sorted((s for s in spans if pred(s)), key=lambda s: s.start_ns)
-        return found
+    def named(name: str) -> list[Any]:
+        """The turn's spans of that name, earliest first (the safety filter has two)."""
+        return sorted((s for s in spans if s.name == name), key=lambda s: s.start_ns)
 
-    ingress = first(lambda s: s.name == "ingress")
-    router = first(lambda s: s.name == "switchyard.router.pick")
-    scans = first(lambda s: s.name == "switchyard.safety.scan")
-    engine = first(lambda s: s.name == "switchyard.engine.generate")
-    prefill = first(lambda s: s.name == "switchyard.engine.prefill")
+    ingress = named("ingress")
+    router = named("switchyard.router.pick")
+    scans = named("switchyard.safety.scan")
+    engine = named("switchyard.engine.generate")
+    prefill = named("switchyard.engine.prefill")
     if not (ingress and router and len(scans) >= 2 and engine and prefill):
         return None
 
