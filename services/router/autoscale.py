@@ -186,7 +186,13 @@ class Autoscaler:
                 pool,
                 Stabilizer(self.cfg.up_stabilization_seconds, self.cfg.down_stabilization_seconds),
             )
-            desired = stab.desired(now, rec.engines, sig.engines)
+            # The pool's size is what it was last asked for (engines still starting count, as
+            # a Deployment's replicas do), not only those serving: else a recommendation that
+            # matches the serving engines while another loads would drop the desired count at
+            # once, with no stabilisation window, and the loading engine would be drained.
+            last = self.last.get(pool)
+            current = max(sig.engines, last.desired) if last is not None else sig.engines
+            desired = stab.desired(now, rec.engines, current)
             reason = rec.reason
             if desired != rec.engines:
                 reason += f"; stabilised at {desired} (recommended {rec.engines})"

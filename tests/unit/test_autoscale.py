@@ -89,11 +89,31 @@ def test_a_burst_then_idleness_end_to_end():
     now[0] = 30
     quiet = sig(engines=2, running=1, queued=0, kv=0.05)
     got = a.evaluate({"small": quiet})["small"]
-    assert got.desired == 2 and "stabilised at 2 (recommended 1)" in got.reason
+    # Two engines serve, seven more are starting: the pool is still 9 until the window agrees.
+    assert got.desired == 9 and "stabilised at 9 (recommended 1)" in got.reason
     now[0] = 100
     assert a.evaluate({"small": quiet})["small"].desired == 1
     # A pool the section does not name keeps its configured engines.
     assert a.evaluate({"other": burst})["other"].desired == 1
+
+
+def test_a_steady_moment_while_an_engine_starts_does_not_drop_it() -> None:
+    """Queue pressure asked for a second engine; while it loads, the queue dips for a moment
+    and the recommendation is the one engine serving: the desired count stays 2 (the window
+    has not agreed), or the engine being started would be drained as it joins."""
+    now = [0.0]
+    a = Autoscaler(
+        AutoscaleSection(queue_up=1, down_stabilization_seconds=5, pools={"small": WIDE}),
+        lambda pool: PoolBounds(min_engines=1, max_engines=2),
+        clock=lambda: now[0],
+    )
+    assert a.evaluate({"small": sig(engines=1, running=2, queued=2)})["small"].desired == 2
+    for t in (1, 2, 3):
+        now[0] = t
+        steady = sig(engines=1, running=2, queued=1)  # the second engine still loading
+        assert a.evaluate({"small": steady})["small"].desired == 2
+    now[0] = 10  # no pressure for longer than the window: back to what serves
+    assert a.evaluate({"small": sig(engines=1, running=2, queued=1)})["small"].desired == 1
 
 
 def test_the_signal_from_engine_reports_and_the_routers_counts():
