@@ -259,34 +259,40 @@ def second_router(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Any:
     proc.stop()
 
 
+async def _check_replica_two(
+    address: str, tenant: str, key: str, long: inference_pb2.GenerateRequest
+) -> None:
+    """Replica 2 sees the same budget (~380 left): 1,900 more do not fit, 300 more do."""
+    over = await _ext_proc_turn(address, key, long)
+    assert (
+        over.immediate_response.grpc_status.status == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    ), over
+    assert (
+        f"tenant {tenant} is over its tokens_per_day quota" in over.immediate_response.body.decode()
+    )
+    fits = make_request("Count.", model=SMALL, max_tokens=300)
+    answer = await _ext_proc_turn(address, key, fits)
+    # Admitted, then no engine to route to on this replica (its reservation released).
+    assert answer.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
 async def test_two_router_replicas_sharing_redis_enforce_one_budget(
     mesh: Mesh, admin: Any, second_router: Any
 ) -> None:
     tenant, key = await tenant_with(admin, tokens_per_day=8000)
     await asyncio.sleep(1.2)  # every replica reads new keys and policies within a second
-    # As long as the context allows: they are still running when the test cancels them.
     long = make_request("Count.", model=SMALL, max_tokens=HOLD_TOKENS, ignore_eos=True)
     async with mesh_channel(mesh, key) as ch:
         stub = inference_pb2_grpc.InferenceStub(ch)
         calls = [stub.Generate(long) for _ in range(4)]  # through replica 1: ~4 x 1,905 reserved
         for c in calls:
             assert (await c.read()).HasField("delta")
-        # Replica 2 sees the same budget (~380 left): 1,900 more do not fit, 300 more do.
-        over = await _ext_proc_turn(second_router.address, key, long)
-        assert (
-            over.immediate_response.grpc_status.status
-            == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
-        ), over
-        assert (
-            f"tenant {tenant} is over its tokens_per_day quota"
-            in over.immediate_response.body.decode()
-        )
-        fits = make_request("Count.", model=SMALL, max_tokens=300)
-        answer = await _ext_proc_turn(second_router.address, key, fits)
-        # Admitted, then no engine to route to on this replica (its reservation released).
-        assert answer.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
-        for c in calls:
-            c.cancel()
+        # Still running when the test cancels them, however slow the checks below (in CI
+        # replica 2's loop stalled for seconds and the turns ran to their end first).
+        with frozen_generation(mesh):
+            await _check_replica_two(second_router.address, tenant, key, long)
+            for c in calls:
+                c.cancel()
     st = await settled(admin, tenant, timeout=90)
     assert st.in_flight == 0, f"the cancelled turns' ends were not reported in 90 s: {st}"
     # What the cancelled turns did not generate came back: a long turn fits again.
