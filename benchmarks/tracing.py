@@ -15,8 +15,8 @@ The sink's spans are counted afterwards: every turn sent to A must have its
 otherwise the figures are reported as invalid (exit status 1).
 
 The mesh started first is also measured first; `--first off` reverses both, to check that a
-difference follows tracing and not the order (both vLLM engines bind their compute thread to
-the same core).
+difference follows tracing and not the order (both vLLM engines share this machine's cores,
+and each busy-waits after its steps).
 
     .venv/bin/python benchmarks/tracing.py [--turns 60] [--concurrency 8] [--seconds 15]
         [--rounds 2] [--first on|off] [--keep] [--json out.json]
