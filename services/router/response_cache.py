@@ -18,8 +18,9 @@ deltas and a Final marked `cached` (usage counts no engine tokens); the safety f
 tracing apply to it as to any turn, and an OpenAI HTTP client gets SSE or JSON as usual. On a
 miss the router marks the turn for storing (`x-switchyard-cache-store`); the router never sees a
 response, so the safety filter — on the response path — sends the turn as the client received
-it (scrubbed) to `ResponseCache.Put` once it has ended complete (stop or length) and unblocked.
-Incomplete, failed, cut or blocked turns are never stored.
+it (scrubbed) to `ResponseCache.Store` (one stream per safety process, each answer acknowledged
+in order) once it has ended complete (stop or length) and unblocked. Incomplete, failed, cut or
+blocked turns are never stored.
 
 The first answer stored for a key stays until it expires (repeated turns get the same answer;
 a stale one, of a version no longer served, is dropped at lookup). The store is the router's
@@ -307,7 +308,8 @@ def make_store(section: ResponseCacheSection, redis_url: str, timeout: float) ->
 
 
 class CachePutService(router_pb2_grpc.ResponseCacheServicer):
-    """`ResponseCache.Put`: the safety filter's completed turns (safety identity only)."""
+    """`ResponseCache.Store`: the safety filter's completed turns, on one stream per safety
+    process, each answered in order (safety identity only)."""
 
     def __init__(self, cache: ResponseCache) -> None:
         self._cache = cache
@@ -315,11 +317,14 @@ class CachePutService(router_pb2_grpc.ResponseCacheServicer):
     def add_to_server(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_ResponseCacheServicer_to_server(self, server)
 
-    async def Put(
-        self, request: router_pb2.CachePutRequest, context: grpc.aio.ServicerContext
-    ) -> router_pb2.CachePutResponse:
-        stored = await self._cache.put(request.entry, request.turn)
-        return router_pb2.CachePutResponse(stored=stored)
+    async def Store(
+        self,
+        request_iterator: AsyncIterator[router_pb2.CachePutRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[router_pb2.CachePutResponse]:
+        async for request in request_iterator:
+            stored = await self._cache.put(request.entry, request.turn)
+            yield router_pb2.CachePutResponse(stored=stored)
 
 
 class CacheReplay:

@@ -81,5 +81,7 @@ async def serve(
     await stop.wait()
     progress.say("stopping")
     await server.stop(2.0)
+    if feed is not None:
+        await feed.close()
     await asyncio.to_thread(tracing.shutdown)
     progress.say("stopped")

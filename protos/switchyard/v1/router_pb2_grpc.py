@@ -708,8 +708,8 @@ class ResponseCacheStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Put = channel.unary_unary(
-                '/switchyard.v1.ResponseCache/Put',
+        self.Store = channel.stream_stream(
+                '/switchyard.v1.ResponseCache/Store',
                 request_serializer=switchyard_dot_v1_dot_router__pb2.CachePutRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_router__pb2.CachePutResponse.FromString,
                 _registered_method=True)
@@ -721,8 +721,11 @@ class ResponseCacheServicer:
     has ended complete and unblocked, as the client received it. Open to the safety identity.
     """
 
-    def Put(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def Store(self, request_iterator, context):
+        """One long-lived stream per safety process (a call per stored turn cost each side a new
+        HTTP/2 stream): each request is answered, in order, by one response saying whether it was
+        stored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -730,8 +733,8 @@ class ResponseCacheServicer:
 
 def add_ResponseCacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Put': grpc.unary_unary_rpc_method_handler(
-                    servicer.Put,
+            'Store': grpc.stream_stream_rpc_method_handler(
+                    servicer.Store,
                     request_deserializer=switchyard_dot_v1_dot_router__pb2.CachePutRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_router__pb2.CachePutResponse.SerializeToString,
             ),
@@ -750,7 +753,7 @@ class ResponseCache:
     """
 
     @staticmethod
-    def Put(request,
+    def Store(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -760,10 +763,10 @@ class ResponseCache:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/switchyard.v1.ResponseCache/Put',
+            '/switchyard.v1.ResponseCache/Store',
             switchyard_dot_v1_dot_router__pb2.CachePutRequest.SerializeToString,
             switchyard_dot_v1_dot_router__pb2.CachePutResponse.FromString,
             options,
