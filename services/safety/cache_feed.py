@@ -48,8 +48,7 @@ class CacheFeed:
         self._queue: asyncio.Queue[router_pb2.CachePutRequest] = asyncio.Queue()
         self._unanswered = 0  # written on the current stream, not answered yet
         self._task: asyncio.Task[None] | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: router_pb2_grpc.ResponseCacheStub | None = None
+        self._channel: grpc.aio.Channel | None = None  # opened on the first answer
         self._logged = float("-inf")
 
     def offer(
@@ -74,16 +73,16 @@ class CacheFeed:
                 await self._task
         if self._channel is not None:
             await self._channel.close()
-            self._channel = self._stub = None
+            self._channel = None
 
     async def _run(self) -> None:
         """Keep a stream to the router while there is something to send."""
-        if self._stub is None:
+        if self._channel is None:
             self._channel = tls_channel(self.target, self._tls, peer=ROUTER)
-            self._stub = router_pb2_grpc.ResponseCacheStub(self._channel)
+        stub = router_pb2_grpc.ResponseCacheStub(self._channel)
         while True:
             try:
-                await self._stream(self._stub)
+                await self._stream(stub)
                 self._lost("the router ended the stream")
             except grpc.aio.AioRpcError as e:
                 self._lost(e.code().name)

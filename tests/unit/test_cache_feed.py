@@ -6,7 +6,6 @@ and never answered is lost, and counted), and a full queue drops (counted) rathe
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from services.mesh.up import free_port
 from services.router.response_cache import (
     CachePutService,
     MemoryStore,
@@ -37,12 +37,6 @@ class CountingStore(CachePutService):
         self.streams += 1
         async for answer in super().Store(request_iterator, context):
             yield answer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_router(port: int) -> tuple[grpc.aio.Server, CountingStore, MemoryStore]:
