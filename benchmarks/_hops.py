@@ -1,10 +1,10 @@
 """Where a mesh turn's time and CPU go: per-hop latency from its spans, CPU per turn per process.
 
-Latency: every mesh turn's spans (Envoy's ingress and ext_proc calls, the router's pick, the
-safety filter's two scans, the engine's generate and prefill) placed on the client's clock (the
-client records when it called and when the first text arrived; all processes share one machine's
-wall clock), then the p50 of each hop across turns. The engine's own queue + prefill is shown
-apart: it is the model's time, not the mesh's.
+Latency: every mesh turn's spans (Envoy's ingress and ext_proc calls, the router's pick with the
+prompt policy, the safety filter's response scan, the engine's generate and prefill) placed on
+the client's clock (the client records when it called and when the first text arrived; all
+processes share one machine's wall clock), then the p50 of each hop across turns. The engine's
+own queue + prefill is shown apart: it is the model's time, not the mesh's.
 
 CPU: user + system seconds of each process (the engine's front process and its vLLM engine core
 apart) over a load phase, divided by the turns served in it.
@@ -22,10 +22,8 @@ from typing import Any
 HOPS = (
     ("client → Envoy (ingress span starts)", "call", "ingress"),
     ("Envoy → router: stream + headers round trip + body", "ingress", "router_body"),
-    ("router: decode, tokenize, quota, pick", "router_body", "router_answer"),
-    ("Envoy → safety: headers round trip + body", "router_answer", "safety_body"),
-    ("safety: prompt check", "safety_body", "safety_answer"),
-    ("Envoy → engine (the call starts there)", "safety_answer", "engine_start"),
+    ("router: decode, prompt policy, tokenize, quota, pick", "router_body", "router_answer"),
+    ("Envoy → engine (the call starts there)", "router_answer", "engine_start"),
     ("engine: queue + prefill to first text (the model's)", "engine_start", "engine_text"),
     ("engine → Envoy → safety (first response chunk)", "engine_text", "safety_chunk"),
     ("safety hold-back + Envoy → client", "safety_chunk", "client_text"),
@@ -44,7 +42,7 @@ def _points(spans: list[Any], mark: Mark) -> dict[str, float] | None:
     """The turn's points in ms after the client's call; None when a span is missing."""
 
     def named(name: str) -> list[Any]:
-        """The turn's spans of that name, earliest first (the safety filter has two)."""
+        """The turn's spans of that name, earliest first."""
         return sorted((s for s in spans if s.name == name), key=lambda s: s.start_ns)
 
     ingress = named("ingress")
@@ -52,7 +50,7 @@ def _points(spans: list[Any], mark: Mark) -> dict[str, float] | None:
     scans = named("switchyard.safety.scan")
     engine = named("switchyard.engine.generate")
     prefill = named("switchyard.engine.prefill")
-    if not (ingress and router and len(scans) >= 2 and engine and prefill):
+    if not (ingress and router and scans and engine and prefill):
         return None
 
     def ms(ns: int) -> float:
@@ -63,11 +61,9 @@ def _points(spans: list[Any], mark: Mark) -> dict[str, float] | None:
         "ingress": ms(ingress[0].start_ns),
         "router_body": ms(router[0].start_ns),
         "router_answer": ms(router[0].end_ns),
-        "safety_body": ms(scans[0].start_ns),
-        "safety_answer": ms(scans[0].end_ns),
         "engine_start": ms(engine[0].start_ns),
         "engine_text": ms(prefill[0].end_ns),
-        "safety_chunk": ms(scans[1].start_ns),
+        "safety_chunk": ms(scans[0].start_ns),
         "client_text": ms(mark.first_text_ns),
     }
 

@@ -46,8 +46,8 @@ def header_map(msg: ext.HttpHeaders) -> dict[str, str]:
 
 
 def header_attributes(names: tuple[str, ...]) -> list[str]:
-    """Envoy `request_attributes` that send these request headers' values with an ext_proc
-    server's first message (its body, when the filter skips the headers message)."""
+    """Envoy `request_attributes` (or `response_attributes`) that send these request headers'
+    values with an ext_proc server's first message (in that direction)."""
     return [f"request.headers['{name}']" for name in names]
 
 

@@ -38,6 +38,10 @@ CACHE_SALT = "x-switchyard-cache-salt"
 # how the tier chose (the engine names both in the Final's served_by).
 ROUTED_AS = "x-switchyard-routed-as"
 ROUTE_REASON = "x-switchyard-route-reason"
+# Set by the router as it sends a turn on (to an engine, or to the cache replay): the served
+# model. The safety filter scrubs the response with the tenant's and this model's policy; a
+# response without it is a reply the router wrote itself.
+MODEL = "x-switchyard-model"
 # Set by the router when a fallback model serves the turn (graceful degradation): why.
 DEGRADED = "x-switchyard-degraded"
 # The response cache (services/router/response_cache.py). A hit: `CACHE` is "hit" (Envoy routes

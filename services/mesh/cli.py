@@ -184,14 +184,10 @@ def cmd_safety(args: argparse.Namespace) -> int:
     from services.common.errors import ConfigError
     from services.common.tls import TlsConfig
     from services.common.tracing import TracingConfig
-    from services.safety.config import SafetyConfig, load_safety_config
+    from services.safety.config import load_safety_config
 
     try:
-        cfg = (
-            load_safety_config(Path(args.config))
-            if args.config
-            else SafetyConfig.model_validate({})
-        )
+        cfg = load_safety_config(Path(args.config) if args.config else None)
         if args.listen:
             cfg = cfg.model_copy(update={"listen": args.listen})
         if args.tls:

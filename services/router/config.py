@@ -124,7 +124,8 @@ class EnvoySection(StrictModel):
 
 
 class SafetySection(StrictModel):
-    # The safety service (Envoy's second ext_proc: prompt policy, streamed response scrub).
+    # The safety service (Envoy's second ext_proc: the streamed response scrub) and its policy,
+    # whose prompt part the router applies before it routes.
     enabled: bool = True
     listen: str = "127.0.0.1:50055"
     config: Path | None = None  # its policy (YAML), relative to this file; None: built-in default

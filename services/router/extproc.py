@@ -1,9 +1,11 @@
 """Envoy's ext_proc for the router: one exchange per turn, never in the token stream.
 
 Envoy sends the request headers, then the whole buffered request body. The router decodes
-the GenerateRequest, picks the engine, and answers the body with header mutations naming the
-pool (the route) and the endpoint (Envoy's override_host load balancer), clearing the route
-cache so the route is chosen again with them.
+the GenerateRequest, applies the prompt policy (a redacted prompt replaces the body: the engine
+prefills what the turn was routed on), picks the engine, and answers the body with header
+mutations naming the pool (the route), the endpoint (Envoy's override_host load balancer) and
+the served model (the safety filter's policy), clearing the route cache so the route is chosen
+again with them.
 
 An OpenAI HTTP turn (`/v1/chat/completions`, `/v1/completions`) takes the same path: its JSON
 body is translated to a GenerateRequest (`services/openai/request.py`) and replaced by it, and
@@ -15,7 +17,7 @@ Anything that cannot be routed is answered with an immediate error (INVALID_ARGU
 NOT_FOUND, UNAVAILABLE…) and never reaches an engine; so is a turn the router fails on
 unexpectedly (INTERNAL, logged), never a bare reset that a client would retry. Nothing here
 blocks the event loop for long: a body over the size limit is refused before it is decoded,
-and long prompts are tokenized in a worker thread.
+and long prompts are checked and tokenized in a worker thread.
 """
 
 from __future__ import annotations
@@ -108,18 +110,31 @@ def _annotate(span: trace.Span, decision: Decision, routed: RoutingRequest) -> N
         )
 
 
+def _prompt_attributes(routed: RoutingRequest) -> dict[str, str | int]:
+    """What the prompt policy did, for the pick span (as the safety filter's scan span shows
+    the response's findings)."""
+    out: dict[str, str | int] = {"switchyard.safety.prompt": routed.prompt_outcome}
+    for entity_type, n in sorted(routed.prompt_findings.items()):
+        out[f"switchyard.safety.prompt.findings.{entity_type}"] = n
+        out[f"switchyard.safety.prompt.action.{entity_type}"] = routed.prompt_actions[entity_type]
+    return out
+
+
 def _onward(turn: _Admitted, mutation: ext.HeaderMutation) -> ext.ProcessingResponse:
     """Envoy's answer sending a turn on (to an engine, or to the cache replay) with `mutation`;
     the body rewritten when the upstream must see another one."""
     req, routed = turn.req, turn.routed
     body_mutation = None
+    mutation.set_headers.append(set_header(h.MODEL, routed.model))
     if turn.wire is not None:
         # An HTTP turn: the upstream gets the GenerateRequest (the HTTP routes give it gRPC's
         # headers), the safety filter the Wire.
         mutation.set_headers.append(set_header(h.OPENAI, turn.wire.serving(routed.model).encode()))
-    if req.model != routed.model or routed.capped or turn.wire is not None:
+    redacted = routed.prompt_outcome == "redacted"
+    if req.model != routed.model or routed.capped or turn.wire is not None or redacted:
         # An alias or "auto": the engine sees the served model name it answers to; a turn
-        # without max_tokens gets its tenant's default cap (what its quota reserved).
+        # without max_tokens gets its tenant's default cap (what its quota reserved); a prompt
+        # the policy redacted goes on redacted (`req` was rewritten in place).
         req.model = routed.model
         if routed.capped:
             req.sampling.max_tokens = routed.capped
@@ -247,6 +262,8 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         except Exception as e:
             return self._refused(e, span, http)
         if span.is_recording():
+            if routed.prompt_outcome:
+                span.set_attributes(_prompt_attributes(routed))
             span.set_attributes(
                 {
                     "switchyard.quota.decision": ticket.decision,

@@ -5,8 +5,8 @@
 
 A turn is cacheable when it is deterministic (temperature 0, or a fixed seed), not a
 continuation, and its tenant has not opted out. Its key is tenant-scoped: the tenant, the served
-model, the prompt's token ids as the router routes them (chat template applied; the safety
-filter, after the router, redacts the same prompt the same way), and everything else that
+model, the prompt's token ids as the router routes them (chat template applied, after the
+prompt policy's redaction), and everything else that
 shapes the output (sampling with the max_tokens the engine
 gets, structured output, truncation). The model version is checked at lookup: a stored answer
 counts only while an engine serving its version is routable (for a versioned model: the turn's

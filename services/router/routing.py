@@ -8,6 +8,12 @@ over the engines' limit, a prompt over `router.max_prompt_tokens` or the model's
 largest among the model's registered engines). A turn with `truncate_prompt` is routed on the
 tokens the engine will keep. Long prompts are tokenized in a worker thread, never on the loop
 that serves every other turn, ADS and the engines' registration streams.
+
+The prompt policy of the safety config (`services/safety/prompt.py`: allow, redact, reject per
+tenant and model) applies once the served model is known: the turn is routed, its session
+keyed, its quota reserved and its response cache entry keyed on the prompt the engine will
+prefill (redacted), never on the one the client sent (only a cost tier's choice of the model,
+which the policy depends on, estimates the prompt's length as sent).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from services.router.scheduling.scheduler import Decision, NoEngineAvailable, Sc
 from services.router.sessions import affinity_key
 from services.router.tiers import TierSelector
 from services.router.versions import Versions
+from services.safety.prompt import PromptPolicy
 from switchyard.v1 import inference_pb2
 
 
@@ -118,8 +125,10 @@ class RoutingService:
         tiers: TierSelector | None = None,
         fallbacks: Fallbacks | None = None,
         versions: Versions | None = None,
+        prompt_policy: PromptPolicy | None = None,
     ) -> None:
         self.resolver = resolver
+        self.prompt_policy = prompt_policy  # None: prompts go on as sent
         self.tiers = tiers
         self.fallbacks = fallbacks
         self.versions = versions
@@ -197,6 +206,9 @@ class RoutingService:
                 no_fallback = fb
             elif fb is not None:
                 pool, model, degraded = fb.pool, fb.model, fb.reason
+        prompt = None
+        if self.prompt_policy is not None:  # (may rewrite req: before anything reads its text)
+            prompt = await self.prompt_policy.apply(req, tenant, model)
         session = req.session_id or session_id
         session_key = affinity_key(tenant, session, req)
         version = version_reason = ""
@@ -282,6 +294,10 @@ class RoutingService:
             degraded_reason=degraded,
             no_fallback=no_fallback,
         )
+        if prompt is not None:
+            rr.prompt_outcome = prompt.outcome
+            rr.prompt_findings = dict(prompt.findings)
+            rr.prompt_actions = prompt.actions
         return rr
 
     async def pick(self, rr: RoutingRequest, commit: bool = True) -> Decision:

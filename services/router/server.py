@@ -50,6 +50,8 @@ from services.router.tenancy.policy import PolicyStore
 from services.router.versions import Versions
 from services.router.xds import server as xds_server
 from services.router.xds.cache import SnapshotCache
+from services.safety.config import load_safety_config
+from services.safety.prompt import PromptPolicy
 from switchyard.v1 import engine_pb2
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,19 @@ async def serve(
         registration_grace_seconds=r.registration_grace_seconds,
     )
     versions = Versions()
-    routing = RoutingService(resolver, tokenizers, scheduler, registry, limits, versions=versions)
+    prompt_policy = None
+    if cfg.safety.enabled:  # the safety config's prompt policy, applied before routing
+        with progress.phase("compiling the prompt policy"):
+            prompt_policy = PromptPolicy(load_safety_config(cfg.safety.config))
+    routing = RoutingService(
+        resolver,
+        tokenizers,
+        scheduler,
+        registry,
+        limits,
+        versions=versions,
+        prompt_policy=prompt_policy,
+    )
 
     auth = Authenticator(cfg.auth)
     tracing = setup_tracing("switchyard-router", cfg.tracing)

@@ -150,5 +150,8 @@ class SafetyConfig(StrictModel):
         return mode
 
 
-def load_safety_config(path: Path) -> SafetyConfig:
+def load_safety_config(path: Path | None) -> SafetyConfig:
+    """The policy file at `path`; None: the built-in default (redact everything found)."""
+    if path is None:
+        return SafetyConfig.model_validate({})
     return load_config(path, SafetyConfig)

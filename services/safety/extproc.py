@@ -1,25 +1,21 @@
-"""Envoy's ext_proc for the safety filter: the prompt policy on the buffered request body, and
-the scrub of the STREAMED response body, chunk by chunk.
+"""Envoy's ext_proc for the safety filter: the scrub of the STREAMED response body, chunk by
+chunk. (The prompt policy is applied by the router, before it routes: services/safety/prompt.py.)
 
-Envoy calls it after the router's filter, so the request body names the served model the router
-resolved. Per turn: the buffered request body for the prompt policy (pass, rewrite with the
-redacted prompt, or an immediate INVALID_ARGUMENT / PERMISSION_DENIED), with the request headers
-it reads (the tenant the router set…) as Envoy attributes, since a gRPC turn skips the headers
-message (one round trip less); then every response body chunk (rewritten by `ResponseFilter`:
-text held back only while it could still begin an entity, the Final gains the SafetyReport, a
-blocked entity ends the turn with a FINISH_REASON_BLOCKED Final and drops the rest). If this
-service is down or fails, Envoy fails the turn (see the filter's config in the xDS builder); it
-never passes text unscrubbed.
+The filter sees nothing of the request: its stream opens at the response headers (while the
+engine prefills), which bring, as Envoy attributes, the request headers it reads (all set by the
+router: the tenant, the served model, the OpenAI wire, the cache mark). Then every response
+body chunk is rewritten by `ResponseFilter`: text held back only while it could still begin an
+entity, the Final gains the SafetyReport, a blocked entity ends the turn with a
+FINISH_REASON_BLOCKED Final and drops the rest. If this service is down or fails, Envoy fails
+the turn (see the filter's config in the xDS builder); it never passes text unscrubbed.
 
 An OpenAI HTTP turn (the router marked it with `x-switchyard-openai`) is scrubbed the same way
-and answered in OpenAI's format (`http_response`): its route sends the request headers first
-and streams the response here full-duplex, with headers and trailers, and refusals are OpenAI
-error objects.
+and answered in OpenAI's format (`http_response`): its route streams the response here
+full-duplex, with headers and trailers, and refusals are OpenAI error objects.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,22 +26,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Status, StatusCode
 
 from services.common import headers as h
-from services.common.errors import Internal, InvalidArgument, PermissionDenied, SwitchyardError
-from services.common.extproc import (
-    LONG_BODY_BYTES,
-    LONG_BODY_SECONDS,
-    attribute_headers,
-    extend_timeout,
-    header_map,
-    immediate_error,
-    replace_request_body,
-    tenant_of,
-)
-from services.common.frames import encode_frame, single_message
-from services.common.protoutil import decode_request
+from services.common.errors import Internal, SwitchyardError
+from services.common.extproc import attribute_headers, immediate_error, tenant_of
 from services.common.tracing import extract, trace_id_hex
 from services.openai import errors as openai_errors
 from services.openai.request import Wire
@@ -54,34 +38,17 @@ from services.safety import metrics as m
 from services.safety.cache_feed import CacheFeed
 from services.safety.config import SafetyConfig
 from services.safety.http_response import HttpResponse
-from services.safety.prompt import check_prompt
 from services.safety.response import ResponseFilter
 from services.safety.scrubber import Policy
-from switchyard.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
 
 SCAN_SPAN = "switchyard.safety.scan"
 _T = TypeVar("_T")
-# Request bodies at least this large are scanned off the event loop.
-OFFLOAD_BYTES = 64 * 1024
 
 
-def _body(data: bytes | None, *, request: bool, held: bool = True) -> ext.ProcessingResponse:
-    """Continue with the body, replaced by `data` when it is not None. A request body whose
-    headers Envoy `held` for this filter also loses its content-length; one whose headers went
-    on already (the filter skips them) has none: Envoy dropped it."""
-    if request:
-        headers = ext.HeaderMutation()
-        mutation = replace_request_body(data, headers) if data is not None else None
-        return ext.ProcessingResponse(
-            request_body=ext.BodyResponse(
-                response=ext.CommonResponse(
-                    header_mutation=headers if data is not None and held else None,
-                    body_mutation=mutation,
-                )
-            )
-        )
+def _body(data: bytes | None) -> ext.ProcessingResponse:
+    """Continue with the response body, replaced by `data` when it is not None."""
     body = ext.BodyMutation(body=data) if data is not None else None
     return ext.ProcessingResponse(
         response_body=ext.BodyResponse(response=ext.CommonResponse(body_mutation=body))
@@ -102,22 +69,22 @@ class _Turn:
         self.response_chunks = 0
         self.response_scan_s = 0.0  # time spent scanning the response
         self.max_held_back = 0
-        self.prompt_findings: dict[str, int] = {}
-        # Envoy sent this turn's request: a response without it is a local reply an earlier
-        # filter (the router) wrote, which never reached an engine, and passes as it is.
-        self.seen_request = False
+        self.begun = False  # the request headers it reads came (with the first message)
+        # The router sent the turn on (to an engine or the cache replay): a response without it
+        # is a local reply the router wrote, which never reached an engine, and passes as it is.
+        self.routed = False
         self.wire: Wire | None = None  # an OpenAI HTTP turn: how it is answered
         self.http: HttpResponse | None = None
         # A cacheable turn the router marked for storing: its entry, until it is offered.
         self.cache_store = ""
-        # Envoy held the request headers for this filter (it asked for them): an OpenAI turn.
-        self.headers_held = False
 
     def begin(self, headers: dict[str, str]) -> None:
-        """The request's headers this filter reads, all set by the router (from Envoy's headers
-        message, or the attributes sent with the body when the filter skips it)."""
-        self.seen_request = True
+        """The request's headers this filter reads, all set by the router (Envoy sends them as
+        attributes with the filter's first message)."""
+        self.begun = True
         self.tenant = tenant_of(headers)
+        self.model = headers.get(h.MODEL, "")
+        self.routed = bool(self.model)
         if h.OPENAI in headers:
             self.wire = Wire.decode(headers[h.OPENAI])
         self.cache_store = headers.get(h.CACHE_STORE, "")
@@ -127,6 +94,15 @@ class _Turn:
         if self.wire is not None:
             return openai_errors.immediate(err, "safety")
         return immediate_error(err, "safety")
+
+
+def _pass(kind: str) -> ext.ProcessingResponse:
+    """Continue with this message unchanged."""
+    if kind.endswith("_headers"):
+        return ext.ProcessingResponse(**{kind: ext.HeadersResponse()})
+    if kind.endswith("_body"):
+        return ext.ProcessingResponse(**{kind: ext.BodyResponse()})
+    return ext.ProcessingResponse(**{kind: ext.TrailersResponse()})
 
 
 def _finding_attributes(findings: dict[str, int], policy: Policy) -> dict[str, str | int]:
@@ -158,59 +134,6 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             turn.policy = self._config.policy(turn.tenant, turn.model)
         return turn.policy
 
-    async def request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
-        """The prompt policy on the whole request body, in its own span; a long prompt is
-        scanned in a worker thread so that every other turn's response keeps streaming."""
-        with self._tracer.start_as_current_span(SCAN_SPAN, context=turn.parent) as span:
-            if len(body) < OFFLOAD_BYTES:
-                answer = self._request_body(turn, body)
-            else:
-                answer = await asyncio.to_thread(self._request_body, turn, body)
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        "switchyard.safety.path": "prompt",
-                        "switchyard.tenant": turn.tenant,
-                        "gen_ai.request.model": turn.model,
-                        "switchyard.safety.outcome": turn.outcome,
-                        **_finding_attributes(turn.prompt_findings, self._policy(turn)),
-                    }
-                )
-                if answer.HasField("immediate_response"):
-                    span.set_status(Status(StatusCode.ERROR, turn.outcome))
-        return answer
-
-    def _request_body(self, turn: _Turn, body: bytes) -> ext.ProcessingResponse:
-        started = time.perf_counter()
-        try:
-            req = decode_request(inference_pb2.GenerateRequest, single_message(body))
-            turn.model = req.model
-            policy = self._policy(turn)
-            mode = self._config.prompt_mode(turn.tenant, turn.model)
-            result = check_prompt(req, policy, mode, self._config.recognizers)
-        except SwitchyardError as e:
-            turn.outcome = {
-                InvalidArgument: "prompt_rejected",
-                PermissionDenied: "prompt_denied",
-            }.get(type(e), "error")
-            return turn.error(e)
-        except Exception as e:
-            log.exception("the prompt policy failed")
-            turn.outcome = "error"
-            return turn.error(
-                Internal(f"the safety filter failed on the prompt ({type(e).__name__})")
-            )
-        finally:
-            m.PROMPT_CHUNKS.inc()
-            m.PROMPT_SCAN_SECONDS.observe(time.perf_counter() - started)
-        turn.prompt_findings = dict(result.findings)
-        for entity_type, n in result.findings.items():
-            m.FINDINGS.labels("prompt", entity_type, policy.action(entity_type)).inc(n)
-        if not result.changed:
-            return _body(None, request=True)
-        turn.outcome = "prompt_redacted"
-        return _body(encode_frame(req.SerializeToString()), request=True, held=turn.headers_held)
-
     def _filter(self, turn: _Turn) -> ResponseFilter:
         if turn.filter is None:
             encoder = Encoder(turn.wire) if turn.wire is not None else None
@@ -229,7 +152,7 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         out = self._scrub(turn, lambda f: f.feed(body.body, body.end_of_stream))
         if isinstance(out, ext.ProcessingResponse):
             return out
-        return _body(out, request=False)
+        return _body(out)
 
     def http_response(
         self, turn: _Turn, msg: ext.ProcessingRequest, kind: str
@@ -314,29 +237,15 @@ class SafetyExtProc(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("request")
-                if kind == "request_headers":  # an OpenAI turn's (a gRPC turn's are skipped)
-                    turn.begin(header_map(msg.request_headers))
-                    turn.headers_held = True
-                    yield ext.ProcessingResponse(request_headers=ext.HeadersResponse())
-                elif kind == "request_body":
-                    if not turn.seen_request:  # what it reads of the headers came with it
-                        turn.begin(attribute_headers(msg))
-                    if len(msg.request_body.body) >= LONG_BODY_BYTES:
-                        yield extend_timeout(LONG_BODY_SECONDS)  # scanning it takes a while
-                    yield await self.request_body(turn, msg.request_body.body)
-                elif not turn.seen_request and kind == "response_body":
-                    yield ext.ProcessingResponse(response_body=ext.BodyResponse())
-                elif turn.wire is not None and kind.startswith("response_"):
+                if not turn.begun:  # what it reads of the request came with the first message
+                    turn.begin(attribute_headers(msg))
+                if turn.routed and turn.wire is not None and kind.startswith("response_"):
                     for answer in self.http_response(turn, msg, kind):
                         yield answer
-                elif kind == "response_body":
+                elif turn.routed and kind == "response_body":
                     yield self.response_body(turn, msg.response_body)
-                elif kind == "request_trailers":
-                    yield ext.ProcessingResponse(request_trailers=ext.TrailersResponse())
-                elif kind == "response_headers":
-                    yield ext.ProcessingResponse(response_headers=ext.HeadersResponse())
-                elif kind == "response_trailers":
-                    yield ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
+                else:  # the response headers and trailers of a gRPC turn; a local reply
+                    yield _pass(kind)
         finally:
             m.ACTIVE_STREAMS.dec()
             self._record(turn)

@@ -1,7 +1,8 @@
-"""The safety filter's Prometheus metrics: `switchyard_safety_<what>_<unit>`.
+"""The safety policy's Prometheus metrics: `switchyard_safety_<what>_<unit>`.
 
-`path` is `prompt` (the request body: one scan per turn) or `response` (the streamed body: one
-scan per body chunk Envoy hands over).
+`path` is `prompt` (the request, checked by the router, which exports those series: one scan
+per turn) or `response` (the safety filter's streamed body: one scan per body chunk Envoy hands
+over).
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ FINDINGS = Counter(
 )
 TURNS = Counter(
     "switchyard_safety_turns_total",
-    "Turns through the filter by outcome: passed, prompt_redacted, prompt_rejected, "
-    "prompt_denied, blocked, error.",
+    "Turns through the filter by outcome: passed, blocked, error.",
+    ["outcome"],
+)
+PROMPTS = Counter(
+    "switchyard_safety_prompts_total",
+    "Prompts checked by the router by outcome: passed, redacted, rejected, denied, error.",
     ["outcome"],
 )
 ACTIVE_STREAMS = Gauge("switchyard_safety_active_streams", "Turns the filter is processing now.")

@@ -1,4 +1,4 @@
-"""Run the safety service: Envoy's ext_proc (prompt policy, streamed response scrub) and the
+"""Run the safety service: Envoy's ext_proc (the streamed response scrub) and the
 `switchyard.v1.Safety` API on one gRPC address, plus `/metrics`."""
 
 from __future__ import annotations

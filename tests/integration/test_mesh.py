@@ -330,8 +330,12 @@ async def test_prompt_policy_redacts_rejects_and_denies(
     got = await generate(envoy, make_request(raw, model="small", max_tokens=2))
     want = await generate(envoy, make_request(redacted, model="small", max_tokens=2))
     assert got.final.usage.prompt_tokens == want.final.usage.prompt_tokens  # the engine saw [EMAIL]
-    findings = safety_metric(mesh, "switchyard_safety_findings_total")
+    # The router applied it, before routing (its own metrics show it).
+    assert mesh.router is not None
+    findings = metric_samples(mesh.router.metrics_url, "switchyard_safety_findings_total")
     assert findings[(("action", "redact"), ("path", "prompt"), ("type", "EMAIL"))] >= 1
+    prompts = metric_samples(mesh.router.metrics_url, "switchyard_safety_prompts_total")
+    assert prompts[(("outcome", "redacted"),)] >= 1
 
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await generate(
@@ -344,12 +348,6 @@ async def test_prompt_policy_redacts_rejects_and_denies(
         await generate(envoy, make_request("Tell me about Project Nightingale", max_tokens=2))
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "CONFIDENTIAL" in e.value.details()
-
-
-def safety_metric(mesh: Mesh, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """The samples of one metric of the safety service, by their sorted labels."""
-    assert mesh.safety is not None
-    return metric_samples(mesh.safety.metrics_url, name)
 
 
 def metric_samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -383,7 +381,7 @@ async def test_one_trace_per_turn_with_every_phase(envoy, collector: OtlpCollect
     assert len(trace_id) == 32, "the engine returns the trace id in response metadata"
     # Each process exports in its own batches (Envoy every second): wait for all of them.
     await collector.wait_for_async(
-        lambda s: s.trace_id == trace_id and s.name == "switchyard.safety.scan", count=2
+        lambda s: s.trace_id == trace_id and s.name == "switchyard.safety.scan"
     )
     for name in sorted(PHASES):
         await collector.wait_for_async(lambda s, n=name: s.trace_id == trace_id and s.name == n)
@@ -427,8 +425,9 @@ async def test_one_trace_per_turn_with_every_phase(envoy, collector: OtlpCollect
     assert g["switchyard.engine"] == engine == reply.final.served_by.engine
 
     scans = {s.attributes["switchyard.safety.path"]: s for s in spans if s.name.endswith("scan")}
-    assert set(scans) == {"prompt", "response"}
+    assert set(scans) == {"response"}  # the prompt policy is the router's: on its pick span
     assert scans["response"].attributes["switchyard.safety.findings.EMAIL"] == 1
+    assert pick["switchyard.safety.prompt"] == "passed"
     assert reply.text == "Write to [EMAIL] today."
 
 

@@ -80,6 +80,7 @@ class FakeRouted:
     capped = 0
     cache_salt = "tenant:acme"
     routed_as = route_reason = degraded_reason = ""
+    prompt_outcome = ""
 
 
 class FakeRouting:
@@ -121,6 +122,26 @@ async def test_decide_sets_pool_endpoint_and_clears_route_cache():
     assert not common.header_mutation.remove_headers, "nothing to remove when the body stays"
     req, tenant, session = routing.calls[0]
     assert (req.prompt, tenant, session) == ("hi", "acme", "s1")
+
+
+async def test_a_redacted_prompt_goes_on_as_the_router_routed_it():
+    class Redacting(FakeRouting):
+        async def prepare(self, req, **kw):  # as the prompt policy does, in place
+            routed = await super().prepare(req, **kw)
+            req.prompt = req.prompt.replace("bob@example.com", "[EMAIL]")
+            routed.prompt_outcome = "redacted"
+            return routed
+
+    body = frame(
+        inference_pb2.GenerateRequest(
+            prompt="to bob@example.com", model="small"
+        ).SerializeToString()
+    )
+    common = (await service(Redacting()).decide(HEADERS, body, ACME)).request_body.response
+    sent = inference_pb2.GenerateRequest.FromString(common.body_mutation.body[5:])
+    assert sent.prompt == "to [EMAIL]" and sent.model == "small"
+    got = {o.header.key: o.header.raw_value.decode() for o in common.header_mutation.set_headers}
+    assert got[h.MODEL] == "small"  # the safety filter's policy is the served model's
 
 
 @pytest.mark.parametrize(

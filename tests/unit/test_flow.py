@@ -238,7 +238,7 @@ async def test_a_turn_no_engine_accepted_stops_counting_and_counts_again_if_one_
 
     monkeypatch.setattr(flow_module, "UNACCEPTED_SECONDS", 0.02)
     fc = flow(Engines(engine(depth=0)))
-    for i in range(4):  # e.g. refused by the safety filter after the router: never accepted
+    for i in range(4):  # e.g. refused by Envoy after the router: never accepted
         await fc.admit(
             "p", "a", priority=0, weight=1, input_tokens=1, output_bound=1, res_id=f"r{i}"
         )

@@ -223,6 +223,20 @@ def test_the_router_config_loads_and_its_addresses_are_the_manifests(overlay: st
     svc, target = service_port(docs, cfg.safety.listen)
     safety = selected(docs, svc)
     assert ports(container(safety))[target] == port_of(cfg.safety.listen)
+    # The router applies the prompt part of the safety filter's policy: the same file, with
+    # the same pseudonym key, as the safety service has.
+    assert cfg.safety.config is not None
+    safety_args = container(safety)["args"]
+    assert str(cfg.safety.config) == safety_args[safety_args.index("--config") + 1]
+    mounted = str(cfg.safety.config.parent)
+    assert volume_of(router, mounted)["configMap"] == volume_of(safety, mounted)["configMap"]
+    secret = "SWITCHYARD_SAFETY_HASH_SECRET"
+    assert [e for e in c["env"] if e["name"] == secret] == [
+        e for e in container(safety)["env"] if e["name"] == secret
+    ]
+    SafetyConfig.model_validate(
+        expand_env(config_file(docs, "switchyard-safety", cfg.safety.config.name), env_of(c))
+    )
     redis_host = cfg.quotas.redis_url.split("//")[1].split("/")[0]
     svc, target = service_port(docs, redis_host)
     assert selected(docs, svc)["metadata"]["name"] == "switchyard-redis"

@@ -202,3 +202,37 @@ async def test_a_conversation_without_session_ids_stays_on_its_engine():
     assert second.engine.engine_id == home and second.reason == "session"
     fresh, _ = await routing.route(chat(system, ("user", "Plan a trip to Oslo.")), tenant="acme")
     assert fresh.engine.engine_id == other
+
+
+async def test_the_prompt_policy_applies_before_routing_per_tenant_and_model():
+    from services.common.errors import PermissionDenied
+    from services.safety.config import SafetyConfig
+    from services.safety.prompt import PromptPolicy
+
+    policy = parse_config(
+        {
+            "default": {"prompt": "redact", "actions": {"SECRET_PROJECT": "block"}},
+            "models": {"other-model": {"prompt": "allow"}},
+            "tenants": {"strict": {"prompt": "reject"}, "open": {"prompt": "allow"}},
+            "categories": {"SECRET_PROJECT": ["project nightingale"]},
+        },
+        SafetyConfig,
+    )
+    routing, _ = service()
+    routing.prompt_policy = PromptPolicy(policy)
+    req = request("mail bob@example.com now", max_tokens=4)
+    _, rr = await routing.route(req, tenant="acme")
+    # The engine prefills "mail [EMAIL] now": the turn is routed on those tokens.
+    assert req.prompt == "mail [EMAIL] now" and rr.prompt_token_ids == [1, 4, 7, 3]
+    assert rr.prompt_outcome == "redacted" and rr.prompt_findings == {"EMAIL": 1}
+    assert rr.prompt_actions == {"EMAIL": "redact"}
+    clean = request("one two three", max_tokens=4)
+    _, rr = await routing.route(clean, tenant="acme")
+    assert rr.prompt_outcome == "passed" and clean.prompt == "one two three"
+    with pytest.raises(InvalidArgument, match="prompt contains EMAIL"):
+        await routing.route(request("mail bob@example.com", max_tokens=4), tenant="strict")
+    with pytest.raises(PermissionDenied, match="SECRET_PROJECT"):
+        await routing.route(request("about Project Nightingale", max_tokens=4), tenant="acme")
+    kept = request("mail bob@example.com", max_tokens=4)
+    _, rr = await routing.route(kept, tenant="open")
+    assert kept.prompt == "mail bob@example.com" and rr.prompt_findings == {"EMAIL": 1}

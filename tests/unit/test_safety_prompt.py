@@ -1,4 +1,5 @@
-"""The prompt policy (allow / redact / reject) and the safety ext_proc's answers, without Envoy."""
+"""The prompt policy (allow / redact / reject, applied by the router) and the safety ext_proc's
+answers on the response path, without Envoy."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from services.common import headers as h
 from services.common.config import parse_config
 from services.common.errors import ConfigError, InvalidArgument, PermissionDenied
 from services.common.extproc import header_attributes
-from services.common.frames import FrameDecoder, encode_frame, single_message
+from services.common.frames import FrameDecoder, encode_frame
 from services.router.xds.builder import SAFETY_HEADERS
 from services.safety.config import SafetyConfig
 from services.safety.extproc import SafetyExtProc
-from services.safety.prompt import check_prompt
+from services.safety.prompt import OFFLOAD_CHARS, PromptPolicy, check_prompt
 from switchyard.v1 import inference_pb2
 
 CFG = parse_config(
     {
         "default": {"prompt": "redact", "actions": {"IPV4": "allow", "SECRET_PROJECT": "block"}},
         "tenants": {"strict": {"prompt": "reject"}, "open": {"prompt": "allow"}},
+        "models": {"large": {"actions": {"EMAIL": "allow"}}},
         "categories": {"SECRET_PROJECT": ["project nightingale"]},
     },
     SafetyConfig,
@@ -79,35 +81,51 @@ def test_category_config_errors_name_the_field():
         parse_config({"default": {"prompt": "maybe"}}, SafetyConfig, "safety.yaml")
 
 
-# -- the ext_proc exchange ------------------------------------------------------------------
+# -- the prompt policy as the router applies it ------------------------------------------------
 
 
-def headers_msg(tenant: str = "") -> ext.ProcessingRequest:
-    hdrs = [(":path", "/switchyard.v1.Inference/Generate")]
-    if tenant:
-        hdrs.append((h.TENANT, tenant))
-    msg = ext.ProcessingRequest()
-    for k, v in hdrs:
-        msg.request_headers.headers.headers.add(key=k, raw_value=v.encode())
-    return msg
+async def test_the_policy_counts_each_outcome_and_checks_long_prompts_off_the_loop():
+    from services.safety import metrics as m
+
+    def count(outcome: str) -> float:
+        return m.PROMPTS.labels(outcome)._value.get()
+
+    policy = PromptPolicy(CFG)
+    before = {o: count(o) for o in ("passed", "redacted", "rejected", "denied")}
+    long = inference_pb2.GenerateRequest(prompt="word " * (OFFLOAD_CHARS // 5) + "bob@example.com")
+    result = await policy.apply(long, "", "small")
+    assert result.outcome == "redacted" and long.prompt.endswith("[EMAIL]")
+    assert (
+        await policy.apply(inference_pb2.GenerateRequest(prompt="hi"), "", "small")
+    ).outcome == ("passed")
+    with pytest.raises(InvalidArgument):
+        await policy.apply(inference_pb2.GenerateRequest(prompt="bob@example.com"), "strict", "s")
+    with pytest.raises(PermissionDenied):
+        await policy.apply(inference_pb2.GenerateRequest(prompt="project nightingale"), "", "s")
+    after = {o: count(o) for o in before}
+    assert {o: after[o] - before[o] for o in before} == {
+        "passed": 1,
+        "redacted": 1,
+        "rejected": 1,
+        "denied": 1,
+    }
 
 
-def body_msg(req: inference_pb2.GenerateRequest) -> ext.ProcessingRequest:
-    return ext.ProcessingRequest(
-        request_body=ext.HttpBody(body=encode_frame(req.SerializeToString()), end_of_stream=True)
-    )
+# -- the ext_proc exchange: the response path only --------------------------------------------
 
 
-def attributed_body_msg(
-    req: inference_pb2.GenerateRequest, tenant: str = ""
+def response_headers_msg(
+    tenant: str = "", model: str = "small", **more: str
 ) -> ext.ProcessingRequest:
-    """A gRPC turn's first message, as Envoy sends it to the safety filter, which skips the
-    headers message: the body, with the headers it reads as attributes (an absent header is
-    absent)."""
-    msg = body_msg(req)
-    sent = {h.TENANT: tenant} if tenant else {}
+    """The filter's first message, as Envoy sends it: the engine's response headers, with the
+    request headers the filter reads as attributes (an absent header is absent; no model: the
+    router did not send the turn on)."""
+    msg = ext.ProcessingRequest()
+    for k, v in ((":status", "200"), ("content-type", "application/grpc")):
+        msg.response_headers.headers.headers.add(key=k, raw_value=v.encode())
+    sent = {h.TENANT: tenant, h.MODEL: model, **{getattr(h, k): v for k, v in more.items()}}
     names = header_attributes(SAFETY_HEADERS)
-    values = {a: sent[n] for a, n in zip(names, SAFETY_HEADERS, strict=True) if n in sent}
+    values = {a: sent[n] for a, n in zip(names, SAFETY_HEADERS, strict=True) if sent.get(n)}
     msg.attributes["envoy.filters.http.ext_proc"].update(values)
     return msg
 
@@ -137,104 +155,44 @@ async def run(requests: list[ext.ProcessingRequest]) -> list[ext.ProcessingRespo
     return [r async for r in SafetyExtProc(CFG).Process(gen(), None)]
 
 
-async def test_extproc_redacts_prompt_and_scrubs_streamed_response():
-    req = inference_pb2.GenerateRequest(prompt="write to bob@example.com", model="small")
-    out = await run(
-        [headers_msg(), body_msg(req), *response_msgs("mail ali", "ce@exam", "ple.org")]
-    )
-    assert out[0].HasField("request_headers")
-    new_req = inference_pb2.GenerateRequest.FromString(
-        single_message(out[1].request_body.response.body_mutation.body)
-    )
-    assert new_req.prompt == "write to [EMAIL]" and new_req.model == "small"
-    body = b"".join(r.response_body.response.body_mutation.body for r in out[2:])
-    msgs = [inference_pb2.GenerateResponse.FromString(m) for m in FrameDecoder().feed(body)]
-    text = "".join(m.delta.text for m in msgs if m.HasField("delta"))
-    assert text == "mail [EMAIL]"
+def scrubbed(out: list[ext.ProcessingResponse]) -> list[inference_pb2.GenerateResponse]:
+    body = b"".join(r.response_body.response.body_mutation.body for r in out)
+    return [inference_pb2.GenerateResponse.FromString(m) for m in FrameDecoder().feed(body)]
+
+
+async def test_a_grpc_turn_is_scrubbed_with_its_tenant_and_models_policy():
+    out = await run([response_headers_msg(), *response_msgs("mail ali", "ce@exam", "ple.org")])
+    assert out[0].HasField("response_headers")
+    msgs = scrubbed(out[1:])
+    assert "".join(m.delta.text for m in msgs if m.HasField("delta")) == "mail [EMAIL]"
     final = msgs[-1].final
     assert [(f.type, f.action, f.count) for f in final.safety.findings] == [("EMAIL", "redact", 1)]
-
-
-async def test_extproc_rejects_per_tenant_with_an_immediate_error():
-    req = inference_pb2.GenerateRequest(prompt="my card 4111 1111 1111 1111", model="small")
-    out = await run([headers_msg("strict"), body_msg(req)])
-    ir = out[1].immediate_response
-    assert ir.grpc_status.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert b"prompt contains CREDIT_CARD" in ir.body
-    assert ir.details == "switchyard_safety_invalid_argument"
-
-
-async def test_extproc_clean_prompt_passes_without_mutation():
-    req = inference_pb2.GenerateRequest(prompt="hello", model="small")
-    out = await run([headers_msg(), body_msg(req)])
-    assert not out[1].request_body.response.HasField("body_mutation")
-
-
-async def test_a_grpc_turn_without_a_headers_message_gets_its_tenants_policy() -> None:
-    req = inference_pb2.GenerateRequest(prompt="my card 4111 1111 1111 1111", model="small")
-    out = await run([attributed_body_msg(req, "strict")])
-    ir = out[0].immediate_response
-    assert ir.grpc_status.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert b"prompt contains CREDIT_CARD" in ir.body
-
-
-async def test_a_grpc_turn_without_a_headers_message_is_redacted_and_scrubbed() -> None:
-    req = inference_pb2.GenerateRequest(prompt="write to bob@example.com", model="small")
-    out = await run([attributed_body_msg(req), *response_msgs("mail ali", "ce@exam", "ple.org")])
-    answer = out[0].request_body.response
-    assert (
-        inference_pb2.GenerateRequest.FromString(single_message(answer.body_mutation.body)).prompt
-        == "write to [EMAIL]"
-    )
-    # Its headers went on before the body: no header mutation (Envoy dropped content-length).
-    assert not answer.HasField("header_mutation")
-    body = b"".join(r.response_body.response.body_mutation.body for r in out[1:])
-    msgs = [inference_pb2.GenerateResponse.FromString(m) for m in FrameDecoder().feed(body)]
-    assert "".join(m.delta.text for m in msgs if m.HasField("delta")) == "mail [EMAIL]"
+    # The model the router served it with (an attribute) chooses the policy: "large" allows it.
+    out = await run([response_headers_msg(model="large"), *response_msgs("mail ali", "ce@ex.org")])
+    msgs = scrubbed(out[1:])
+    assert "".join(m.delta.text for m in msgs if m.HasField("delta")) == "mail alice@ex.org"
 
 
 async def test_extproc_fails_a_stream_it_cannot_read():
     bad = ext.ProcessingRequest(response_body=ext.HttpBody(body=b"\x01\x00\x00\x00\x01x"))
-    out = await run([headers_msg(), bad])
+    out = await run([response_headers_msg(), bad])
     assert out[1].immediate_response.grpc_status.status == grpc.StatusCode.INTERNAL.value[0]
 
 
-def http_headers_msg(tenant: str = "", stream: bool = True) -> ext.ProcessingRequest:
+async def test_an_openai_turn_is_scrubbed_and_answered_as_sse():
     from services.openai.request import Wire
 
-    msg = headers_msg(tenant)
-    wire = Wire(api="chat", stream=stream, include_usage=False, id="chatcmpl-1", created=1)
-    msg.request_headers.headers.headers.add(key=h.OPENAI, raw_value=wire.encode().encode())
-    return msg
-
-
-async def test_an_openai_turn_refused_by_the_prompt_policy_is_an_http_error():
-    import json
-
-    req = inference_pb2.GenerateRequest(prompt="my card 4111 1111 1111 1111", model="small")
-    out = await run([http_headers_msg("strict"), body_msg(req)])
-    ir = out[1].immediate_response
-    assert ir.status.code == 400 and not ir.HasField("grpc_status")
-    assert "prompt contains CREDIT_CARD" in json.loads(ir.body)["error"]["message"]
-
-
-async def test_an_openai_turn_is_scrubbed_and_answered_as_sse():
-    req = inference_pb2.GenerateRequest(prompt="hi", model="small")
-    engine_headers = ext.ProcessingRequest()
-    for k, v in ((":status", "200"), ("content-type", "application/grpc")):
-        engine_headers.response_headers.headers.headers.add(key=k, raw_value=v.encode())
+    wire = Wire(api="chat", stream=True, include_usage=False, id="chatcmpl-1", created=1)
     out = await run(
         [
-            http_headers_msg(),
-            body_msg(req),
-            engine_headers,
+            response_headers_msg(OPENAI=wire.encode()),
             *response_msgs("mail ali", "ce@exam", "ple.org"),
         ]
     )
-    assert out[2].HasField("response_headers")
+    assert out[0].HasField("response_headers")
     sse = b"".join(
         r.response_body.response.body_mutation.streamed_response.body
-        for r in out[3:]
+        for r in out[1:]
         if r.HasField("response_body")
     ).decode()
     assert "alice@example.org" not in sse and "[EMAIL]" in sse
@@ -242,6 +200,10 @@ async def test_an_openai_turn_is_scrubbed_and_answered_as_sse():
 
 
 async def test_a_local_reply_the_router_wrote_passes_untouched():
-    # No request reached this filter (the router answered first): its reply is not an engine's.
-    out = await run([ext.ProcessingRequest(response_body=ext.HttpBody(body=b'{"error": {}}'))])
-    assert not out[0].response_body.response.HasField("body_mutation")
+    # The router answered the turn itself (no model attribute): its reply is not an engine's.
+    headers = response_headers_msg(model="")
+    body = ext.ProcessingRequest(response_body=ext.HttpBody(body=b'{"error": {}}'))
+    out = await run([headers, body])
+    assert out[0].HasField("response_headers")
+    assert not out[0].response_headers.HasField("response")
+    assert not out[1].response_body.response.HasField("body_mutation")

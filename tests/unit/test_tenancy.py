@@ -234,7 +234,7 @@ async def test_an_accepted_attempt_cut_before_its_first_token_waits_for_a_retry(
 async def test_a_turn_whose_stream_ends_before_any_engine_took_it_ends_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Refused after the router (the safety filter's prompt policy): Envoy ends the HTTP stream,
+    # Refused after the router (e.g. Envoy's own error): Envoy ends the HTTP stream,
     # the router's ext_proc stream with it. The pool's slot frees at once, the reservation
     # after the close grace, whole.
     from services.router.saturation import SaturationSection

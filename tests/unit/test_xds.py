@@ -126,8 +126,14 @@ def test_safety_filter_after_the_router_streams_the_response_and_fails_closed() 
     router, safety = filters[0][1], filters[1][1]
     assert router.processing_mode.response_body_mode == pm.ProcessingMode.NONE
     assert safety.grpc_service.envoy_grpc.cluster_name == "switchyard_safety"
-    assert safety.processing_mode.request_body_mode == pm.ProcessingMode.BUFFERED
+    # Nothing of the request (the router applies the prompt policy): the stream opens at the
+    # response headers, which bring the request headers it reads as attributes.
+    assert safety.processing_mode.request_header_mode == pm.ProcessingMode.SKIP
+    assert safety.processing_mode.request_body_mode == pm.ProcessingMode.NONE
+    assert safety.processing_mode.response_header_mode == pm.ProcessingMode.SEND
     assert safety.processing_mode.response_body_mode == pm.ProcessingMode.STREAMED
+    assert "request.headers['x-switchyard-model']" in safety.response_attributes
+    assert not safety.request_attributes
     assert not safety.failure_mode_allow and safety.status_on_error.code == SAFETY_FAILED_STATUS
     assert router.status_on_error.code == ROUTER_FAILED_STATUS
     open_ = _filters(make_snapshot(safety=SafetySpec("127.0.0.1", 50055, fail_open=True)))
@@ -164,7 +170,8 @@ def test_openai_turns_take_their_pools_http_route_with_grpc_wire_headers() -> No
     mode = per_route.overrides.processing_mode
     assert mode.response_body_mode == pm.ProcessingMode.FULL_DUPLEX_STREAMED
     assert mode.response_header_mode == mode.response_trailer_mode == pm.ProcessingMode.SEND
-    assert mode.request_body_mode == pm.ProcessingMode.BUFFERED
+    assert mode.request_body_mode == pm.ProcessingMode.NONE
+    assert mode.request_header_mode == pm.ProcessingMode.SKIP
     # Without a safety filter nothing writes OpenAI's format: HTTP turns are refused.
     bare = make_snapshot().resources(RDS)["switchyard_routes"].virtual_hosts[0].routes
     assert bare[0].name == "openai_without_safety"

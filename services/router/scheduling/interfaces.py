@@ -67,6 +67,12 @@ class RoutingRequest:
     route_reason: str = ""  # how the tier chose it
     degraded_reason: str = ""  # a fallback serves the turn: why (services/router/fallback.py)
     no_fallback: str = ""  # why the model's fallback did not take the turn, when it has one
+    # The prompt policy (services/safety/prompt.py): "" not applied, "passed" or "redacted"
+    # (the request was rewritten: the engine must get it as such); entities found by type, and
+    # the action taken on each type.
+    prompt_outcome: str = ""
+    prompt_findings: dict[str, int] = field(default_factory=dict, repr=False)
+    prompt_actions: dict[str, str] = field(default_factory=dict, repr=False)
     # Own block hashes of the prompt by block size, computed on first use.
     _hashes: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 

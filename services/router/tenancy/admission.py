@@ -411,8 +411,8 @@ class Admission:
     def stream_closed(self, res_id: str) -> None:
         """Envoy ended the turn's HTTP stream, every attempt included (the turn's ext_proc
         stream to the router closes with it). An engine holding the turn reports its end
-        itself; a turn no engine has reported taking was refused on the way (the safety
-        filter's prompt policy, Envoy's own error, a client gone first): its slot frees now and
+        itself; a turn no engine has reported taking was refused on the way (Envoy's own
+        error, no engine answering, a client gone first): its slot frees now and
         its reservation goes back after CLOSE_GRACE_SECONDS (for reports still on their way)."""
         if res_id not in self._tenant_of or res_id in self._settling:
             return  # settled already (or released), or about to be

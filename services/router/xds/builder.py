@@ -8,9 +8,9 @@ What it builds (names are constants below):
 
 - Listener `switchyard_ingress` on the gRPC ingress: HTTP connection manager (HTTP/1 or 2, so
   gRPC) with routes from RDS over ADS, and three HTTP filters: ext_proc to the router (request
-  headers + buffered body; nothing of the response), ext_proc to the safety service (request
-  headers + buffered body for the prompt policy, the STREAMED response body for the scrub;
-  fails closed unless told otherwise), then the router. Its local replies always carry a
+  headers + buffered body; nothing of the response), ext_proc to the safety service (nothing
+  of the request; the response headers and the STREAMED response body for the scrub; fails
+  closed unless told otherwise), then the router. Its local replies always carry a
   message and the right gRPC status (`_local_replies`): a body over the transport limit is
   RESOURCE_EXHAUSTED, a router or safety service that does not answer is UNAVAILABLE saying
   which and why; to an HTTP client (an `/v1/` path or an OpenAI turn) the same replies are
@@ -592,7 +592,7 @@ def _ext_proc_filter(
     status_on_error: int,
     *,
     fail_open: bool,
-    request_attributes: Sequence[str] = (),
+    response_attributes: Sequence[str] = (),
 ) -> Any:
     ext_proc = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
@@ -600,7 +600,7 @@ def _ext_proc_filter(
         ),
         failure_mode_allow=fail_open,
         processing_mode=modes,
-        request_attributes=list(request_attributes),
+        response_attributes=list(response_attributes),
         message_timeout=_duration(spec.ext_proc_timeout_seconds),
         max_message_timeout=_duration(spec.ext_proc_max_timeout_seconds),
         allow_mode_override=False,
@@ -611,46 +611,44 @@ def _ext_proc_filter(
     return hcm_pb2.HttpFilter(name=name, typed_config=_any(ext_proc))
 
 
-def _modes(response_body: Any) -> Any:
-    """Request headers and the buffered request body; the response body as given."""
+def _router_filter(spec: MeshSpec) -> Any:
+    """The router's ext_proc: request headers and the buffered body, once per turn; it never
+    sees the response."""
     mode = processing_mode_pb2.ProcessingMode
-    return mode(
+    modes = mode(
         request_header_mode=mode.SEND,
         request_body_mode=mode.BUFFERED,
         request_trailer_mode=mode.SKIP,
         response_header_mode=mode.SKIP,
-        response_body_mode=response_body,
+        response_body_mode=mode.NONE,
         response_trailer_mode=mode.SKIP,
     )
-
-
-def _router_filter(spec: MeshSpec) -> Any:
-    """The router's ext_proc: request headers and the buffered body, once per turn; it never
-    sees the response."""
-    modes = _modes(processing_mode_pb2.ProcessingMode.NONE)
     return _ext_proc_filter(
         ROUTER_FILTER, ROUTER_CLUSTER, modes, spec, ROUTER_FAILED_STATUS, fail_open=False
     )
 
 
 # What the safety filter reads of a turn's request headers (all set by the router), sent with
-# its first message: on a gRPC turn it skips the headers message (one round trip less per turn).
-SAFETY_HEADERS = (headers.TENANT, headers.OPENAI, headers.CACHE_STORE)
+# its first message (the response headers).
+SAFETY_HEADERS = (headers.TENANT, headers.MODEL, headers.OPENAI, headers.CACHE_STORE)
 
 
 def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
-    """The safety ext_proc, after the router's (it sees the served model the router chose):
-    the buffered request body (prompt policy) and every chunk of the streamed response body.
+    """The safety ext_proc, after the router's: the response headers and every chunk of the
+    streamed response body; nothing of the request (the router applies the prompt policy).
 
-    On a gRPC turn it skips the request headers message: the headers it reads come with the
-    body as attributes. Envoy then sends the headers on toward the engine while the body waits
-    for the safety filter's answer; a refused prompt resets that stream before the engine has
-    the request (a gRPC call starts with its message), and a redacted one replaces the body
-    (Envoy drops a client's content-length when a filter may change the body). An OpenAI turn
-    keeps the headers message (`_http_safety_modes`): its answer is written at the headers."""
+    Its stream opens at the response headers, which an engine sends as it takes the turn
+    (before the prefill), so opening the call is off the path to the first token; the request
+    headers it reads (the tenant and model the router set…) come with them as attributes."""
     mode = processing_mode_pb2.ProcessingMode
-    modes = _modes(mode.STREAMED)
-    modes.request_header_mode = mode.SKIP
+    modes = mode(
+        request_header_mode=mode.SKIP,
+        request_body_mode=mode.NONE,
+        request_trailer_mode=mode.SKIP,
+        response_header_mode=mode.SEND,
+        response_body_mode=mode.STREAMED,
+        response_trailer_mode=mode.SKIP,
+    )
     return _ext_proc_filter(
         SAFETY_FILTER,
         SAFETY_CLUSTER,
@@ -658,18 +656,18 @@ def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
         spec,
         SAFETY_FAILED_STATUS,
         fail_open=safety.fail_open,
-        request_attributes=header_attributes(SAFETY_HEADERS),
+        response_attributes=header_attributes(SAFETY_HEADERS),
     )
 
 
 def _http_safety_modes() -> Any:
-    """The safety filter on an OpenAI HTTP turn: as for gRPC on the way in; on the way out the
+    """The safety filter on an OpenAI HTTP turn: nothing of the request, as for gRPC; the
     response headers, body and trailers full-duplex (FULL_DUPLEX_STREAMED needs the trailers
     sent), so it may hold the headers until it knows the status and write at the trailers."""
     mode = processing_mode_pb2.ProcessingMode
     return mode(
-        request_header_mode=mode.SEND,
-        request_body_mode=mode.BUFFERED,
+        request_header_mode=mode.SKIP,
+        request_body_mode=mode.NONE,
         request_trailer_mode=mode.SKIP,
         response_header_mode=mode.SEND,
         response_body_mode=mode.FULL_DUPLEX_STREAMED,
