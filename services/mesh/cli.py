@@ -159,6 +159,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_router(args: argparse.Namespace) -> int:
     from services.common.errors import ConfigError
     from services.router.config import load_mesh_config
+    from services.safety.config import load_safety_config
 
     _use_models_dir(_models_dir(args.models_dir))
     try:
@@ -167,6 +168,8 @@ def cmd_router(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(
                 update={"router": cfg.router.model_copy(update={"listen": args.listen})}
             )
+        # The safety policy, whose prompt part the router applies: a bad file stops it here.
+        safety = load_safety_config(cfg.safety.config) if cfg.safety.enabled else None
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -174,7 +177,8 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     watch = Path(args.watch_config or args.config)
     running = Path(args.config) if args.watch_config else None
-    asyncio.run(serve(cfg, Path(args.ready_file) if args.ready_file else None, watch, running))
+    ready = Path(args.ready_file) if args.ready_file else None
+    asyncio.run(serve(cfg, ready, watch, running, safety=safety))
     return 0
 
 

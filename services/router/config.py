@@ -280,6 +280,10 @@ class MeshConfig(StrictModel):
             update["tenants"] = self.tenants.model_copy(
                 update={"file": _abs(base, self.tenants.file.expanduser())}
             )
+        if self.safety.config is not None:
+            update["safety"] = self.safety.model_copy(
+                update={"config": _abs(base, self.safety.config.expanduser())}
+            )
         tls = {k: _abs(base, v.expanduser()) for k in ("ca", "cert", "key", "pki_dir")
                if (v := getattr(self.tls, k)) is not None}  # fmt: skip
         update["tls"] = self.tls.model_copy(update=tls)

@@ -50,7 +50,7 @@ from services.router.tenancy.policy import PolicyStore
 from services.router.versions import Versions
 from services.router.xds import server as xds_server
 from services.router.xds.cache import SnapshotCache
-from services.safety.config import load_safety_config
+from services.safety.config import SafetyConfig
 from services.safety.prompt import PromptPolicy
 from switchyard.v1 import engine_pb2
 
@@ -93,10 +93,13 @@ async def serve(
     ready_file: Path | None = None,
     watch_config: Path | None = None,
     running_config: Path | None = None,
+    *,
+    safety: SafetyConfig | None = None,
 ) -> None:
     """Run the router; `watch_config`: the mesh config file whose model-routing fields it
     reloads live (services/router/reload.py), when `cfg` was read from another file
-    (`running_config`, e.g. the copy `up` renders)."""
+    (`running_config`, e.g. the copy `up` renders); `safety`: the safety policy (`cfg.safety`'s
+    file), whose prompt part it applies before routing; None: prompts go on as sent."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     progress = Progress("router")
@@ -119,9 +122,9 @@ async def serve(
     )
     versions = Versions()
     prompt_policy = None
-    if cfg.safety.enabled:  # the safety config's prompt policy, applied before routing
+    if safety is not None:  # the safety config's prompt policy, applied before routing
         with progress.phase("compiling the prompt policy"):
-            prompt_policy = PromptPolicy(load_safety_config(cfg.safety.config))
+            prompt_policy = PromptPolicy(safety)
     routing = RoutingService(
         resolver,
         tokenizers,

@@ -153,8 +153,8 @@ async def test_truncate_prompt_is_served_through_the_mesh(envoy):
 
 
 async def test_a_client_content_length_survives_a_rewritten_body(mesh: Mesh, envoy):
-    """gRPC allows content-length; the mesh rewrites the body for an alias (router) and for a
-    redacted prompt (safety), and Envoy refuses a body that disagrees with it unless told."""
+    """gRPC allows content-length; the router rewrites the body for an alias and for a
+    redacted prompt, and Envoy refuses a body that disagrees with it unless told."""
     redacted = await generate(envoy, make_request("Write to [EMAIL] today", max_tokens=2))
     for req in (
         make_request("hello", model="chat", max_tokens=2),  # alias → served name

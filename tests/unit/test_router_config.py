@@ -89,3 +89,16 @@ def test_local_pools_yaml_is_valid(monkeypatch):
     cfg = load_mesh_config(root / "deploy" / "local" / "pools.yaml")
     assert {p.name for p in cfg.pools} == {"h100-large", "l4-small"}
     assert all(g.config.is_file() for p in cfg.pools for g in p.engines)
+
+
+def test_the_router_stops_on_a_bad_safety_policy_naming_the_field(tmp_path, capsys):
+    import yaml
+
+    from services.mesh.cli import main
+
+    (tmp_path / "safety.yaml").write_text("default: {prompt: scrub}\n")
+    cfg = mesh(safety={"config": "safety.yaml"})
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["router", "--config", str(tmp_path / "mesh.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "safety.yaml" in err and "default.prompt" in err
