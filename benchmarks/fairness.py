@@ -130,7 +130,9 @@ async def one_turn(client: Any, tenant: str, prompt: str, max_tokens: int, run: 
                 run.done.append(Done(tenant, time.monotonic(), u.prompt_tokens,
                                      u.completion_tokens))  # fmt: skip
     except grpc.aio.AioRpcError as e:
-        run.errors[e.code().name] = run.errors.get(e.code().name, 0) + 1
+        # By status and the start of its message (which hop gave up, and why).
+        key = f"{e.code().name}: {(e.details() or '')[:72]}"
+        run.errors[key] = run.errors.get(key, 0) + 1
     return ttft
 
 
@@ -181,7 +183,9 @@ async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> 
         ended = time.monotonic()
         await asyncio.gather(*tasks)
         out["service"] = service(both, started, ended)
-        out["errors"] = {**run.errors, **both.errors}
+        out["errors"] = {
+            k: run.errors.get(k, 0) + both.errors.get(k, 0) for k in {*run.errors, *both.errors}
+        }
         return out
     finally:
         for c in clients.values():
