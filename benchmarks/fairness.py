@@ -155,6 +155,21 @@ async def b_turns(client: Any, n: int, run: Run) -> list[float]:
     return out
 
 
+def ext_proc_stats(mesh: Mesh) -> dict[str, int]:
+    """Envoy's counters of its two ext_proc filters that say a turn was lost there (which
+    service gave up): message timeouts, failed streams."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{mesh.envoy_admin}/stats?filter=ext_proc", timeout=5).read()
+    out = {}
+    for line in text.decode().splitlines():
+        name, _, value = line.partition(": ")
+        lost = name.endswith(("message_timeouts", "streams_failed"))
+        if lost and value.strip().isdigit() and int(value):
+            out[name.split("ext_proc.", 1)[1]] = int(value)
+    return out
+
+
 async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     from services.mesh.client import MeshClient
 
@@ -186,6 +201,7 @@ async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> 
         out["errors"] = {
             k: run.errors.get(k, 0) + both.errors.get(k, 0) for k in {*run.errors, *both.errors}
         }
+        out["ext_proc_stats"] = ext_proc_stats(mesh)
         return out
     finally:
         for c in clients.values():
@@ -326,6 +342,8 @@ async def main_async(args: argparse.Namespace) -> int:
     for name in ("fair", "fifo"):
         if results[name]["errors"]:
             print(f"errors ({name}): {results[name]['errors']}")
+        if results[name]["ext_proc_stats"]:
+            print(f"Envoy's ext_proc counters ({name}): {results[name]['ext_proc_stats']}")
     ext = results["extproc_turns_per_s"]
     base = ext["no quota"]
     print(f"\nrouter ext_proc on one core (median of {args.blocks} blocks of {args.exchanges}):")

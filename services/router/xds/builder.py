@@ -600,6 +600,9 @@ def _ext_proc_filter(
         ),
         failure_mode_allow=fail_open,
         processing_mode=modes,
+        # Envoy's ext_proc stats per filter (`http.switchyard_ingress.ext_proc.<name>.*`:
+        # message_timeouts, streams_failed…), so an operator sees which service gave up.
+        stat_prefix=name.rpartition(".")[2],
         response_attributes=list(response_attributes),
         message_timeout=_duration(spec.ext_proc_timeout_seconds),
         max_message_timeout=_duration(spec.ext_proc_max_timeout_seconds),
