@@ -32,11 +32,10 @@ def _turn(trace: str, t0: float) -> list[dict[str, object]]:
     (10 ms) and the hold-back (3 ms)."""
     return [
         _span(trace, "ingress", t0 + 1, t0 + 30),
-        _span(trace, "switchyard.router.pick", t0 + 2, t0 + 3),
-        _span(trace, "switchyard.safety.scan", t0 + 4, t0 + 5),
-        _span(trace, "switchyard.engine.generate", t0 + 6, t0 + 40),
-        _span(trace, "switchyard.engine.prefill", t0 + 6, t0 + 16),
-        _span(trace, "switchyard.safety.scan", t0 + 17, t0 + 41),  # the response's
+        _span(trace, "switchyard.router.pick", t0 + 2, t0 + 3),  # with the prompt policy
+        _span(trace, "switchyard.engine.generate", t0 + 4, t0 + 40),
+        _span(trace, "switchyard.engine.prefill", t0 + 4, t0 + 14),
+        _span(trace, "switchyard.safety.scan", t0 + 15, t0 + 41),  # the response's
     ]
 
 
@@ -45,15 +44,15 @@ def test_each_turn_is_matched_to_its_own_trace_and_measured_hop_by_hop(tmp_path:
     # A turn whose engine spans are missing is left out rather than guessed.
     spans += [_span("d", "ingress", 3001, 3030), _span("d", "switchyard.router.pick", 3002, 3003)]
     (tmp_path / "spans.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
-    marks = [Mark(t * MS, (t + 20) * MS) for t in (1000, 2000, 3000)]
+    marks = [Mark(t * MS, (t + 18) * MS) for t in (1000, 2000, 3000)]
 
     out = breakdown(tmp_path, marks)
 
     assert out["turns"] == 2
-    expected = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 10.0, 1.0, 3.0]
+    expected = [1.0, 1.0, 1.0, 1.0, 10.0, 1.0, 3.0]
     assert [out[row] for row, _, _ in HOPS] == pytest.approx(expected)
-    # The mesh's share: the client's TTFT (20 ms) less the engine's queue + prefill (10 ms).
-    assert out["mesh total (all but the engine's queue + prefill)"] == pytest.approx(10.0)
+    # The mesh's share: the client's TTFT (18 ms) less the engine's queue + prefill (10 ms).
+    assert out["mesh total (all but the engine's queue + prefill)"] == pytest.approx(8.0)
 
 
 def test_cpu_per_turn_is_the_difference_over_the_turns() -> None:
