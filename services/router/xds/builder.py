@@ -614,18 +614,28 @@ def _ext_proc_filter(
     return hcm_pb2.HttpFilter(name=name, typed_config=_any(ext_proc))
 
 
+_MODE = processing_mode_pb2.ProcessingMode
+
+
+def _modes(*, request: bool, response_body: Any = _MODE.NONE, trailers: bool = False) -> Any:
+    """What an ext_proc filter is sent: the request headers and buffered body, or nothing of
+    the request; of the response, its headers when its body is sent (and its trailers)."""
+    send, skip = _MODE.SEND, _MODE.SKIP
+    responds = response_body != _MODE.NONE
+    return _MODE(
+        request_header_mode=send if request else skip,
+        request_body_mode=_MODE.BUFFERED if request else _MODE.NONE,
+        request_trailer_mode=skip,
+        response_header_mode=send if responds else skip,
+        response_body_mode=response_body,
+        response_trailer_mode=send if trailers else skip,
+    )
+
+
 def _router_filter(spec: MeshSpec) -> Any:
     """The router's ext_proc: request headers and the buffered body, once per turn; it never
     sees the response."""
-    mode = processing_mode_pb2.ProcessingMode
-    modes = mode(
-        request_header_mode=mode.SEND,
-        request_body_mode=mode.BUFFERED,
-        request_trailer_mode=mode.SKIP,
-        response_header_mode=mode.SKIP,
-        response_body_mode=mode.NONE,
-        response_trailer_mode=mode.SKIP,
-    )
+    modes = _modes(request=True)
     return _ext_proc_filter(
         ROUTER_FILTER, ROUTER_CLUSTER, modes, spec, ROUTER_FAILED_STATUS, fail_open=False
     )
@@ -643,15 +653,7 @@ def _safety_filter(spec: MeshSpec, safety: SafetySpec) -> Any:
     Its stream opens at the response headers, which an engine sends as it takes the turn
     (before the prefill), so opening the call is off the path to the first token; the request
     headers it reads (the tenant and model the router set…) come with them as attributes."""
-    mode = processing_mode_pb2.ProcessingMode
-    modes = mode(
-        request_header_mode=mode.SKIP,
-        request_body_mode=mode.NONE,
-        request_trailer_mode=mode.SKIP,
-        response_header_mode=mode.SEND,
-        response_body_mode=mode.STREAMED,
-        response_trailer_mode=mode.SKIP,
-    )
+    modes = _modes(request=False, response_body=_MODE.STREAMED)
     return _ext_proc_filter(
         SAFETY_FILTER,
         SAFETY_CLUSTER,
@@ -667,15 +669,7 @@ def _http_safety_modes() -> Any:
     """The safety filter on an OpenAI HTTP turn: nothing of the request, as for gRPC; the
     response headers, body and trailers full-duplex (FULL_DUPLEX_STREAMED needs the trailers
     sent), so it may hold the headers until it knows the status and write at the trailers."""
-    mode = processing_mode_pb2.ProcessingMode
-    return mode(
-        request_header_mode=mode.SKIP,
-        request_body_mode=mode.NONE,
-        request_trailer_mode=mode.SKIP,
-        response_header_mode=mode.SEND,
-        response_body_mode=mode.FULL_DUPLEX_STREAMED,
-        response_trailer_mode=mode.SEND,
-    )
+    return _modes(request=False, response_body=_MODE.FULL_DUPLEX_STREAMED, trailers=True)
 
 
 def _tracing(tracing: TracingSpec) -> Any:
