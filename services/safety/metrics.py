@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.looplag import LAG_BUCKETS
+
 # Added latency per scan: 10 µs to 100 ms.
 SCAN_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
 HELD_BACK_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384)
@@ -45,6 +47,12 @@ PROMPTS = Counter(
     ["outcome"],
 )
 ACTIVE_STREAMS = Gauge("switchyard_safety_active_streams", "Turns the filter is processing now.")
+LOOP_LAG = Histogram(
+    "switchyard_safety_event_loop_lag_seconds",
+    "How much later than scheduled the filter's event loop ran its monitor tick (time it spent "
+    "blocked on one piece of work, or the whole process stalled): every message waits that long.",
+    buckets=LAG_BUCKETS,
+)
 
 # Label children bound once: the response path observes them for every streamed chunk.
 PROMPT_CHUNKS = CHUNKS_SCANNED.labels("prompt")

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
+from services.common.looplag import watch_loop
 from services.common.metrics import start_metrics_server
 from services.common.pki import ENVOY, OPERATOR, SAFETY
 from services.common.progress import Progress
@@ -18,12 +20,27 @@ from services.common.server import (
 )
 from services.common.tls import AccessPolicy
 from services.common.tracing import setup_tracing
+from services.safety import metrics as m
 from services.safety import service
 from services.safety.cache_feed import CacheFeed
 from services.safety.config import SafetyConfig
 from services.safety.extproc import SafetyExtProc
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAMES = [service.SERVICE_NAME, "envoy.service.ext_proc.v3.ExternalProcessor"]
+# The loop monitor's tick, and the lag past which a stall is logged: Envoy waits
+# `envoy.ext_proc_timeout_seconds` (2 s by default) for each answer, then fails the turn.
+TICK_SECONDS = 0.1
+STALL_LOG_SECONDS = 0.5
+
+
+def _on_tick(lag: float) -> None:
+    m.LOOP_LAG.observe(lag)
+    if lag > STALL_LOG_SECONDS:
+        log.warning("the safety filter's event loop stalled for %.2fs", lag)
+
+
 # Who may call what: Envoy (every turn), operators (the Safety API, which takes the tenant from
 # its caller: only a trusted identity may name one).
 POLICY = AccessPolicy(
@@ -62,6 +79,7 @@ async def serve(
     metrics_port = start_metrics_server(metrics_host, metrics_port)
     await server.start()
     await server.set_serving(True)
+    watcher = asyncio.create_task(watch_loop(TICK_SECONDS, _on_tick))
     if ready_file is not None:
         write_ready_file(
             ready_file,
@@ -80,6 +98,7 @@ async def serve(
     )
     await stop.wait()
     progress.say("stopping")
+    watcher.cancel()
     await server.stop(2.0)
     if feed is not None:
         await feed.close()

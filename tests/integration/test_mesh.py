@@ -469,6 +469,7 @@ def test_every_service_serves_its_metrics(mesh: Mesh):
         "switchyard_safety_scan_seconds",
         "switchyard_safety_held_back_bytes",
         "switchyard_safety_chunks_scanned",
+        "switchyard_safety_event_loop_lag_seconds",
     ):
         assert name in safety, name
     envoy = _parse(f"{mesh.envoy_admin}/stats/prometheus")
