@@ -214,17 +214,17 @@ class RustEncoder:
     tokens included through its post-processor) at a fraction of the Python overhead, which is
     most of the router's per-turn cost; chat templates still render through transformers.
 
-    Long texts are for worker threads, and must not stall the thread that holds the event loop:
-    they encode through `encode_batch_fast` (`encode_batch` without the character offsets,
-    which nothing here reads: a third less time), which releases the GIL (plain `encode` holds
-    it, seconds for megabytes), in pieces of about `CHUNK_CHARS` cut between words (so each
+    Texts encode through `encode_batch_fast` (`encode_batch` without the character offsets,
+    which nothing here reads: a third less time than `encode`, 68 against 101 µs for a 64-word
+    prompt). Long texts are for worker threads, and must not stall the thread that holds the
+    event loop: `encode_batch_fast` releases the GIL (plain `encode` holds it, seconds for
+    megabytes), and they go in pieces of about `CHUNK_CHARS` cut between words (so each
     piece tokenizes as it does within the whole), because what cannot release the GIL —
     building the id list, and freeing an Encoding — costs a fraction of a second for a megabyte
     in one piece. Past a `limit` the counting stops; with `keep_last` only the last ids are
     kept.
     """
 
-    LONG_TEXT = 4096  # texts at least this long go through encode_batch_fast
     CHUNK_CHARS = 32_768  # texts longer than twice this are encoded in pieces of about this size
     BATCH = 8  # pieces per encode_batch_fast call
     _BOUNDARY = re.compile(r"(?<=\S) (?=\S)")  # one space between two words
@@ -249,9 +249,6 @@ class RustEncoder:
         """(ids, count) as `encode`. Past `limit` the ids may stop early (at least limit + 1),
         and a long text raises TooManyTokens (not exact) as soon as it is over; with
         `keep_last`, only that many of the last ids are built."""
-        if len(text) < self.LONG_TEXT:
-            ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
-            return ids, len(ids)
         if len(text) < 2 * self.CHUNK_CHARS:
             enc = self._batch([text], add_special_tokens=add_special_tokens)[0]
             count = len(enc)

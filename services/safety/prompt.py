@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.safety import metrics as m
+from services.safety import prefilter
 from services.safety.config import PromptMode, SafetyConfig
 from services.safety.recognizers import StreamingRecognizer
 from services.safety.scrubber import Policy, scrub
@@ -89,6 +90,7 @@ class PromptPolicy:
     def __init__(self, config: SafetyConfig) -> None:
         self._config = config
         self._recognizers = config.recognizers  # compiled once, at start
+        prefilter.warm(self._recognizers)
 
     async def apply(
         self, req: inference_pb2.GenerateRequest, tenant: str, model: str

@@ -267,6 +267,10 @@ class RegexRecognizer:
     ``run_chars`` is a character class containing every character ``pattern`` can consume,
     such that its lookaheads read at most one character past that run; ``window`` bounds
     how far past ``s`` an attempt can read.
+
+    ``prefilter`` (see :mod:`services.safety.prefilter`) must match, on the folded view, wherever
+    ``pattern`` finds a valid entity (by default ``pattern`` itself stands for it), read with
+    Hyperscan's syntax outside lookarounds: ASCII classes and literals, as the built-ins use.
     """
 
     def __init__(
@@ -282,8 +286,11 @@ class RegexRecognizer:
         flags: int = 0,
         evidence: str | None = None,
         context: Callable[[str, str], bool] | None = None,
+        prefilter: str | None = None,
     ) -> None:
         self._type = entity_type
+        self._flags = flags
+        self._prefilter = prefilter
         # Judges a valid candidate by the text before it (at most CONTEXT_CHARS): False rejects.
         self._context = context
         # A tail of the text that is already this entity, cut off (see the scrubber: "end of
@@ -306,6 +313,14 @@ class RegexRecognizer:
 
     def find(self, text: str) -> list[Span]:
         return [Span(s, e, self._type) for s, e, ok in self.scan(text, 0, len(text)) if ok]
+
+    def prefilter_patterns(self) -> tuple[str | None, str | None]:
+        if self._flags:  # (flags Hyperscan would read differently: nothing offered)
+            return None, None
+        return (
+            self._prefilter or self._re.pattern,
+            None if self.evidence is None else self.evidence.pattern,
+        )
 
     def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
         out: list[tuple[int, int, bool]] = []
@@ -560,6 +575,9 @@ class ObfuscatedEmailRecognizer:
     def find(self, text: str) -> list[Span]:
         return [Span(s, e, "EMAIL") for s, e, ok in self.scan(text, 0, len(text)) if ok]
 
+    def prefilter_patterns(self) -> tuple[str | None, str | None]:
+        return self._at.pattern, None  # (what `scan` checks first)
+
     def scan(self, buf: str, lo: int, n: int) -> list[tuple[int, int, bool]]:
         out: list[tuple[int, int, bool]] = []
         if self._at.search(buf, lo, n) is None:  # every match has an "@" or a spelled-out "at"
@@ -670,6 +688,9 @@ def default_recognizers() -> list[StreamingRecognizer]:
             window=100,
             validator=_phone_valid,
             context=_phone_context,
+            # Every layout `_phone_valid` accepts has 8 digits or more before any extension,
+            # each next one at most 3 characters on (") (", "(", ")", a separator).
+            prefilter=r"[0-9](?:[ .\-/()]{0,3}[0-9]){7}",
         ),
         RegexRecognizer(
             "CREDIT_CARD",
@@ -721,6 +742,7 @@ def default_recognizers() -> list[StreamingRecognizer]:
             max_length=45,
             window=50,
             validator=_ipv6_valid,
+            prefilter=r":[0-9A-Fa-f.]*:",  # two colons at least (`_ipv6_valid`)
         ),
         RegexRecognizer(
             "AWS_ACCESS_KEY",

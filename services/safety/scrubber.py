@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from services.safety.normalize import fold
+from services.safety.prefilter import screen
 from services.safety.recognizers import (
     CONTEXT_CHARS,
     Span,
@@ -195,10 +196,18 @@ def _first_blocked_span(spans: Sequence[Span], policy: Policy, view: str) -> Spa
     return None
 
 
-def _spans(recognizers: Sequence[StreamingRecognizer], buf: str, lo: int, hi: int) -> list[Span]:
+def _spans(
+    recognizers: Sequence[StreamingRecognizer],
+    buf: str,
+    lo: int,
+    hi: int,
+    runs: Sequence[bool] | None = None,
+) -> list[Span]:
+    """Every recognizer's entities in ``buf[lo:hi]`` (those `runs` rules out skipped)."""
     spans: list[Span] = []
-    for r in recognizers:
-        spans.extend(Span(s, e, r.entity_type) for s, e, ok in r.scan(buf, lo, hi) if ok)
+    for i, r in enumerate(recognizers):
+        if runs is None or runs[i]:
+            spans.extend(Span(s, e, r.entity_type) for s, e, ok in r.scan(buf, lo, hi) if ok)
     return merge_spans(spans)
 
 
@@ -211,16 +220,17 @@ def _truncated(
     lo: int,
     n: int,
     complete: Sequence[Span],
+    runs: Sequence[bool] | None = None,
 ) -> list[Span]:
     """The entity the text ends in the middle of, judged by what it already is: the earliest
     tail from ``lo`` that carries a type's evidence (see the module docstring), unless an entity
     of that type found whole starts there ("4111 1111 1111 1111." ends with a full stop, not
-    inside a card)."""
+    inside a card). Evidence that `runs` rules out is not looked for."""
     whole = {(sp.start, sp.type): sp.end for sp in complete}
     best: Span | None = None
-    for r in recognizers:
+    for i, r in enumerate(recognizers):
         evidence = getattr(r, "evidence", None)
-        if evidence is None:
+        if evidence is None or (runs is not None and not runs[i]):
             continue
         # Evidence is shorter than the recognizer's window: an attempt the stream settled
         # (s + window <= n) is never searched here.
@@ -242,8 +252,10 @@ def _view_spans(
     end of the text judged as the end of a turn: an entity cut off there counts)."""
     view, origin = fold(text)
     n = len(view)
-    spans = _spans(recs, view, 0, n)
-    return view, origin, merge_spans([*spans, *_truncated(recs, view, 0, n, spans)])
+    runs = screen(recs, view)  # one pass ruling out most recognizers (see prefilter)
+    scans, evidence = (None, None) if runs is None else runs
+    spans = _spans(recs, view, 0, n, scans)
+    return view, origin, merge_spans([*spans, *_truncated(recs, view, 0, n, spans, evidence)])
 
 
 def entities(text: str, recognizers: Sequence[StreamingRecognizer] | None = None) -> list[Span]:

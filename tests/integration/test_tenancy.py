@@ -461,13 +461,18 @@ async def first_released(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        st, st_then = await tenant_status(admin, first), await tenant_status(admin, then)
+        # `then` first: `first`'s queue only shrinks, so a turn of `first` still waiting when
+        # read after `then`'s count was waiting at that count too. (Read the other way round,
+        # slots freeing between the reads, as the holders' natural ends do together, would
+        # show a turn of `then` let through after all of `first`'s were.)
+        st_then = await tenant_status(admin, then)
+        st = await tenant_status(admin, first)
+        assert st_then.waited == base or st.queued == 0, (
+            f"{st_then.waited - base} turn(s) of {then} got a slot while {st.queued} of "
+            f"{first} waited"
+        )
         if st.admitted == n_first and st.queued == 0:
             return  # every turn of `first` is through
-        assert st_then.waited == base, (
-            f"{st_then.waited - base} turn(s) of {then} got a slot while {st.queued} of "
-            f"{first} waited and {n_first - st.admitted} were on their way"
-        )
         if st.queued > 0 and loop.time() - ended > 0.5:
             assert holders, f"{st.queued} turn(s) of {first} still wait with no slot to free"
             await turns.end(holders.pop(0))

@@ -57,7 +57,7 @@ SHED = Counter(
 )
 # A turn let through that no engine has accepted after this long (of the router running: see
 # `RunningClock`) stops counting in flight. A backstop: a turn refused after the router (Envoy's
-# own error, the safety filter failing) ends when Envoy closes its ext_proc stream
+# own error, an engine unreachable) ends when Envoy closes its ext_proc stream
 # (`forget`); an engine slow to accept, stalled on a busy machine, is no reason to let another
 # turn in.
 UNACCEPTED_SECONDS = 30.0
