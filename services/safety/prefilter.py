@@ -156,10 +156,15 @@ class _Plan:
 _PLANS: dict[tuple[int, ...], tuple[Sequence[object], _Plan]] = {}
 
 
+_MAX_PLANS = 16  # sets of recognizers remembered (a reloaded config brings a new one)
+
+
 def _plan(recognizers: Sequence[object]) -> _Plan:
     key = tuple(map(id, recognizers))
     entry = _PLANS.get(key)
     if entry is None:
+        while len(_PLANS) >= _MAX_PLANS:
+            del _PLANS[next(iter(_PLANS))]  # the oldest
         entry = _PLANS[key] = (tuple(recognizers), _Plan(recognizers))
     return entry[1]
 

@@ -128,3 +128,11 @@ def test_scrub_is_the_same_as_without_it(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_a_text_with_surrogates_is_screened() -> None:
     assert prefilter.screen(RECS, "broken \ud800 text 4111 1111 1111 1111") is not None
+
+
+def test_remembers_a_bounded_number_of_recognizer_sets() -> None:
+    for _ in range(prefilter._MAX_PLANS + 4):
+        prefilter.screen(default_recognizers(), "text")
+    assert len(prefilter._PLANS) <= prefilter._MAX_PLANS
+    # One compiled database for all of them: the same patterns.
+    assert len({id(plan.prefilter) for _, plan in prefilter._PLANS.values()}) == 1
