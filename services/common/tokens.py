@@ -11,13 +11,21 @@ same INVALID_ARGUMENT, and a turn the engine would truncate is routed on the tru
 Long inputs never tokenize on an event loop that serves other turns: `turn_token_ids_async`
 moves them to a thread, encoding through a call that releases the GIL, and stops at a token
 limit before building a huge id list.
+
+A turn is tokenized once: the router hands the engine the ids it routed on
+(`GenerateRequest.prompt_tokens`, see `handoff`), and an engine whose tokenizer has the same
+digest (`tokenizer_digest`: the tokenizer's whole definition and chat template) prefills them
+as they are (`handed_off`); any other engine, or a turn without them, is tokenized there.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import functools
+import hashlib
 import re
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -126,6 +134,7 @@ class TurnTokens:
 
     ids: list[int]  # the prompt's tokens then the resumed text's; only the last ones if asked
     count: int  # how many tokens there are in all
+    prompt: int = 0  # how many of them are the prompt's (the rest: resumed text)
 
 
 def turn_tokens(
@@ -139,6 +148,7 @@ def turn_tokens(
     Raises TooManyTokens when that is more than `limit` tokens; with `keep_last` (a prompt the
     engine will truncate) only the last that many ids are kept."""
     ids, count = _prompt(req, tokenizer, limit, keep_last)
+    prompt = count
     if req.HasField("continuation") and req.continuation.received_text:
         more, n = _encode(tokenizer, req.continuation.received_text, False, limit, keep_last)
         ids, count = ids + more, count + n
@@ -146,7 +156,57 @@ def turn_tokens(
         raise TooManyTokens(count, limit)
     if keep_last is not None and len(ids) > keep_last:
         ids = ids[-keep_last:]
-    return TurnTokens(ids, count)
+    return TurnTokens(ids, count, prompt)
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """What identifies how `tokenizer` turns a request into ids: its whole definition and its
+    chat template ("" for a tokenizer that cannot say: its ids are never handed off)."""
+    return getattr(tokenizer, "digest", "")
+
+
+_U32 = next(t for t in "IL" if array.array(t).itemsize == 4)  # (the typecode of a uint32)
+
+
+def _pack(ids: list[int]) -> bytes:
+    a = array.array(_U32, ids)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()
+
+
+def _unpack(data: bytes) -> list[int]:
+    a = array.array(_U32)
+    a.frombytes(data)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tolist()
+
+
+def handoff(turn: TurnTokens, tokenizer: Tokenizer) -> inference_pb2.PromptTokens | None:
+    """The router's ids for the engine (None when they are not the whole input, or the
+    tokenizer has no digest)."""
+    digest = tokenizer_digest(tokenizer)
+    if not digest or len(turn.ids) != turn.count:
+        return None
+    return inference_pb2.PromptTokens(ids=_pack(turn.ids), prompt=turn.prompt, tokenizer=digest)
+
+
+def handed_off(
+    req: inference_pb2.GenerateRequest, tokenizer: Tokenizer
+) -> tuple[list[int], int] | None:
+    """(ids, how many are the prompt's) the router handed over for this tokenizer, or None:
+    the engine tokenizes the turn itself."""
+    if not req.HasField("prompt_tokens"):
+        return None
+    pt = req.prompt_tokens
+    digest = tokenizer_digest(tokenizer)
+    if not digest or pt.tokenizer != digest or not pt.ids or len(pt.ids) % 4:
+        return None
+    ids = _unpack(pt.ids)
+    if not 0 < pt.prompt <= len(ids):
+        return None
+    return ids, pt.prompt
 
 
 def turn_token_ids(req: inference_pb2.GenerateRequest, tokenizer: Tokenizer) -> list[int]:
@@ -232,6 +292,11 @@ class RustEncoder:
     def __init__(self, hf: Any) -> None:
         self._hf = hf
         self._backend = hf.backend_tokenizer
+        # (see `tokenizer_digest`; a chat template may be a dict of named templates)
+        template = getattr(hf, "chat_template", None)
+        self.digest = hashlib.sha256(
+            f"{self._backend.to_str()}\0{template!r}".encode("utf-8", "surrogatepass")
+        ).hexdigest()[:32]
         # Without offsets (tokenizers >= 0.21), else the plain batch call: the same ids.
         self._batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
         self._special: tuple[list[int], list[int]] | None = None

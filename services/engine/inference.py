@@ -195,6 +195,7 @@ class InferenceService:
                 self._usage(engine_pb2.TurnUsage(reservation_id=reservation, done=True))
             raise
         prepared.reservation_id, prepared.cache_salt = reservation, salt
+        self._metrics.tokenized(prepared.tokenized_by)
         turn = _Turn(prepared, arrived)
         turn.span, turn.arrived_ns = span, arrived_ns
         turn.route = (routed_as, route_reason, degraded)

@@ -45,6 +45,11 @@ CACHED_PROMPT_TOKENS = Counter(
 GENERATED_TOKENS = Counter(
     "switchyard_engine_generated_tokens_total", "Output tokens generated.", LABELS
 )
+TOKENIZED = Counter(
+    "switchyard_engine_turns_tokenized_total",
+    "Turns by who tokenized their input: the router (its ids handed over) or the engine.",
+    [*LABELS, "by"],
+)
 IN_FLIGHT = Gauge(
     "switchyard_engine_in_flight_requests", "Turns accepted and not yet finished.", LABELS
 )
@@ -74,3 +79,6 @@ class EngineMetrics:
 
     def finished(self, outcome: str) -> None:
         REQUESTS.labels(*self._labels, outcome).inc()
+
+    def tokenized(self, by: str) -> None:
+        TOKENIZED.labels(*self._labels, by).inc()

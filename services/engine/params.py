@@ -20,6 +20,7 @@ from services.common.tokens import (
     Tokenizer,
     continuation_token_ids,
     fit_context,
+    handed_off,
     prompt_token_ids,
 )
 from switchyard.v1 import inference_pb2
@@ -59,6 +60,8 @@ class PreparedRequest:
     cache_salt: str = ""
     # The router's quota reservation for the turn, reported against when the turn ends.
     reservation_id: str = ""
+    # Who tokenized the input: "router" (its ids handed over), or "engine".
+    tokenized_by: str = "engine"
 
     def anon_repr(self) -> str:
         """A log line that carries no prompt text."""
@@ -164,8 +167,14 @@ def prepare(
     structured = _structured(req.structured_output)
     resumed_tokens, resumed = _check_continuation(req)
 
-    prompt = prompt_token_ids(req, tokenizer)
-    tokens = prompt + continuation_token_ids(req, tokenizer)
+    handed = handed_off(req, tokenizer)  # the router's ids, when they are this tokenizer's
+    if handed is not None:
+        tokens, prompt_count = handed
+    else:
+        prompt = prompt_token_ids(req, tokenizer)
+        tokens = prompt + continuation_token_ids(req, tokenizer)
+        prompt_count = len(prompt)
+    by = "engine" if handed is None else "router"
     context = limits.max_model_len
     requested = s.max_tokens if s.HasField("max_tokens") else None
     budget = (requested or limits.default_max_tokens) - resumed_tokens
@@ -176,10 +185,11 @@ def prepare(
             sampling=SamplingParams(max_tokens=1),
             priority=-req.priority,
             labels=dict(req.labels),
-            prompt_tokens=len(prompt),
+            prompt_tokens=prompt_count,
             resumed_completion_tokens=resumed_tokens,
             resumed=resumed,
             exhausted=True,
+            tokenized_by=by,
         )
     max_tokens, truncated = fit_context(
         len(tokens),
@@ -225,9 +235,10 @@ def prepare(
         priority=-req.priority,
         truncated_tokens=truncated,
         labels=dict(req.labels),
-        prompt_tokens=max(0, len(prompt) - truncated),
+        prompt_tokens=max(0, prompt_count - truncated),
         resumed_completion_tokens=resumed_tokens,
         resumed=resumed,
+        tokenized_by=by,
     )
 
 

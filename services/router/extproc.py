@@ -131,13 +131,19 @@ def _onward(turn: _Admitted, mutation: ext.HeaderMutation) -> ext.ProcessingResp
         # headers), the safety filter the Wire.
         mutation.set_headers.append(set_header(h.OPENAI, turn.wire.serving(routed.model).encode()))
     redacted = routed.prompt_outcome == "redacted"
-    if req.model != routed.model or routed.capped or turn.wire is not None or redacted:
+    handoff = routed.handoff is not None or req.HasField("prompt_tokens")
+    if req.model != routed.model or routed.capped or turn.wire is not None or redacted or handoff:
         # An alias or "auto": the engine sees the served model name it answers to; a turn
         # without max_tokens gets its tenant's default cap (what its quota reserved); a prompt
-        # the policy redacted goes on redacted (`req` was rewritten in place).
+        # the policy redacted goes on redacted (`req` was rewritten in place); the engine gets
+        # the ids the turn was routed on, and never a client's.
         req.model = routed.model
         if routed.capped:
             req.sampling.max_tokens = routed.capped
+        if routed.handoff is not None:
+            req.prompt_tokens.CopyFrom(routed.handoff)
+        else:
+            req.ClearField("prompt_tokens")
         body_mutation = replace_request_body(encode_frame(req.SerializeToString()), mutation)
     return ext.ProcessingResponse(
         request_body=ext.BodyResponse(

@@ -27,6 +27,7 @@ from services.common.tokens import (
     Tokenizer,
     TooManyTokens,
     fit_context,
+    handoff,
     load_tokenizer,
     turn_tokens_async,
 )
@@ -293,6 +294,7 @@ class RoutingService:
             route_reason=choice.reason if choice is not None else "",
             degraded_reason=degraded,
             no_fallback=no_fallback,
+            handoff=handoff(turn, tokenizer),
         )
         if prompt is not None:
             rr.prompt_outcome = prompt.outcome

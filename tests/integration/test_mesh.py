@@ -350,6 +350,37 @@ async def test_prompt_policy_redacts_rejects_and_denies(
     assert "CONFIDENTIAL" in e.value.details()
 
 
+async def test_a_turn_is_tokenized_once_and_a_clients_ids_never_reach_an_engine(
+    envoy, mesh: Mesh, models_dir: Path
+):
+    import array
+
+    from services.common.tokens import load_tokenizer, tokenizer_digest
+
+    def tokenized() -> dict[str, float]:  # by the router (ids handed over) / by an engine
+        total = {"router": 0.0, "engine": 0.0}
+        for e in mesh.engines:
+            name = "switchyard_engine_turns_tokenized_total"
+            for labels, v in metric_samples(e.metrics_url, name).items():
+                total[dict(labels)["by"]] += v
+        return total
+
+    tok = load_tokenizer(str(models_dir / "small"))
+    text = "Count the tokens of this prompt, not the ones I send"
+    req = make_request(text, model="small", max_tokens=2)
+    # Ids a client forged, with the engine's own tokenizer digest: the router replaces them.
+    forged = array.array("I", [5, 5]).tobytes()
+    req.prompt_tokens.CopyFrom(
+        inference_pb2.PromptTokens(ids=forged, prompt=2, tokenizer=tokenizer_digest(tok))
+    )
+    before = tokenized()
+    reply = await generate(envoy, req)
+    assert reply.final.usage.prompt_tokens == len(tok.encode(text))
+    after = tokenized()
+    assert after["router"] == before["router"] + 1, (before, after)
+    assert after["engine"] == before["engine"], "the engine tokenized the turn again"
+
+
 def metric_samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """The samples of one metric on a /metrics page, by their sorted labels."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -81,6 +81,7 @@ class FakeRouted:
     cache_salt = "tenant:acme"
     routed_as = route_reason = degraded_reason = ""
     prompt_outcome = ""
+    handoff = None
 
 
 class FakeRouting:
@@ -142,6 +143,30 @@ async def test_a_redacted_prompt_goes_on_as_the_router_routed_it():
     assert sent.prompt == "to [EMAIL]" and sent.model == "small"
     got = {o.header.key: o.header.raw_value.decode() for o in common.header_mutation.set_headers}
     assert got[h.MODEL] == "small"  # the safety filter's policy is the served model's
+
+
+async def test_the_engine_gets_the_ids_the_turn_was_routed_on():
+    ids = inference_pb2.PromptTokens(ids=b"\x01\0\0\0\x02\0\0\0", prompt=2, tokenizer="d1")
+
+    class Tokenizing(FakeRouting):
+        async def prepare(self, req, **kw):
+            routed = await super().prepare(req, **kw)
+            routed.handoff = ids
+            return routed
+
+    body = frame(inference_pb2.GenerateRequest(prompt="hi", model="small").SerializeToString())
+    common = (await service(Tokenizing()).decide(HEADERS, body, ACME)).request_body.response
+    sent = inference_pb2.GenerateRequest.FromString(single_message(common.body_mutation.body))
+    assert sent.prompt_tokens == ids and sent.prompt == "hi"
+
+
+async def test_a_clients_prompt_tokens_never_reach_an_engine():
+    forged = inference_pb2.PromptTokens(ids=b"\x07\0\0\0", prompt=1, tokenizer="d1")
+    req = inference_pb2.GenerateRequest(prompt="hi", model="small", prompt_tokens=forged)
+    common = await service(FakeRouting()).decide(HEADERS, frame(req.SerializeToString()), ACME)
+    body = common.request_body.response.body_mutation.body
+    sent = inference_pb2.GenerateRequest.FromString(single_message(body))
+    assert not sent.HasField("prompt_tokens") and sent.prompt == "hi"
 
 
 @pytest.mark.parametrize(

@@ -222,3 +222,25 @@ def test_a_continuation_may_truncate_into_what_was_received():
 def test_anon_repr_carries_no_prompt_text():
     p = prep(prompt="my secret password is hunter2")
     assert "hunter2" not in p.anon_repr()
+
+
+class DigestTokenizer(FakeTokenizer):
+    digest = "fake-1"
+
+
+def test_the_routers_ids_are_prefilled_as_handed_over():
+    import array
+
+    ids = array.array("I", [9, 8, 7, 6]).tobytes()  # (little-endian on every test machine)
+    req = make_request(
+        prompt="hello there",
+        continuation=pb.Continuation(received_text=" more", completion_tokens=1, resumed=1),
+        prompt_tokens=pb.PromptTokens(ids=ids, prompt=3, tokenizer="fake-1"),
+    )
+    p = prepare(req, DigestTokenizer(), LIMITS)
+    assert (p.prompt_token_ids, p.prompt_tokens, p.tokenized_by) == ([9, 8, 7, 6], 3, "router")
+    # Another tokenizer's ids (or none): the engine tokenizes the turn itself.
+    req.prompt_tokens.tokenizer = "another"
+    p = prepare(req, DigestTokenizer(), LIMITS)
+    assert (p.prompt_token_ids, p.prompt_tokens, p.tokenized_by) == ([1, 5, 5, 4], 3, "engine")
+    assert prepare(req, FakeTokenizer(), LIMITS).tokenized_by == "engine"

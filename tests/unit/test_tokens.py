@@ -143,3 +143,48 @@ async def test_a_long_prompt_tokenizes_while_the_loop_keeps_running(tokenizers):
     t.cancel()
     assert got.count > 300_000
     assert ticks >= 5, "the event loop was blocked while the prompt was tokenized"
+
+
+def test_the_routers_ids_are_handed_to_an_engine_of_the_same_tokenizer(tokenizers):
+    from services.common.tokens import handed_off, handoff, tokenizer_digest, turn_tokens
+
+    fast, hf = tokenizers
+    path = hf.name_or_path
+    again = load_tokenizer(path)  # (the engine's own copy: the same digest)
+    assert tokenizer_digest(fast) == tokenizer_digest(again) != ""
+    req = pb.GenerateRequest(
+        prompt="Tell me", continuation=pb.Continuation(received_text=" a story", resumed=1)
+    )
+    turn = turn_tokens(req, fast)
+    req.prompt_tokens.CopyFrom(handoff(turn, fast))
+    ids, prompt = handed_off(req, again)
+    assert ids == hf.encode("Tell me") + hf.encode(" a story", add_special_tokens=False)
+    assert prompt == len(hf.encode("Tell me"))
+
+
+def test_ids_of_another_tokenizer_or_malformed_are_not_used(tokenizers):
+    from services.common.tokens import handed_off, handoff, turn_tokens
+
+    fast, _ = tokenizers
+    req = pb.GenerateRequest(prompt="Tell me")
+    good = handoff(turn_tokens(req, fast), fast)
+    assert good is not None
+    for bad in (
+        pb.PromptTokens(ids=good.ids, prompt=good.prompt, tokenizer="another"),
+        pb.PromptTokens(ids=good.ids[:-1], prompt=good.prompt, tokenizer=good.tokenizer),
+        pb.PromptTokens(ids=good.ids, prompt=len(good.ids), tokenizer=good.tokenizer),
+        pb.PromptTokens(ids=b"", prompt=0, tokenizer=good.tokenizer),
+    ):
+        req.prompt_tokens.CopyFrom(bad)
+        assert handed_off(req, fast) is None, bad
+    req.ClearField("prompt_tokens")
+    assert handed_off(req, fast) is None
+
+
+def test_a_prompt_truncated_by_the_router_is_not_handed_off(tokenizers):
+    from services.common.tokens import handoff, turn_tokens
+
+    fast, _ = tokenizers
+    turn = turn_tokens(pb.GenerateRequest(prompt="the tail " * 200), fast, keep_last=16)
+    assert len(turn.ids) == 16 < turn.count
+    assert handoff(turn, fast) is None

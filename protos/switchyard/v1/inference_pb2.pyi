@@ -26,7 +26,7 @@ FINISH_REASON_ABORTED: FinishReason
 FINISH_REASON_BLOCKED: FinishReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "conversation", "sampling", "structured_output", "session_id", "priority", "labels", "truncate_prompt", "request_id", "continuation")
+    __slots__ = ("model", "prompt", "conversation", "sampling", "structured_output", "session_id", "priority", "labels", "truncate_prompt", "request_id", "continuation", "prompt_tokens")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class GenerateRequest(_message.Message):
     TRUNCATE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     conversation: Conversation
@@ -56,7 +57,18 @@ class GenerateRequest(_message.Message):
     truncate_prompt: bool
     request_id: str
     continuation: Continuation
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., session_id: _Optional[str] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., truncate_prompt: _Optional[bool] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ...) -> None: ...
+    prompt_tokens: PromptTokens
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ..., session_id: _Optional[str] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., truncate_prompt: _Optional[bool] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., prompt_tokens: _Optional[_Union[PromptTokens, _Mapping]] = ...) -> None: ...
+
+class PromptTokens(_message.Message):
+    __slots__ = ("ids", "prompt", "tokenizer")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    ids: bytes
+    prompt: int
+    tokenizer: str
+    def __init__(self, ids: _Optional[bytes] = ..., prompt: _Optional[int] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class Continuation(_message.Message):
     __slots__ = ("received_text", "completion_tokens", "resumed", "model_version")

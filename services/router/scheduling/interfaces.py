@@ -20,6 +20,7 @@ from typing import ClassVar, Final, Literal, Protocol
 from services.router.kvindex import KvIndex, block_hashes
 from services.router.registry import EngineState, Registry
 from services.router.sessions import SessionTable
+from switchyard.v1 import inference_pb2
 
 # Extension points (the `extension_point` metric label).
 FILTER: Final = "filter"
@@ -73,6 +74,9 @@ class RoutingRequest:
     prompt_outcome: str = ""
     prompt_findings: dict[str, int] = field(default_factory=dict, repr=False)
     prompt_actions: dict[str, str] = field(default_factory=dict, repr=False)
+    # The input's ids for the engine (`GenerateRequest.prompt_tokens`): it need not tokenize
+    # the turn again. None when they are not the whole input (a prompt truncated here).
+    handoff: inference_pb2.PromptTokens | None = field(default=None, repr=False)
     # Own block hashes of the prompt by block size, computed on first use.
     _hashes: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 
