@@ -68,24 +68,31 @@ class Prefilter:
         flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH
         flags |= hyperscan.HS_FLAG_ALLOWEMPTY
         ids = list(range(len(self.patterns)))
-        usable = []
-        for i in ids:  # a pattern Hyperscan rejects is left out: its recognizer always runs
-            try:
-                hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(
-                    expressions=[self.patterns[i].encode()], ids=[i], elements=1, flags=flags
-                )
-                usable.append(i)
-            except hyperscan.error as e:
-                log.warning("prefilter: pattern %d left out (%s)", i, e)
-        if not usable:
-            return
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        db.compile(
-            expressions=[self.patterns[i].encode() for i in usable],
-            ids=usable,
-            elements=len(usable),
-            flags=flags,
-        )
+
+        def compiled(which: list[int]) -> Any:
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            db.compile(
+                expressions=[self.patterns[i].encode() for i in which],
+                ids=which,
+                elements=len(which),
+                flags=flags,
+            )
+            return db
+
+        usable = ids
+        try:
+            db = compiled(usable)
+        except hyperscan.error:  # a pattern Hyperscan rejects is left out: it always runs
+            usable = []
+            for i in ids:
+                try:
+                    compiled([i])
+                    usable.append(i)
+                except hyperscan.error as e:
+                    log.warning("prefilter: pattern %d left out (%s)", i, e)
+            if not usable:
+                return
+            db = compiled(usable)
         self._unfiltered = frozenset(ids) - frozenset(usable)
         self._db = db
         self.ready.set()

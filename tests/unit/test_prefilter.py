@@ -136,3 +136,10 @@ def test_remembers_a_bounded_number_of_recognizer_sets() -> None:
     assert len(prefilter._PLANS) <= prefilter._MAX_PLANS
     # One compiled database for all of them: the same patterns.
     assert len({id(plan.prefilter) for _, plan in prefilter._PLANS.values()}) == 1
+
+
+def test_a_pattern_hyperscan_rejects_is_left_out_and_always_runs() -> None:
+    pf = prefilter.Prefilter(["@", r"a\Kb", "[0-9]{4}"], background=False)  # (\K: not Hyperscan)
+    assert pf.ready.is_set()
+    assert pf.matching("mail me @ home") == {0, 1}
+    assert pf.matching("year 2024") == {1, 2}
