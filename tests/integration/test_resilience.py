@@ -9,6 +9,7 @@ what it broke is back.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ from services.mesh.supervisor import Child
 from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from tests.h2_client import frame, grpc_call
+from tests.integration.conftest import frozen_cores
 from tests.integration.test_engine import long_text
 from tests.integration.test_mesh import cluster_hosts, metric_samples
 
@@ -320,10 +322,18 @@ async def test_a_killed_envoy_is_restarted(mesh: Mesh):
     assert reply.final.usage.completion_tokens == 4
 
 
-def _generated(mesh: Mesh, engine: str) -> float:
-    """Tokens the engine's vLLM has generated so far (its counter moves every step)."""
-    [proc] = [e for e in mesh.engines if e.name == engine]
-    return sum(metric_samples(proc.metrics_url, "vllm:generation_tokens_total").values())
+class _Tap(io.StringIO):
+    """A stream's output that sets `event` once `n` deltas have arrived."""
+
+    def __init__(self, n: int, event: asyncio.Event) -> None:
+        super().__init__()
+        self.left, self.event = n, event
+
+    def write(self, s: str) -> int:
+        self.left -= 1
+        if self.left <= 0:
+            self.event.set()
+        return super().write(s)
 
 
 def _live_in_groups(groups: set[int]) -> list[psutil.Process]:
@@ -371,13 +381,26 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
             )
             for i in range(2)
         ]
-        base = _generated(mesh, target)
-        turns = [asyncio.create_task(client.generate(r, timeout=180)) for r in requests]
-        # Killed once its vLLM has generated some of both turns, by its own count (not once
-        # this client has read deltas: on a loaded machine it may read them late, after both
-        # turns have ended), far from their end (2 x RESUMED_BUDGET).
-        await eventually(lambda: _generated(mesh, target) >= base + 40, 60, "the turns to run")
-        os.kill(small.proc.pid, signal.SIGKILL)
+        started = [asyncio.Event() for _ in requests]
+        turns = [
+            asyncio.create_task(client.generate(r, out=_Tap(3, ev), timeout=180))
+            for r, ev in zip(requests, started, strict=True)
+        ]
+        # The target's vLLM core runs in short pulses until this client has read three deltas
+        # of each turn, and the engine is killed while its core is stopped: neither turn can
+        # end first, however late this client reads (on this loaded machine it once read them
+        # after both 1,500-token turns had ended).
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            with frozen_cores([small.proc.pid]):
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in started)), 2)
+                except TimeoutError:
+                    assert asyncio.get_running_loop().time() < deadline, "no deltas arrived"
+                else:
+                    os.kill(small.proc.pid, signal.SIGKILL)
+                    break
+            await asyncio.sleep(0.2)  # a pulse: the core generates a little
         replies: list[Reply] = await asyncio.gather(*turns)
 
     for req, reply in zip(requests, replies, strict=True):
