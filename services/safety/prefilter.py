@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,6 @@ try:
     import hyperscan
 except ImportError:  # pragma: no cover - hyperscan ships x86-64 wheels only
     hyperscan = None  # type: ignore[assignment]
-
-
-class Prefilterable(Protocol):
-    def prefilter_patterns(self) -> tuple[str | None, str | None]:
-        """(a pattern matching wherever `scan` can find an entity, one matching wherever
-        `evidence` can match); None for a part not offered (it always runs)."""
-        ...
 
 
 class Prefilter:
@@ -137,7 +130,9 @@ def prefilter_for(patterns: Sequence[str]) -> Prefilter:
 
 
 class _Plan:
-    """Which pattern of the prefilter stands for each recognizer's scan and evidence."""
+    """Which pattern of the prefilter stands for each recognizer's scan and evidence: what its
+    `prefilter_patterns()` offers (a pattern matching wherever its `scan` can find an entity,
+    one wherever its `evidence` can match; None for a part not offered, which always runs)."""
 
     def __init__(self, recognizers: Sequence[object]) -> None:
         patterns: list[str] = []
@@ -170,9 +165,11 @@ def _plan(recognizers: Sequence[object]) -> _Plan:
     key = tuple(map(id, recognizers))
     entry = _PLANS.get(key)
     if entry is None:
-        while len(_PLANS) >= _MAX_PLANS:
-            del _PLANS[next(iter(_PLANS))]  # the oldest
-        entry = _PLANS[key] = (tuple(recognizers), _Plan(recognizers))
+        plan = _Plan(recognizers)
+        with _CACHE_LOCK:  # (long prompts are screened in worker threads too)
+            while len(_PLANS) >= _MAX_PLANS:
+                del _PLANS[next(iter(_PLANS))]  # the oldest
+            entry = _PLANS.setdefault(key, (tuple(recognizers), plan))
     return entry[1]
 
 
