@@ -7,12 +7,13 @@ Set SWITCHYARD_TEST_ENGINE_READY=/path/to/ready.json to reuse an engine you star
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL_CONFIG = ROOT / "deploy" / "local" / "engine-small.yaml"
 MESH_CONFIG = Path(__file__).with_name("mesh.yaml")
 
+PULSE_SECONDS = 0.2  # how long `pulsed_until` lets the cores run at a time
 ENGINE_NICE = 5  # the test mesh's engines yield the CPU to the router, safety and Envoy
 
 
@@ -64,6 +66,30 @@ def frozen_cores(engine_pids: list[int]) -> Iterator[None]:
         for p in stopped:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.send_signal(signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def pulsed_until(
+    engine_pids: list[int], ready: Awaitable[Any], timeout: float = 60.0
+) -> AsyncIterator[Any]:
+    """These engines' vLLM cores run in short pulses until `ready` is done; the body then runs
+    with them stopped and gets its result. What the client has read and what the body checks
+    cannot drift apart: no turn ends in between, however fast the model or however late a
+    starved client reads (the core is stopped while the client catches up)."""
+    pending = asyncio.ensure_future(ready)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            with frozen_cores(engine_pids):
+                done, _ = await asyncio.wait([pending], timeout=2)
+                if done:
+                    yield pending.result()
+                    return
+            assert loop.time() < deadline, f"nothing arrived in {timeout:g}s of pulses"
+            await asyncio.sleep(PULSE_SECONDS)  # a pulse: the cores generate a little
+    finally:
+        pending.cancel()
 
 
 def start_test_engine(name: str, tmp: Path, **overrides: Any) -> procs.EngineProcess:

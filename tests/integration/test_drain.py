@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.tls import channel as tls_channel
 from services.mesh.client import CHANNEL_OPTIONS, generate, make_request
 from switchyard.v1 import engine_pb2, engine_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tests.integration.conftest import frozen_cores, start_test_engine
+from tests.integration.conftest import pulsed_until, start_test_engine
 
 FR = inference_pb2.FinishReason
 INFERENCE = "switchyard.v1.Inference"
@@ -131,10 +131,13 @@ async def test_sigterm_drains_then_exits(sigterm_engine, operator_tls):
     async with tls_channel(sigterm_engine.address, operator_tls, CHANNEL_OPTIONS) as ch:
         inference = inference_pb2_grpc.InferenceStub(ch)
         control = engine_pb2_grpc.EngineControlStub(ch)
-        call = await started(inference, LONG_TURN)
+        call = inference.Generate(make_request("drain me", max_tokens=LONG_TURN, ignore_eos=True))
         # The turn must still be in flight while the drain is checked: the tiny model finishes
-        # it in seconds, and a loaded machine can starve this client longer than that.
-        with frozen_cores([sigterm_engine.proc.pid]):
+        # it in seconds, and a loaded machine can starve this client longer than that (once the
+        # turn had ended before its first delta was read, and the drain found nothing to wait
+        # for). Its core runs in pulses until the first delta is read, then stays stopped.
+        async with pulsed_until([sigterm_engine.proc.pid], call.read()) as first:
+            assert first.HasField("delta")
             sigterm_engine.proc.send_signal(signal.SIGTERM)
             for _ in range(50):
                 if await health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING:

@@ -38,7 +38,7 @@ from services.mesh.supervisor import Child
 from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, router_pb2, router_pb2_grpc
 from tests.h2_client import frame, grpc_call
-from tests.integration.conftest import frozen_cores
+from tests.integration.conftest import pulsed_until
 from tests.integration.test_engine import long_text
 from tests.integration.test_mesh import cluster_hosts, metric_samples
 
@@ -390,17 +390,8 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         # of each turn, and the engine is killed while its core is stopped: neither turn can
         # end first, however late this client reads (on this loaded machine it once read them
         # after both 1,500-token turns had ended).
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
-            with frozen_cores([small.proc.pid]):
-                try:
-                    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in started)), 2)
-                except TimeoutError:
-                    assert asyncio.get_running_loop().time() < deadline, "no deltas arrived"
-                else:
-                    os.kill(small.proc.pid, signal.SIGKILL)
-                    break
-            await asyncio.sleep(0.2)  # a pulse: the core generates a little
+        async with pulsed_until([small.proc.pid], asyncio.gather(*(ev.wait() for ev in started))):
+            os.kill(small.proc.pid, signal.SIGKILL)
         replies: list[Reply] = await asyncio.gather(*turns)
 
     for req, reply in zip(requests, replies, strict=True):
