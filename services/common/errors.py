@@ -139,6 +139,10 @@ def _wrap_stream(
     return wrapped
 
 
+# Methods whose wrapped handlers an ErrorInterceptor keeps (a server has a few dozen).
+MAX_WRAPPED_METHODS = 256
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Maps `SwitchyardError` raised by any handler (unary or streaming, either way) to its gRPC
     status, and anything else to INTERNAL naming the method (logged with its traceback). With
@@ -146,6 +150,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, authorize: Authorize | None = None) -> None:
         self._authorize = authorize
+        # method → (its handler, the handler wrapped): a server's handlers are fixed objects,
+        # so each is wrapped once rather than on every call (a new stream per turn).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -155,7 +162,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        method, auth = details.method, self._authorize
+        method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if len(self._wrapped) < MAX_WRAPPED_METHODS:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        auth = self._authorize
         # A unary answer (unary-unary, stream-unary) is awaited; a streamed one is iterated.
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary, auth))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -72,11 +73,24 @@ def tenant_of(headers: dict[str, str]) -> str:
     return headers.get(h.TENANT, "") or "anonymous"
 
 
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
 def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
     )
+
+
+def set_headers(mutation: ext.HeaderMutation, pairs: Iterable[tuple[str, str]]) -> None:
+    """Add to `mutation` the setting of each (header, value), in place: the same messages as
+    `set_header`, at less than half its cost (no message is built apart and then copied in),
+    which counts on the router's path (a dozen headers a turn)."""
+    add = mutation.set_headers.add
+    for key, value in pairs:
+        option = add(append_action=_OVERWRITE)
+        option.header.key = key
+        option.header.raw_value = value.encode()
 
 
 def replace_request_body(body: bytes, mutation: ext.HeaderMutation) -> ext.BodyMutation:

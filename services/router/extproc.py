@@ -51,6 +51,7 @@ from services.common.extproc import (
     immediate_error,
     replace_request_body,
     set_header,
+    set_headers,
 )
 from services.common.frames import encode_frame, single_message
 from services.common.protoutil import decode_request
@@ -125,11 +126,11 @@ def _onward(turn: _Admitted, mutation: ext.HeaderMutation) -> ext.ProcessingResp
     the body rewritten when the upstream must see another one."""
     req, routed = turn.req, turn.routed
     body_mutation = None
-    mutation.set_headers.append(set_header(h.MODEL, routed.model))
+    set_headers(mutation, [(h.MODEL, routed.model)])
     if turn.wire is not None:
         # An HTTP turn: the upstream gets the GenerateRequest (the HTTP routes give it gRPC's
         # headers), the safety filter the Wire.
-        mutation.set_headers.append(set_header(h.OPENAI, turn.wire.serving(routed.model).encode()))
+        set_headers(mutation, [(h.OPENAI, turn.wire.serving(routed.model).encode())])
     redacted = routed.prompt_outcome == "redacted"
     handoff = routed.handoff is not None or req.HasField("prompt_tokens")
     if req.model != routed.model or routed.capped or turn.wire is not None or redacted or handoff:
@@ -158,8 +159,7 @@ def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutatio
     """The headers answer once the caller is known: the mesh's own headers set from the
     principal, and every client copy of an internal header and the credential removed (Envoy
     strips the known ones at the listener already; engines never see an API key)."""
-    return ext.HeaderMutation(
-        set_headers=[set_header(h.TENANT, principal.tenant), set_header(h.TIER, principal.tier)],
+    mutation = ext.HeaderMutation(
         remove_headers=[
             k
             for k in headers
@@ -167,6 +167,8 @@ def identify(principal: Principal, headers: dict[str, str]) -> ext.HeaderMutatio
             or k == h.AUTHORIZATION
         ],
     )
+    set_headers(mutation, [(h.TENANT, principal.tenant), (h.TIER, principal.tier)])
+    return mutation
 
 
 @dataclass
@@ -330,25 +332,22 @@ class ExtProcService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if span.is_recording():
             _annotate(span, decision, routed)
         endpoints = [decision.engine.address, *(f.address for f in decision.fallbacks)]
-        mutation = ext.HeaderMutation(
-            set_headers=[
-                set_header(h.POOL, decision.engine.pool),
-                set_header(h.ENDPOINT, h.endpoint_list(endpoints)),
-                set_header(h.ENGINE, decision.engine.engine_id),
-                set_header(h.PRIORITY, str(routed.priority)),
-                set_header(h.CACHE_SALT, routed.cache_salt),
-                *(set_header(k, v) for k, v in ticket.headers),
-            ]
-        )
+        mutation = ext.HeaderMutation()
+        headers = [
+            (h.POOL, decision.engine.pool),
+            (h.ENDPOINT, h.endpoint_list(endpoints)),
+            (h.ENGINE, decision.engine.engine_id),
+            (h.PRIORITY, str(routed.priority)),
+            (h.CACHE_SALT, routed.cache_salt),
+            *ticket.headers,
+        ]
         if routed.degraded_reason:
-            mutation.set_headers.append(set_header(h.DEGRADED, routed.degraded_reason))
+            headers.append((h.DEGRADED, routed.degraded_reason))
         if routed.routed_as:
-            mutation.set_headers.extend(
-                [set_header(h.ROUTED_AS, routed.routed_as),
-                 set_header(h.ROUTE_REASON, routed.route_reason)]
-            )  # fmt: skip
+            headers += [(h.ROUTED_AS, routed.routed_as), (h.ROUTE_REASON, routed.route_reason)]
         if turn.cache_store:
-            mutation.set_headers.append(set_header(h.CACHE_STORE, turn.cache_store))
+            headers.append((h.CACHE_STORE, turn.cache_store))
+        set_headers(mutation, headers)
         return _onward(turn, mutation)
 
     async def cached(self, turn: _Admitted, span: trace.Span) -> ext.ProcessingResponse | None:

@@ -2,11 +2,12 @@
 SwitchyardError to its status and anything else to INTERNAL naming the method."""
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from services.common.errors import InvalidArgument
+from services.common.errors import ErrorInterceptor, InvalidArgument
 from services.common.server import create_server
 
 SERVICE = "test.Shapes"
@@ -93,6 +94,29 @@ async def test_every_handler_shape_gets_its_status_and_message(channel):
             async for _ in call:
                 pass
         assert (e.value.code(), e.value.details()) == (code, message)
+
+
+async def test_a_handler_is_wrapped_once_and_again_only_when_it_changes(channel):
+    interceptor = ErrorInterceptor()
+    first = grpc.stream_stream_rpc_method_handler(stream_stream)
+    second = grpc.stream_stream_rpc_method_handler(stream_stream)
+    handlers = iter([first, first, second])
+
+    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return next(handlers)
+
+    details = SimpleNamespace(method=f"/{SERVICE}/SS", invocation_metadata=())
+    a = await interceptor.intercept_service(continuation, details)
+    b = await interceptor.intercept_service(continuation, details)
+    c = await interceptor.intercept_service(continuation, details)
+    assert a is b and a.stream_stream is not stream_stream
+    assert c is not a and c.stream_stream is not stream_stream
+    # Served through a real server, the second call of a method (its cached handler) still maps
+    # errors to their status.
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await channel.unary_unary(f"/{SERVICE}/UU")(b"x")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_registry_connect_refuses_a_bad_registration_with_invalid_argument():

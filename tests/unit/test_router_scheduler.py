@@ -147,6 +147,23 @@ def test_decision_to_proto_lists_every_candidate():
     assert cands[d.engine.engine_id].score == max(c.score for c in resp.candidates)
 
 
+def test_candidate_span_attributes_are_one_string_per_engine():
+    reg, sched = setup("a", "b", "c", "d")
+    reg.on_load("d", make_load("d", kv_usage=0.99))
+    d = sched.pick(make_request(prompt_tokens=40))
+    attrs = d.candidate_attributes()
+    assert set(attrs) == {f"switchyard.candidate.{e}" for e in "abcd"}
+    assert attrs["switchyard.candidate.d"] == "filtered_by=kv-cap"
+    for c in d.candidates:
+        if c.filtered_by:
+            continue
+        fields = dict(kv.split("=") for kv in attrs[f"switchyard.candidate.{c.engine_id}"].split())
+        assert list(fields) == ["score", *c.scores]  # the total first, then the profile's order
+        assert float(fields["score"]) == pytest.approx(c.score, rel=1e-3)
+        for name, score in c.scores.items():
+            assert float(fields[name]) == pytest.approx(score, rel=1e-3, abs=1e-4)
+
+
 def test_explain_only_changes_nothing():
     reg, sched = setup("a", "b")
     p = tokens(256)
