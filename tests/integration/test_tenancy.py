@@ -27,7 +27,7 @@ from services.mesh import procs
 from services.mesh.client import generate, make_request
 from services.mesh.up import Mesh
 from switchyard.v1 import inference_pb2, inference_pb2_grpc, router_pb2
-from tests.integration.conftest import frozen_cores, mesh_channel
+from tests.integration.conftest import frozen_cores, mesh_channel, pulsed_until
 from tests.integration.test_engine import long_text
 
 pytestmark = pytest.mark.integration
@@ -39,19 +39,22 @@ SMALL = "small"
 HOLD_TOKENS = 1900
 
 
+def pool_engines(mesh: Mesh, pool: str = "l4-small") -> list[int]:
+    """The pids of the pool's engines (their vLLM cores are their children)."""
+    assert mesh.supervisor is not None
+    return [
+        child.proc.pid
+        for child in mesh.supervisor.children()
+        if child.kind == "engine" and child.name.startswith(f"{pool}-")
+    ]
+
+
 def frozen_generation(
     mesh: Mesh, pool: str = "l4-small"
 ) -> contextlib.AbstractContextManager[None]:
     """The pool's vLLM engine cores frozen (see `frozen_cores`): the turns they run keep their
     slots and none ends by itself, while the engines' fronts go on reporting and accepting."""
-    assert mesh.supervisor is not None
-    return frozen_cores(
-        [
-            child.proc.pid
-            for child in mesh.supervisor.children()
-            if child.kind == "engine" and child.name.startswith(f"{pool}-")
-        ]
-    )
+    return frozen_cores(pool_engines(mesh, pool))
 
 
 async def tenant_with(admin: Any, **quotas: int) -> tuple[str, str]:
@@ -491,8 +494,11 @@ async def _flood_then_one(mesh: Mesh, admin: Any) -> None:
         try:
             for label in flood:
                 turns.start(a, label, HOLD_TOKENS)
-            await queued(admin, flooder, 4, turns)  # the pool is saturated: A's rest wait
-            with frozen_generation(mesh):  # no turn of A ends by itself before B waits too
+            # The pool is saturated, A's rest wait; the cores run in pulses meanwhile and then
+            # stay stopped, so no turn of A ends by itself before B waits too (on a starved
+            # machine the first of A's turns could otherwise end before the last is let in).
+            saturated = queued(admin, flooder, 4, turns)
+            async with pulsed_until(pool_engines(mesh), saturated):
                 turns.start(b, "b", 4)
                 await queued(admin, other, 1, turns)
             # First-come-first-served would give the next four slots to A's backlog; fair share
@@ -534,8 +540,10 @@ async def test_under_saturation_premium_starts_first_and_free_is_shed_first(
         fill = [f"fill{i}" for i in range(POOL_SLOTS)]
         for label in fill:
             turns.start(f, label, HOLD_TOKENS)
-        await pool_full(admin, turns, f, fill)
-        with frozen_generation(mesh):  # no fill turn ends by itself before the premium ones wait
+        # The cores run in pulses until the pool is full (on a starved machine the first fill
+        # turns could end before the last are let in), then stay stopped: no fill turn ends by
+        # itself before the premium ones wait.
+        async with pulsed_until(pool_engines(mesh), pool_full(admin, turns, f, fill)):
             # 16 free turns fill the router's queue (flow.max_queue in tests/integration/mesh.yaml).
             for i in range(16):
                 turns.start(fr, f"free{i}", 4)
