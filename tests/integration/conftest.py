@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL_CONFIG = ROOT / "deploy" / "local" / "engine-small.yaml"
 MESH_CONFIG = Path(__file__).with_name("mesh.yaml")
 
-PULSE_SECONDS = 0.2  # how long `pulsed_until` lets the cores run at a time
+PULSE_SECONDS = 0.1  # how long `pulsed_until` lets the cores run at a time
 ENGINE_NICE = 5  # the test mesh's engines yield the CPU to the router, safety and Envoy
 
 
@@ -48,24 +49,41 @@ def models_dir() -> Path:
     return path
 
 
+def _cores(engine_pids: list[int]) -> list[psutil.Process]:
+    """These engines' vLLM engine cores and their workers (the engines' child processes)."""
+    cores = [p for pid in engine_pids for p in psutil.Process(pid).children(recursive=True)]
+    assert cores, f"no engine core under pids {engine_pids} to stop"
+    return cores
+
+
+def _signal(processes: list[psutil.Process], sig: int) -> None:
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
+
+
 @contextlib.contextmanager
 def frozen_cores(engine_pids: list[int]) -> Iterator[None]:
     """These engines' vLLM engine cores (and their workers) stopped with SIGSTOP, then resumed:
     the turns they run keep their slots and make no progress, so none ends by itself, while the
     engines' gRPC fronts go on answering (health, load, drain, accepting turns for the core).
     A turn cannot then finish during a check however fast the model or slow the machine."""
-    stopped: list[psutil.Process] = []
+    cores = _cores(engine_pids)
+    _signal(cores, signal.SIGSTOP)
     try:
-        for pid in engine_pids:
-            for p in psutil.Process(pid).children(recursive=True):
-                p.send_signal(signal.SIGSTOP)
-                stopped.append(p)
-        assert stopped, f"no engine core under pids {engine_pids} to stop"
         yield
     finally:
-        for p in stopped:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGCONT)
+        _signal(cores, signal.SIGCONT)
+
+
+def _pulse(cores: list[psutil.Process], seconds: float) -> None:
+    """Let the stopped cores run for `seconds`, timed in a thread of its own: a starved or busy
+    event loop cannot stretch the pulse."""
+    _signal(cores, signal.SIGCONT)
+    try:
+        time.sleep(seconds)
+    finally:
+        _signal(cores, signal.SIGSTOP)
 
 
 @contextlib.asynccontextmanager
@@ -75,21 +93,23 @@ async def pulsed_until(
     """These engines' vLLM cores run in short pulses until `ready` is done; the body then runs
     with them stopped and gets its result. What the client has read and what the body checks
     cannot drift apart: no turn ends in between, however fast the model or however late a
-    starved client reads (the core is stopped while the client catches up)."""
+    starved client reads (the cores are stopped while the client catches up)."""
     pending = asyncio.ensure_future(ready)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    cores = _cores(engine_pids)
+    _signal(cores, signal.SIGSTOP)
     try:
         while True:
-            with frozen_cores(engine_pids):
-                done, _ = await asyncio.wait([pending], timeout=2)
-                if done:
-                    yield pending.result()
-                    return
+            done, _ = await asyncio.wait([pending], timeout=2)
+            if done:
+                yield pending.result()
+                return
             assert loop.time() < deadline, f"nothing arrived in {timeout:g}s of pulses"
-            await asyncio.sleep(PULSE_SECONDS)  # a pulse: the cores generate a little
+            await asyncio.to_thread(_pulse, cores, PULSE_SECONDS)  # the cores generate a little
     finally:
         pending.cancel()
+        _signal(cores, signal.SIGCONT)
 
 
 def start_test_engine(name: str, tmp: Path, **overrides: Any) -> procs.EngineProcess:

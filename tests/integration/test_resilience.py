@@ -383,13 +383,14 @@ async def test_dead_engines_are_restarted_and_their_streams_resume(mesh: Mesh, e
         ]
         started = [asyncio.Event() for _ in requests]
         turns = [
-            asyncio.create_task(client.generate(r, out=_Tap(3, ev), timeout=180))
+            asyncio.create_task(client.generate(r, out=_Tap(1, ev), timeout=180))
             for r, ev in zip(requests, started, strict=True)
         ]
-        # The target's vLLM core runs in short pulses until this client has read three deltas
-        # of each turn, and the engine is killed while its core is stopped: neither turn can
-        # end first, however late this client reads (on this loaded machine it once read them
-        # after both 1,500-token turns had ended).
+        # The target's vLLM core runs in short pulses until this client has read a delta of
+        # each turn, and the engine is killed while its core is stopped: neither turn can end
+        # first, however late this client reads (on this loaded machine it once read them after
+        # both 1,500-token turns had ended; and with three deltas asked for, the pulses, timed
+        # by a busy event loop, once let one turn run to its end).
         async with pulsed_until([small.proc.pid], asyncio.gather(*(ev.wait() for ev in started))):
             os.kill(small.proc.pid, signal.SIGKILL)
         replies: list[Reply] = await asyncio.gather(*turns)
