@@ -110,8 +110,10 @@ class VllmServer:
         self.block_size = 0  # the KV block size vLLM chose, read once it serves
         self.served_name = cmd[cmd.index("--served-model-name") + 1]
         self._log = log.open("wb")
+        # In this session, like Switchyard's own services (services/mesh/procs.py): both sides
+        # share the CPU alike under Linux's per-session autogroups.
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, process_group=0
         )
 
     def wait_ready(self, timeout: float = 600) -> None:
@@ -147,7 +149,7 @@ def peer_router(
         cmd += ["--kv-event-block-size", str(workers[0].block_size)]
         cmd += ["--kv-event-model", workers[0].served_name]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, process_group=0)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_http(f"{url}/readiness", proc, 120, f"vllm-router {policy} ({log})")

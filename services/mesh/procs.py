@@ -126,8 +126,16 @@ def start_service(
     env: dict[str, str] | None = None,
     nice: int = 0,
 ) -> ServiceProcess:
-    """Start `switchyard ARGS --ready-file …` in its own session, logging to workdir/NAME.log;
-    `nice` lowers its CPU priority (and its children's) from the first instruction."""
+    """Start `switchyard ARGS --ready-file …` in its own process group, logging to
+    workdir/NAME.log; `nice` lowers its CPU priority (and its children's) from the first
+    instruction.
+
+    The group is stopped as one (an engine's vLLM processes with it), but the process stays in
+    our session: Linux's autogroup scheduling (on by default in most distributions) shares the
+    CPU between sessions first and applies nice only within one. A service in a session of its
+    own would compete as a whole session, so `nice` would not hold an engine back, and an
+    engine's busy vLLM processes starved the router and the safety filter for 0.3–2.8 s at a
+    time on a two-core machine (their event loops waited that long on the run queue)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
@@ -146,7 +154,7 @@ def start_service(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            start_new_session=True,
+            process_group=0,  # not start_new_session: see above
         )
     return ServiceProcess(name, proc, log_path, ready, log_start=start)
 

@@ -53,13 +53,18 @@ def wait_for(predicate, timeout: float, what: str) -> float:
 
 def test_engines_run_nicer_than_the_rest_of_the_mesh(mesh: Mesh):
     """`up`'s engine_nice (the test mesh's ENGINE_NICE): busy engines do not starve the
-    router, safety filter or Envoy."""
-    assert mesh.router is not None and mesh.engines
+    router, safety filter or Envoy. Nice holds only within one session (Linux's autogroups
+    share the CPU between sessions first), so every service stays in ours, each in a process
+    group of its own (stopped as one)."""
+    assert mesh.router is not None and mesh.safety is not None and mesh.engines
     base = os.getpriority(os.PRIO_PROCESS, mesh.router.pid)
     live = [e for e in mesh.engines if e.poll() is None]  # (an earlier test may restart one)
     assert live
     for engine in live:
         assert os.getpriority(os.PRIO_PROCESS, engine.pid) == base + mesh.engine_nice
+    for service in (mesh.router, mesh.safety, *live):
+        assert os.getsid(service.pid) == os.getsid(0), service.name
+        assert os.getpgid(service.pid) == service.pid, service.name
     assert mesh.engine_nice == ENGINE_NICE > 0
 
 
