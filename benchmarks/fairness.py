@@ -11,6 +11,9 @@ mesh at a time (the others idle), on then off:
    `--seconds`; each tenant's service (input + 2 x output tokens, the VTC paper's measure) over
    time, the gap between them (max |S_A - S_C| over 1-s ticks, and at the end), and the pool's
    total tokens/s (fair share must not throttle the pool: goal ≥ 90 % of off).
+Over the three phases, how often the router's and the safety filter's event loops stalled
+(a monitor tick more than 0.25 s late, from their loop-lag histograms): every turn they had to
+answer meanwhile waited as long.
 
 The fair mesh's pool capacity (`saturation.capacity.cpu`) is set to what this engine sustains
 for the workload (`--capacity`, default 8 turns: 8 x ~5 KV blocks of its 64); the rest is as
@@ -170,10 +173,44 @@ def ext_proc_stats(mesh: Mesh) -> dict[str, int]:
     return out
 
 
+# A monitor tick this much late is a stall: the service's event loop could not run (its own
+# work, or the process waiting for a CPU), and every message it had to answer waited with it.
+STALL_SECONDS = 0.25
+LAG_METRICS = {
+    "router": "switchyard_router_event_loop_lag_seconds",
+    "safety": "switchyard_safety_event_loop_lag_seconds",
+}
+
+
+def loop_lags(mesh: Mesh) -> dict[str, tuple[float, float]]:
+    """Per service: (monitor ticks so far, ticks later than STALL_SECONDS), from its metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for service, metric in LAG_METRICS.items():
+        proc = getattr(mesh, service)
+        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
+        count = within = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == f"{metric}_count":
+                    count = sample.value
+                elif sample.name == f"{metric}_bucket" and sample.labels.get("le") in (
+                    str(STALL_SECONDS),
+                    f"{STALL_SECONDS:.2f}",
+                ):
+                    within = sample.value
+        out[service] = (count, count - within)
+    return out
+
+
 async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     from services.mesh.client import MeshClient
 
     clients = {t: MeshClient.connect(mesh.endpoint, key=k, resume=None) for t, k in keys.items()}
+    lags = loop_lags(mesh)
     try:
         out: dict[str, Any] = {}
         run = Run()
@@ -202,6 +239,9 @@ async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> 
             k: run.errors.get(k, 0) + both.errors.get(k, 0) for k in {*run.errors, *both.errors}
         }
         out["ext_proc_stats"] = ext_proc_stats(mesh)
+        out["stalls"] = {
+            service: int(late - lags[service][1]) for service, (_, late) in loop_lags(mesh).items()
+        }
         return out
     finally:
         for c in clients.values():
@@ -339,6 +379,9 @@ async def main_async(args: argparse.Namespace) -> int:
                  "tokens/s"], rows))  # fmt: skip
     on, off = (results[n]["service"]["tokens_per_s"] for n in ("fair", "fifo"))
     print(f"\ntokens/s with fair share on: {on / off * 100:.0f} % of off")
+    for name in ("fair", "fifo"):
+        stalls = ", ".join(f"{svc} {n}" for svc, n in results[name]["stalls"].items())
+        print(f"event-loop stalls over {STALL_SECONDS:g} s during the phases ({name}): {stalls}")
     for name in ("fair", "fifo"):
         if results[name]["errors"]:
             print(f"errors ({name}): {results[name]['errors']}")
