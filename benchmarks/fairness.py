@@ -182,27 +182,25 @@ LAG_METRICS = {
 }
 
 
-def loop_lags(mesh: Mesh) -> dict[str, tuple[float, float]]:
-    """Per service: (monitor ticks so far, ticks later than STALL_SECONDS), from its metrics."""
+def late_ticks(mesh: Mesh) -> dict[str, float]:
+    """Per service: its monitor ticks so far that ran more than STALL_SECONDS late."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     out = {}
     for service, metric in LAG_METRICS.items():
-        proc = getattr(mesh, service)
-        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
+        url = getattr(mesh, service).metrics_url
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
         count = within = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == f"{metric}_count":
                     count = sample.value
-                elif sample.name == f"{metric}_bucket" and sample.labels.get("le") in (
-                    str(STALL_SECONDS),
-                    f"{STALL_SECONDS:.2f}",
-                ):
-                    within = sample.value
-        out[service] = (count, count - within)
+                elif sample.name == f"{metric}_bucket" and sample.labels["le"] != "+Inf":
+                    if float(sample.labels["le"]) == STALL_SECONDS:
+                        within = sample.value
+        out[service] = count - within
     return out
 
 
@@ -210,7 +208,7 @@ async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> 
     from services.mesh.client import MeshClient
 
     clients = {t: MeshClient.connect(mesh.endpoint, key=k, resume=None) for t, k in keys.items()}
-    lags = loop_lags(mesh)
+    late_before = late_ticks(mesh)
     try:
         out: dict[str, Any] = {}
         run = Run()
@@ -240,7 +238,7 @@ async def phases(mesh: Mesh, keys: dict[str, str], args: argparse.Namespace) -> 
         }
         out["ext_proc_stats"] = ext_proc_stats(mesh)
         out["stalls"] = {
-            service: int(late - lags[service][1]) for service, (_, late) in loop_lags(mesh).items()
+            service: int(late - late_before[service]) for service, late in late_ticks(mesh).items()
         }
         return out
     finally:

@@ -133,9 +133,9 @@ def start_service(
     The group is stopped as one (an engine's vLLM processes with it), but the process stays in
     our session: Linux's autogroup scheduling (on by default in most distributions) shares the
     CPU between sessions first and applies nice only within one. A service in a session of its
-    own would compete as a whole session, so `nice` would not hold an engine back, and an
-    engine's busy vLLM processes starved the router and the safety filter for 0.3–2.8 s at a
-    time on a two-core machine (their event loops waited that long on the run queue)."""
+    own would compete as a whole session, so `nice` would not hold an engine back, and on a
+    small machine an engine's busy vLLM processes kept the router's and the safety filter's
+    event loops waiting on the run queue (see README, "How the mesh heals itself")."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
